@@ -1,0 +1,132 @@
+"""create_app(): the aiohttp application, mountable under any prefix."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Awaitable, Callable
+
+from aiohttp import web
+
+from . import errors, protocol
+from .body import ClientGone, ReleaseRequested
+from .config import Config
+from .errors import TusError
+from .handlers import TusHandlers
+from .locks import Locker, MemoryLocker
+from .stores.base import Store
+
+log = logging.getLogger("tusserver")
+access_log = logging.getLogger("tusserver.access")
+
+HANDLERS_KEY = web.AppKey("tus_handlers", TusHandlers)
+STORE_KEY = web.AppKey("tus_store", object)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_response(error: TusError) -> web.Response:
+    return web.Response(
+        status=error.status,
+        text=error.message + "\n",
+        content_type="text/plain",
+        headers=error.headers,
+    )
+
+
+@web.middleware
+async def tus_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.monotonic()
+    status = 500
+    try:
+        if request.method not in ("OPTIONS", "GET") and _effective_method(request) != "GET":
+            protocol.check_tus_resumable(request.headers.get("Tus-Resumable"))
+        response = await handler(request)
+        status = response.status
+        return response
+    except TusError as exc:
+        status = exc.status
+        return error_response(exc)
+    except ReleaseRequested:
+        status = 400
+        return error_response(TusError(errors.LOCKED, "interrupted by a newer request", status=400))
+    except ClientGone as exc:
+        status = 400
+        log.info("client went away mid-body: %s", exc)
+        return error_response(TusError(errors.INVALID_HEADER, "client went away", status=400))
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(TusError(errors.INTERNAL))
+    finally:
+        access_log.info(
+            "%s %s %s in=%d %.1fms id=%s",
+            request.method,
+            request.path,
+            status,
+            request.get("bytes_in", 0),
+            (time.monotonic() - started) * 1000,
+            request.get("upload_id", "-"),
+        )
+
+
+async def _add_tus_resumable(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers["Tus-Resumable"] = protocol.TUS_VERSION
+
+
+def _effective_method(request: web.Request) -> str:
+    override = request.headers.get("X-HTTP-Method-Override")
+    if request.method == "POST" and override:
+        return override.strip().upper()
+    return request.method
+
+
+def create_app(
+    config: Config | None = None,
+    *,
+    store: Store | None = None,
+    locker: Locker | None = None,
+) -> web.Application:
+    """A tus server as an aiohttp Application, with routes at "/" and "/{id}".
+    Run it directly, or mount it with `app.add_subapp("/uploads/", create_app(...))`."""
+    config = config or Config()
+    if store is None:
+        from .stores.factory import store_from_config
+
+        store = store_from_config(config)
+    handlers = TusHandlers(config, store, locker or MemoryLocker(config.lock_timeout))
+
+    collection: dict[str, Handler] = {"OPTIONS": handlers.options, "POST": handlers.post}
+    upload: dict[str, Handler] = {
+        "OPTIONS": handlers.options,
+        "HEAD": handlers.head,
+        "PATCH": handlers.patch,
+        "DELETE": handlers.delete,
+        "GET": handlers.get,
+    }
+
+    def dispatch(table: dict[str, Handler]) -> Handler:
+        async def route(request: web.Request) -> web.StreamResponse:
+            handler = table.get(_effective_method(request))
+            if handler is None:
+                raise TusError(errors.METHOD_NOT_ALLOWED, headers={"Allow": ", ".join(table)})
+            return await handler(request)
+
+        return route
+
+    app = web.Application(middlewares=[tus_middleware])
+    app[HANDLERS_KEY] = handlers
+    app[STORE_KEY] = store
+    app.router.add_route("*", "/", dispatch(collection))
+    app.router.add_route("*", "/{upload_id}", dispatch(upload))
+    app.on_response_prepare.append(_add_tus_resumable)
+
+    async def lifecycle(app: web.Application):
+        await store.start()
+        yield
+        await store.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    return app

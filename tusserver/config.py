@@ -1,0 +1,48 @@
+"""One Config dataclass. Loading it from TOML, environment and CLI lives in load.py."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+MiB = 1 << 20
+
+
+@dataclass
+class Config:
+    # HTTP
+    host: str = "127.0.0.1"
+    port: int = 1080
+    base_path: str = "/files/"
+    behind_proxy: bool = False  # trust Forwarded / X-Forwarded-* (only behind your own proxy)
+    public_url: str | None = None  # e.g. "https://uploads.example.com"; overrides the request's
+    relative_location: bool = False
+    cors_origins: list[str] = field(default_factory=lambda: ["*"])
+    cors_credentials: bool = False
+    cors_max_age: int = 86400
+    cors_allow_headers: list[str] = field(default_factory=list)
+    # Protocol
+    max_size: int | None = None
+    downloads: bool = True
+    expire_after: float | None = None  # seconds an unfinished upload lives after its last PATCH
+    expire_finished: bool = False  # let finished uploads expire too
+    cleanup_interval: float = 60.0
+    lock_timeout: float = 3.0
+    read_timeout: float | None = 60.0  # seconds a PATCH body may stall
+    shutdown_grace: float = 30.0
+    # Stores
+    store: str = "file"  # "file" or "s3"
+    file_dir: str = "./data"
+    temp_dir: str | None = None  # spool directory; the system temp dir by default
+    s3_bucket: str | None = None
+    s3_endpoint: str | None = None
+    s3_region: str | None = None
+    s3_prefix: str = ""
+    s3_path_style: bool = False
+    s3_min_part_size: int = 5 * MiB
+    s3_part_size: int = 16 * MiB
+    s3_uniform_parts: bool = False  # every non-final part the same size (Cloudflare R2)
+    s3_upload_concurrency: int = 4  # parts in flight per upload
+    s3_max_concurrency: int = 16  # parts in flight per store
+    # Logging
+    log_level: str = "info"
+    log_format: str = "text"  # "text" or "json"

@@ -1,0 +1,95 @@
+"""Every error the server can answer with: a machine code, an HTTP status and a message."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping
+
+
+@dataclass(frozen=True)
+class ErrorKind:
+    code: str
+    status: int
+    message: str
+
+
+# The one table. Handlers raise TusError(KIND); the middleware turns it into a response.
+UNSUPPORTED_VERSION = ErrorKind("ERR_UNSUPPORTED_VERSION", 412, "Tus-Resumable must be 1.0.0")
+METHOD_NOT_ALLOWED = ErrorKind("ERR_METHOD_NOT_ALLOWED", 405, "method not allowed on this resource")
+NOT_FOUND = ErrorKind("ERR_UPLOAD_NOT_FOUND", 404, "upload not found")
+GONE = ErrorKind("ERR_UPLOAD_EXPIRED", 410, "upload has expired")
+INVALID_UPLOAD_LENGTH = ErrorKind("ERR_INVALID_UPLOAD_LENGTH", 400, "Upload-Length must be a non-negative integer")
+INVALID_DEFER_LENGTH = ErrorKind("ERR_INVALID_DEFER_LENGTH", 400, "Upload-Defer-Length must be 1")
+MISSING_LENGTH = ErrorKind(
+    "ERR_MISSING_UPLOAD_LENGTH", 400, "Upload-Length or Upload-Defer-Length: 1 is required"
+)
+LENGTH_AND_DEFER = ErrorKind(
+    "ERR_LENGTH_AND_DEFER", 400, "Upload-Length and Upload-Defer-Length must not both be set"
+)
+LENGTH_ALREADY_SET = ErrorKind(
+    "ERR_LENGTH_ALREADY_SET", 400, "Upload-Length is already set and cannot be changed"
+)
+LENGTH_BELOW_OFFSET = ErrorKind(
+    "ERR_LENGTH_BELOW_OFFSET", 400, "Upload-Length is smaller than the bytes already received"
+)
+INVALID_OFFSET = ErrorKind("ERR_INVALID_OFFSET", 400, "Upload-Offset must be a non-negative integer")
+MISMATCHED_OFFSET = ErrorKind(
+    "ERR_MISMATCHED_OFFSET", 409, "Upload-Offset does not match the upload's current offset"
+)
+INVALID_CONTENT_TYPE = ErrorKind(
+    "ERR_INVALID_CONTENT_TYPE", 415, "Content-Type must be application/offset+octet-stream"
+)
+INVALID_CONTENT_LENGTH = ErrorKind(
+    "ERR_INVALID_CONTENT_LENGTH", 400, "Content-Length must be a non-negative integer"
+)
+INVALID_METADATA = ErrorKind("ERR_INVALID_METADATA", 400, "Upload-Metadata is malformed")
+MAX_SIZE_EXCEEDED = ErrorKind("ERR_MAX_SIZE_EXCEEDED", 413, "upload is larger than the server's maximum size")
+EXCEEDS_UPLOAD_LENGTH = ErrorKind(
+    "ERR_EXCEEDS_UPLOAD_LENGTH", 413, "request body goes past Upload-Length"
+)
+UPLOAD_NOT_FINISHED = ErrorKind("ERR_UPLOAD_NOT_FINISHED", 409, "upload is not finished yet")
+UPLOAD_FINISHED = ErrorKind("ERR_UPLOAD_FINISHED", 400, "upload is already finished")
+INVALID_CHECKSUM = ErrorKind("ERR_INVALID_CHECKSUM", 400, "Upload-Checksum is malformed")
+UNSUPPORTED_CHECKSUM = ErrorKind(
+    "ERR_UNSUPPORTED_CHECKSUM_ALGORITHM", 400, "checksum algorithm is not supported"
+)
+CHECKSUM_MISMATCH = ErrorKind("ERR_CHECKSUM_MISMATCH", 460, "checksum does not match the request body")
+INVALID_CONCAT = ErrorKind("ERR_INVALID_CONCAT", 400, "Upload-Concat is malformed")
+PARTIAL_NOT_FOUND = ErrorKind("ERR_PARTIAL_NOT_FOUND", 404, "a partial upload named in Upload-Concat was not found")
+NOT_PARTIAL = ErrorKind("ERR_NOT_PARTIAL", 400, "an upload named in Upload-Concat is not a partial upload")
+MODIFY_FINAL = ErrorKind("ERR_MODIFY_FINAL", 403, "a final concatenated upload cannot be patched")
+UNSUPPORTED_EXTENSION = ErrorKind("ERR_UNSUPPORTED_EXTENSION", 400, "the store does not support this extension")
+LOCKED = ErrorKind("ERR_UPLOAD_LOCKED", 423, "upload is in use by another request; retry shortly")
+SHUTTING_DOWN = ErrorKind("ERR_SHUTTING_DOWN", 503, "server is shutting down; retry on another instance")
+TOO_MANY_UPLOADS = ErrorKind("ERR_TOO_MANY_UPLOADS", 503, "server has too many uploads in progress; retry shortly")
+READ_TIMEOUT = ErrorKind("ERR_READ_TIMEOUT", 408, "request body stalled for longer than the read timeout")
+INVALID_RANGE = ErrorKind("ERR_INVALID_RANGE", 416, "Range is not satisfiable")
+INVALID_HEADER = ErrorKind("ERR_INVALID_HEADER", 400, "a request header is malformed")
+STORAGE_FULL = ErrorKind("ERR_STORAGE_FULL", 507, "server has no space left to store the upload")
+STORAGE_UNAVAILABLE = ErrorKind("ERR_STORAGE_UNAVAILABLE", 503, "storage backend failed; retry later")
+DOWNLOAD_DISABLED = ErrorKind("ERR_DOWNLOAD_DISABLED", 405, "downloads are disabled on this server")
+UNAUTHORIZED = ErrorKind("ERR_UNAUTHORIZED", 401, "a valid Authorization bearer token is required")
+FORBIDDEN = ErrorKind("ERR_FORBIDDEN", 403, "request was rejected")
+INTERNAL = ErrorKind("ERR_INTERNAL", 500, "internal server error")
+
+
+class TusError(Exception):
+    """A failure that the client sees as `kind.status` with a one-line text body."""
+
+    def __init__(
+        self,
+        kind: ErrorKind,
+        detail: str | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        status: int | None = None,
+    ) -> None:
+        self.kind = kind
+        self.detail = detail
+        self.headers = dict(headers or {})
+        self.status = status if status is not None else kind.status
+        super().__init__(self.message)
+
+    @property
+    def message(self) -> str:
+        return f"{self.kind.message}: {self.detail}" if self.detail else self.kind.message

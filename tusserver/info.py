@@ -1,0 +1,62 @@
+"""UploadInfo: the state of one upload, and its `.info` JSON form shared by every store."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class UploadInfo:
+    id: str
+    length: int | None  # None while the length is deferred
+    metadata: dict[str, str | None] = field(default_factory=dict)
+    created: float = field(default_factory=time.time)
+    expires: float | None = None
+    concat: str | None = None  # None, "partial" or "final"
+    partials: list[str] = field(default_factory=list)  # ids, for a final upload
+    finished: bool = False
+    storage: dict[str, Any] = field(default_factory=dict)  # store specifics (path, bucket, key...)
+    # Derived by the store on every read, never persisted: stored state is the truth.
+    offset: int = 0
+
+    @property
+    def deferred(self) -> bool:
+        return self.length is None
+
+    def to_json(self) -> bytes:
+        doc = {
+            "version": SCHEMA_VERSION,
+            "id": self.id,
+            "length": self.length,
+            "metadata": self.metadata,
+            "created": self.created,
+            "expires": self.expires,
+            "concat": self.concat,
+            "partials": self.partials,
+            "finished": self.finished,
+            "storage": self.storage,
+        }
+        # ensure_ascii keeps surrogate-escaped metadata bytes representable.
+        return json.dumps(doc, separators=(",", ":")).encode("ascii")
+
+    @classmethod
+    def from_json(cls, data: bytes) -> "UploadInfo":
+        doc = json.loads(data)
+        if doc.get("version") != SCHEMA_VERSION:
+            raise ValueError(f"unknown .info schema version {doc.get('version')!r}")
+        return cls(
+            id=doc["id"],
+            length=doc["length"],
+            metadata=doc.get("metadata") or {},
+            created=doc.get("created") or 0.0,
+            expires=doc.get("expires"),
+            concat=doc.get("concat"),
+            partials=list(doc.get("partials") or []),
+            finished=bool(doc.get("finished")),
+            storage=doc.get("storage") or {},
+        )

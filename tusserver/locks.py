@@ -1,0 +1,62 @@
+"""Per-upload locks. A request that needs a held lock asks the holder to let go
+(the holder stops reading its body, keeps what it has, and releases), then waits
+a bounded time."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Callable, Protocol
+
+from . import errors
+from .errors import TusError
+
+ReleaseCallback = Callable[[], None]
+
+
+class Locker(Protocol):
+    def lock(
+        self, upload_id: str, on_release: ReleaseCallback | None = None
+    ) -> AbstractAsyncContextManager[None]:
+        """Hold the upload's lock for the `async with` block; raise TusError(LOCKED)
+        if it cannot be had in time. `on_release` is called when another request asks."""
+
+
+@dataclass
+class _Entry:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
+    on_release: ReleaseCallback | None = None
+
+
+class MemoryLocker:
+    """Locks for a single server process."""
+
+    def __init__(self, timeout: float = 3.0) -> None:
+        self.timeout = timeout
+        self._entries: dict[str, _Entry] = {}
+
+    @asynccontextmanager
+    async def lock(
+        self, upload_id: str, on_release: ReleaseCallback | None = None
+    ) -> AsyncIterator[None]:
+        entry = self._entries.setdefault(upload_id, _Entry())
+        entry.users += 1
+        try:
+            if entry.lock.locked() and entry.on_release is not None:
+                entry.on_release()
+            try:
+                await asyncio.wait_for(entry.lock.acquire(), self.timeout)
+            except asyncio.TimeoutError:
+                raise TusError(errors.LOCKED, headers={"Retry-After": "1"}) from None
+            entry.on_release = on_release
+            try:
+                yield
+            finally:
+                entry.on_release = None
+                entry.lock.release()
+        finally:
+            entry.users -= 1
+            if entry.users == 0:
+                del self._entries[upload_id]

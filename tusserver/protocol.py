@@ -1,0 +1,231 @@
+"""tus 1.0.0 header rules as pure functions: parse, validate, format. No I/O here."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+import secrets
+from dataclasses import dataclass
+from email.utils import format_datetime
+from datetime import datetime, timezone
+from typing import Mapping
+from urllib.parse import quote
+
+from . import errors
+from .errors import TusError
+
+TUS_VERSION = "1.0.0"
+OFFSET_CONTENT_TYPE = "application/offset+octet-stream"
+
+# Uploads are named by 128 random bits; hooks may choose their own names of the same alphabet.
+_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+_DIGITS_RE = re.compile(r"[0-9]{1,20}")
+_METADATA_KEY_RE = re.compile(r"[\x21-\x2b\x2d-\x7e]+")  # printable ASCII, no space or comma
+_BASE64_RE = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
+
+CHECKSUM_ALGORITHMS: dict[str, int] = {  # name -> digest size in bytes
+    "sha1": 20,
+    "md5": 16,
+    "sha256": 32,
+    "sha512": 64,
+    "crc32": 4,
+}
+
+Metadata = dict[str, "str | None"]
+
+
+def new_upload_id() -> str:
+    return secrets.token_hex(16)
+
+
+def is_valid_upload_id(value: str) -> bool:
+    return _ID_RE.fullmatch(value) is not None
+
+
+def check_tus_resumable(value: str | None) -> None:
+    if value != TUS_VERSION:
+        raise TusError(errors.UNSUPPORTED_VERSION, headers={"Tus-Version": TUS_VERSION})
+
+
+def _parse_uint(value: str, kind: errors.ErrorKind) -> int:
+    value = value.strip()
+    if not _DIGITS_RE.fullmatch(value):
+        raise TusError(kind, f"got {value[:40]!r}")
+    number = int(value)
+    if number > 2**63 - 1:
+        raise TusError(kind, "value is too large")
+    return number
+
+
+def parse_upload_length(value: str) -> int:
+    return _parse_uint(value, errors.INVALID_UPLOAD_LENGTH)
+
+
+def parse_upload_offset(value: str | None) -> int:
+    if value is None:
+        raise TusError(errors.INVALID_OFFSET, "header is missing")
+    return _parse_uint(value, errors.INVALID_OFFSET)
+
+
+def parse_content_length(value: str | None) -> int | None:
+    if value is None:
+        return None
+    return _parse_uint(value, errors.INVALID_CONTENT_LENGTH)
+
+
+def parse_defer_length(value: str | None) -> bool:
+    if value is None:
+        return False
+    if value.strip() != "1":
+        raise TusError(errors.INVALID_DEFER_LENGTH)
+    return True
+
+
+def parse_creation_length(length: str | None, defer: str | None) -> int | None:
+    """The length a POST asks for; None means deferred."""
+    deferred = parse_defer_length(defer)
+    if length is not None and deferred:
+        raise TusError(errors.LENGTH_AND_DEFER)
+    if length is None and not deferred:
+        raise TusError(errors.MISSING_LENGTH)
+    return None if deferred else parse_upload_length(length or "")
+
+
+def check_content_type(value: str | None) -> None:
+    if value is None or value.split(";", 1)[0].strip().lower() != OFFSET_CONTENT_TYPE:
+        raise TusError(errors.INVALID_CONTENT_TYPE)
+
+
+def _decode_base64(value: str) -> bytes:
+    if not _BASE64_RE.fullmatch(value):
+        raise ValueError("not strict base64")
+    return base64.b64decode(value, validate=True)
+
+
+def parse_metadata(value: str | None) -> Metadata:
+    """Parse `key b64value, key2, ...`. Values are decoded UTF-8; bytes that are not
+    UTF-8 survive through surrogateescape so HEAD returns exactly what was sent."""
+    result: Metadata = {}
+    if value is None or not value.strip():
+        return result
+    for pair in value.split(","):
+        parts = pair.strip().split(" ")
+        if len(parts) > 2 or not parts[0]:
+            raise TusError(errors.INVALID_METADATA, f"bad pair {pair.strip()[:40]!r}")
+        key = parts[0]
+        if not _METADATA_KEY_RE.fullmatch(key):
+            raise TusError(errors.INVALID_METADATA, f"key {key[:40]!r} is not printable ASCII")
+        if key in result:
+            raise TusError(errors.INVALID_METADATA, f"key {key!r} appears twice")
+        if len(parts) == 1:
+            result[key] = None
+            continue
+        try:
+            raw = _decode_base64(parts[1])
+        except (ValueError, binascii.Error):
+            raise TusError(errors.INVALID_METADATA, f"value of {key!r} is not valid base64") from None
+        result[key] = raw.decode("utf-8", "surrogateescape")
+    return result
+
+
+def format_metadata(metadata: Mapping[str, str | None]) -> str:
+    pairs = []
+    for key, value in metadata.items():
+        if value is None:
+            pairs.append(key)
+        else:
+            encoded = base64.b64encode(value.encode("utf-8", "surrogateescape")).decode("ascii")
+            pairs.append(f"{key} {encoded}")
+    return ",".join(pairs)
+
+
+@dataclass(frozen=True)
+class Checksum:
+    algorithm: str
+    digest: bytes
+
+
+def parse_checksum(value: str | None, allowed: frozenset[str] | None = None) -> Checksum | None:
+    if value is None:
+        return None
+    parts = value.strip().split(" ")
+    if len(parts) != 2:
+        raise TusError(errors.INVALID_CHECKSUM, "expected '<algorithm> <base64 digest>'")
+    algorithm, encoded = parts[0].lower(), parts[1]
+    size = CHECKSUM_ALGORITHMS.get(algorithm)
+    if size is None or (allowed is not None and algorithm not in allowed):
+        raise TusError(errors.UNSUPPORTED_CHECKSUM, f"{algorithm[:20]!r}")
+    try:
+        digest = _decode_base64(encoded)
+    except (ValueError, binascii.Error):
+        raise TusError(errors.INVALID_CHECKSUM, "digest is not valid base64") from None
+    if len(digest) != size:
+        raise TusError(errors.INVALID_CHECKSUM, f"{algorithm} digest must be {size} bytes")
+    return Checksum(algorithm, digest)
+
+
+@dataclass(frozen=True)
+class Concat:
+    """`partial`, or `final` with the URLs of its partials in order."""
+
+    final: bool
+    urls: tuple[str, ...] = ()
+
+
+def parse_concat(value: str | None) -> Concat | None:
+    if value is None:
+        return None
+    value = value.strip()
+    if value == "partial":
+        return Concat(final=False)
+    if value.startswith("final;"):
+        urls = tuple(u for u in value[len("final;"):].split(" ") if u)
+        if not urls:
+            raise TusError(errors.INVALID_CONCAT, "final lists no partial uploads")
+        return Concat(final=True, urls=urls)
+    raise TusError(errors.INVALID_CONCAT, "expected 'partial' or 'final;<url> <url> ...'")
+
+
+def upload_id_from_url(url: str, base_path: str) -> str:
+    """The upload id that `url` (absolute or relative) names under `base_path`."""
+    from yarl import URL
+
+    try:
+        path = URL(url).path
+    except (ValueError, TypeError):
+        raise TusError(errors.INVALID_CONCAT, f"bad URL {url[:80]!r}") from None
+    prefix = base_path if base_path.endswith("/") else base_path + "/"
+    if not path.startswith(prefix):
+        raise TusError(errors.INVALID_CONCAT, f"{url[:80]!r} is not an upload of this server")
+    upload_id = path[len(prefix):]
+    if not is_valid_upload_id(upload_id):
+        raise TusError(errors.INVALID_CONCAT, f"{url[:80]!r} is not an upload of this server")
+    return upload_id
+
+
+def http_date(timestamp: float) -> str:
+    return format_datetime(datetime.fromtimestamp(timestamp, timezone.utc), usegmt=True)
+
+
+# Types a browser may render inline without risk of script execution from our origin.
+_INLINE_TYPES = re.compile(
+    r"(image/(png|jpeg|gif|webp|avif|bmp|x-icon|vnd\.microsoft\.icon)"
+    r"|video/[a-z0-9.+-]+|audio/[a-z0-9.+-]+|application/pdf|text/plain)"
+)
+
+
+def download_headers(metadata: Mapping[str, str | None]) -> dict[str, str]:
+    """Content-Type and Content-Disposition for GET, from `filetype` and `filename`."""
+    filetype = (metadata.get("filetype") or "").strip().lower()
+    inline = _INLINE_TYPES.fullmatch(filetype) is not None
+    content_type = filetype if inline else "application/octet-stream"
+    disposition = "inline" if inline else "attachment"
+    filename = metadata.get("filename")
+    if filename:
+        filename = filename.encode("utf-8", "replace").decode("utf-8")
+        ascii_name = "".join(
+            c if 0x20 <= ord(c) < 0x7F and c not in '"\\' else "_" for c in filename
+        )
+        disposition += f'; filename="{ascii_name}"; filename*=UTF-8\'\'{quote(filename, safe="")}'
+    return {"Content-Type": content_type, "Content-Disposition": disposition}

@@ -1,0 +1,99 @@
+"""What a store is: small protocols, one per capability. The server advertises an
+extension only when its store implements the protocol behind it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import AsyncIterable, AsyncIterator, Callable, Protocol, runtime_checkable
+
+from ..info import UploadInfo
+
+
+@dataclass(frozen=True)
+class FileDownload:
+    """A finished upload that is a local file; served with aiohttp's FileResponse."""
+
+    path: str
+
+
+@dataclass(frozen=True)
+class StreamDownload:
+    """A finished upload served by streaming `open(start, end)` (end exclusive)."""
+
+    size: int
+    etag: str | None
+    open: Callable[[int, int], AsyncIterator[bytes]]
+
+
+@dataclass(frozen=True)
+class RedirectDownload:
+    url: str
+
+
+Download = FileDownload | StreamDownload | RedirectDownload
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Core tus: create uploads, append bytes, report state, finish."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def create(self, info: UploadInfo) -> None:
+        """Persist a new, empty upload. `info.storage` may be filled in."""
+
+    async def get_info(self, upload_id: str) -> UploadInfo:
+        """The upload's state with `offset` derived from what is stored.
+        Raises TusError(NOT_FOUND) for an unknown id."""
+
+    async def append(
+        self, info: UploadInfo, body: AsyncIterable[bytes], *, atomic: bool = False
+    ) -> int:
+        """Store `body` at `info.offset` and return the new offset.
+
+        If `body` raises, every byte it yielded before is kept (the exception then
+        propagates), unless `atomic`, in which case nothing is kept."""
+
+    async def finish(self, info: UploadInfo) -> None:
+        """Mark a fully received upload finished (and assemble it, where needed)."""
+
+    async def download(self, info: UploadInfo) -> Download: ...
+
+
+@runtime_checkable
+class TerminatingStore(Protocol):
+    async def terminate(self, info: UploadInfo) -> None:
+        """Remove every trace of the upload. Idempotent."""
+
+
+@runtime_checkable
+class LengthDeferringStore(Protocol):
+    async def set_length(self, info: UploadInfo, length: int) -> None: ...
+
+
+@runtime_checkable
+class ConcatenatingStore(Protocol):
+    async def concatenate(self, final: UploadInfo, partials: list[UploadInfo]) -> None:
+        """Build `final` from finished `partials`, in order, and mark it finished."""
+
+
+@runtime_checkable
+class ExpiringStore(Protocol):
+    async def list_uploads(self) -> AsyncIterator[str]:
+        """Every upload id the store holds."""
+
+    async def clean_orphans(self, older_than: float) -> int:
+        """Remove storage debris (e.g. multipart uploads with no .info) older than a timestamp."""
+
+
+def store_extensions(store: object) -> list[str]:
+    extensions = ["creation", "creation-with-upload"]
+    if isinstance(store, LengthDeferringStore):
+        extensions.append("creation-defer-length")
+    if isinstance(store, TerminatingStore):
+        extensions.append("termination")
+    if isinstance(store, ConcatenatingStore):
+        extensions += ["concatenation", "concatenation-unfinished"]
+    return extensions
