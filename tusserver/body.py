@@ -7,7 +7,7 @@ import asyncio
 import hashlib
 import time
 import zlib
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 from aiohttp import StreamReader
 

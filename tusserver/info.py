@@ -45,7 +45,7 @@ class UploadInfo:
         return json.dumps(doc, separators=(",", ":")).encode("ascii")
 
     @classmethod
-    def from_json(cls, data: bytes) -> "UploadInfo":
+    def from_json(cls, data: bytes) -> UploadInfo:
         doc = json.loads(data)
         if doc.get("version") != SCHEMA_VERSION:
             raise ValueError(f"unknown .info schema version {doc.get('version')!r}")

@@ -6,10 +6,10 @@ import base64
 import binascii
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
-from email.utils import format_datetime
 from datetime import datetime, timezone
-from typing import Mapping
+from email.utils import format_datetime
 from urllib.parse import quote
 
 from . import errors

@@ -3,8 +3,9 @@ extension only when its store implements the protocol behind it."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import AsyncIterable, AsyncIterator, Callable, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from ..info import UploadInfo
 

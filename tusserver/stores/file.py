@@ -12,7 +12,7 @@ import glob
 import os
 import secrets
 import shutil
-from typing import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 
 from .. import errors
 from ..errors import TusError
