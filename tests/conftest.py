@@ -1,0 +1,114 @@
+"""Shared fixtures: a moto S3 server in its own process, and a `store` fixture
+that runs a test once per store (disk and S3)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+
+import pytest
+
+# moto accepts any credentials; the S3 store reads them from the standard AWS chain.
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
+os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+
+MiB = 1 << 20
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def start_moto(env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    moto = shutil.which("moto_server") or os.path.join(os.path.dirname(sys.executable), "moto_server")
+    proc = subprocess.Popen(
+        [moto, "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
+    )
+    wait_for_port(port)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint():
+    """URL of a moto S3 server running as a separate process for the whole session."""
+    proc, url = start_moto()
+    yield url
+    stop_process(proc)
+
+
+def make_bucket(endpoint: str) -> str:
+    name = f"t-{uuid.uuid4().hex[:20]}"
+    req = urllib.request.Request(f"{endpoint}/{name}", method="PUT")
+    urllib.request.urlopen(req).close()
+    return name
+
+
+@pytest.fixture
+def bucket(moto_endpoint) -> str:
+    """A fresh, empty bucket for one test."""
+    return make_bucket(moto_endpoint)
+
+
+@pytest.fixture(params=["file", "s3"])
+def store_kind(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def store_factory(store_kind, tmp_path, request):
+    """Returns a function that builds a new store instance over the same storage, so a
+    test can simulate a restart or a second server instance."""
+    if store_kind == "file":
+        from tusserver.stores.file import FileStore
+
+        directory = tmp_path / "uploads"
+        return lambda **kw: FileStore(str(directory))
+
+    from tusserver.stores.s3 import S3Store
+
+    endpoint = request.getfixturevalue("moto_endpoint")
+    bucket = make_bucket(endpoint)
+    spool = tmp_path / "spool"
+    spool.mkdir()
+
+    def build(**kw):
+        options = {"endpoint_url": endpoint, "path_style": True, "temp_dir": str(spool), **kw}
+        return S3Store(bucket, **options)
+
+    build.bucket = bucket  # type: ignore[attr-defined]
+    build.endpoint = endpoint  # type: ignore[attr-defined]
+    build.temp_dir = str(spool)  # type: ignore[attr-defined]
+    return build
