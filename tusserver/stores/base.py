@@ -60,6 +60,9 @@ class Store(Protocol):
     async def finish(self, info: UploadInfo) -> None:
         """Mark a fully received upload finished (and assemble it, where needed)."""
 
+    async def save_info(self, info: UploadInfo) -> None:
+        """Persist `info` (its `.info` record) as it is now."""
+
     async def download(self, info: UploadInfo) -> Download: ...
 
 
@@ -78,6 +81,14 @@ class LengthDeferringStore(Protocol):
 class ConcatenatingStore(Protocol):
     async def concatenate(self, final: UploadInfo, partials: list[UploadInfo]) -> None:
         """Build `final` from finished `partials`, in order, and mark it finished."""
+
+    # A final upload created before its partials finish is found again from the partial
+    # through a link, so that finishing the last partial (on any instance) completes it.
+    async def link_final(self, partial_id: str, final_id: str) -> None: ...
+
+    async def finals_of(self, partial_id: str) -> list[str]: ...
+
+    async def unlink_final(self, partial_id: str, final_id: str) -> None: ...
 
 
 @runtime_checkable

@@ -41,7 +41,7 @@ class FileStore:
     async def close(self) -> None:
         return None
 
-    def _write_info(self, info: UploadInfo) -> None:
+    async def save_info(self, info: UploadInfo) -> None:
         final = self._path(info.id, ".info")
         tmp = f"{final}.tmp-{secrets.token_hex(4)}"
         try:
@@ -56,7 +56,7 @@ class FileStore:
         info.storage = {"type": "file", "path": path}
         with open(path, "xb"):
             pass
-        self._write_info(info)
+        await self.save_info(info)
 
     async def get_info(self, upload_id: str) -> UploadInfo:
         try:
@@ -93,15 +93,16 @@ class FileStore:
 
     async def set_length(self, info: UploadInfo, length: int) -> None:
         info.length = length
-        self._write_info(info)
+        await self.save_info(info)
 
     async def finish(self, info: UploadInfo) -> None:
         info.finished = True
-        self._write_info(info)
+        await self.save_info(info)
 
     async def terminate(self, info: UploadInfo) -> None:
         _remove(self._path(info.id, ".info"))
         _remove(self._path(info.id))
+        shutil.rmtree(self._link_dir(info.id), ignore_errors=True)
 
     async def download(self, info: UploadInfo) -> Download:
         return FileDownload(self._path(info.id))
@@ -113,7 +114,28 @@ class FileStore:
         final.length = sum(p.length or 0 for p in partials)
         final.offset = final.length
         final.finished = True
-        self._write_info(final)
+        await self.save_info(final)
+
+    def _link_dir(self, partial_id: str) -> str:
+        return self._path(partial_id, ".finals")
+
+    async def link_final(self, partial_id: str, final_id: str) -> None:
+        os.makedirs(self._link_dir(partial_id), exist_ok=True)
+        with open(os.path.join(self._link_dir(partial_id), final_id), "wb"):
+            pass
+
+    async def finals_of(self, partial_id: str) -> list[str]:
+        try:
+            return [n for n in os.listdir(self._link_dir(partial_id)) if is_valid_upload_id(n)]
+        except FileNotFoundError:
+            return []
+
+    async def unlink_final(self, partial_id: str, final_id: str) -> None:
+        _remove(os.path.join(self._link_dir(partial_id), final_id))
+        try:
+            os.rmdir(self._link_dir(partial_id))
+        except OSError:
+            pass  # other finals still wait on this partial, or it is gone already
 
     async def list_uploads(self) -> AsyncIterator[str]:
         for name in os.listdir(self.directory):
