@@ -11,6 +11,7 @@ from aiohttp import web
 from . import errors, protocol
 from .body import ClientGone, ReleaseRequested
 from .config import Config
+from .cors import install_cors
 from .errors import TusError
 from .handlers import TusHandlers
 from .locks import Locker, MemoryLocker
@@ -122,6 +123,7 @@ def create_app(
     app.router.add_route("*", "/", dispatch(collection))
     app.router.add_route("*", "/{upload_id}", dispatch(upload))
     app.on_response_prepare.append(_add_tus_resumable)
+    install_cors(app, config)
 
     async def lifecycle(app: web.Application):
         await store.start()

@@ -1,0 +1,149 @@
+"""CORS for browser clients (Uppy, tus-js-client in a page on another origin).
+
+Allowed origins come from `Config.cors_origins`; each entry is one of:
+- `*`: any origin;
+- an exact origin, `scheme://host[:port]` (compared case-insensitively);
+- `re:PATTERN`: a Python regular expression that must match the WHOLE origin
+  (`re.fullmatch`), e.g. `re:https://[a-z0-9-]+\\.example\\.com`.
+
+An allowed origin gets `Access-Control-*` headers on every response, errors and
+downloads included; any other origin gets none, so the browser refuses it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from .config import Config
+
+ALLOWED_METHODS = ("POST", "GET", "HEAD", "PATCH", "DELETE", "OPTIONS")
+
+# Every header a tus client may send (core protocol and all extensions).
+TUS_REQUEST_HEADERS = (
+    "Tus-Resumable",
+    "Upload-Length",
+    "Upload-Offset",
+    "Upload-Metadata",
+    "Upload-Defer-Length",
+    "Upload-Concat",
+    "Upload-Checksum",
+    "Content-Type",
+    "X-HTTP-Method-Override",
+    "X-Requested-With",
+)
+
+# Every header a tus client must be able to read from a response.
+EXPOSED_HEADERS = (
+    "Location",
+    "Upload-Offset",
+    "Upload-Length",
+    "Upload-Metadata",
+    "Upload-Defer-Length",
+    "Upload-Expires",
+    "Upload-Concat",
+    "Tus-Version",
+    "Tus-Resumable",
+    "Tus-Extension",
+    "Tus-Max-Size",
+    "Tus-Checksum-Algorithm",
+)
+
+REGEX_PREFIX = "re:"
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class OriginPolicy:
+    """Decides whether an `Origin` header value is allowed."""
+
+    def __init__(self, origins: list[str]) -> None:
+        self.any = "*" in origins
+        self.exact = {o.rstrip("/").lower() for o in origins if o != "*" and not o.startswith(REGEX_PREFIX)}
+        self.patterns = []
+        for entry in origins:
+            if entry.startswith(REGEX_PREFIX):
+                try:
+                    self.patterns.append(re.compile(entry[len(REGEX_PREFIX) :]))
+                except re.error as exc:
+                    raise ValueError(f"cors_origins: bad regular expression {entry!r}: {exc}") from None
+
+    def allows(self, origin: str) -> bool:
+        if self.any or origin.lower() in self.exact:
+            return True
+        return any(p.fullmatch(origin) for p in self.patterns)
+
+
+class Cors:
+    """The CORS layer of one app: `middleware` answers preflights, `on_prepare`
+    adds the grant to every response."""
+
+    def __init__(self, config: Config) -> None:
+        self.policy = OriginPolicy(config.cors_origins)
+        self.credentials = config.cors_credentials
+        self.echo_origin = config.cors_credentials or not self.policy.any
+        self.preflight_headers = {
+            "Access-Control-Allow-Methods": ", ".join(ALLOWED_METHODS),
+            "Access-Control-Allow-Headers": ", ".join(_unique(TUS_REQUEST_HEADERS, config.cors_allow_headers)),
+            "Access-Control-Max-Age": str(config.cors_max_age),
+        }
+        self.exposed = ", ".join(EXPOSED_HEADERS)
+
+    def install(self, app: web.Application) -> None:
+        # Outermost middleware: a preflight carries no Tus-Resumable and must not reach tus checks.
+        app.middlewares.insert(0, self.middleware)
+        app.on_response_prepare.append(self.on_prepare)
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if is_preflight(request):
+            response = web.Response(status=204)
+            if self.policy.allows(request.headers["Origin"]):
+                response.headers.update(self.preflight_headers)
+            return response
+        return await handler(request)
+
+    async def on_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
+        # The grant depends on Origin, so caches must key on it, whatever the outcome.
+        _add_vary(response, "Origin")
+        origin = request.headers.get("Origin")
+        if origin is None or not self.policy.allows(origin):
+            return
+        response.headers["Access-Control-Allow-Origin"] = origin if self.echo_origin else "*"
+        if self.credentials:
+            response.headers["Access-Control-Allow-Credentials"] = "true"
+        response.headers["Access-Control-Expose-Headers"] = self.exposed
+
+
+def install_cors(app: web.Application, config: Config) -> None:
+    """Answer CORS preflights on every path of `app` and grant allowed origins."""
+    Cors(config).install(app)
+
+
+def is_preflight(request: web.Request) -> bool:
+    return (
+        request.method == "OPTIONS"
+        and "Origin" in request.headers
+        and "Access-Control-Request-Method" in request.headers
+    )
+
+
+def _unique(*groups: tuple[str, ...] | list[str]) -> list[str]:
+    seen: set[str] = set()
+    names = []
+    for group in groups:
+        for name in group:
+            if name.lower() not in seen:
+                seen.add(name.lower())
+                names.append(name)
+    return names
+
+
+def _add_vary(response: web.StreamResponse, name: str) -> None:
+    current = response.headers.get("Vary")
+    if current is None:
+        response.headers["Vary"] = name
+    elif name.lower() not in (v.strip().lower() for v in current.split(",")):
+        response.headers["Vary"] = f"{current}, {name}"
