@@ -15,6 +15,7 @@ from .errors import TusError
 from .info import UploadInfo
 from .locks import Locker
 from .stores.base import (
+    ConcatenatingStore,
     FileDownload,
     LengthDeferringStore,
     RedirectDownload,
@@ -22,7 +23,7 @@ from .stores.base import (
     TerminatingStore,
     store_extensions,
 )
-from .urls import upload_location
+from .urls import collection_path, request_origin, upload_location
 
 log = logging.getLogger("tusserver")
 
@@ -43,9 +44,14 @@ class TusHandlers:
         request["upload_id"] = upload_id
         return upload_id
 
+    def _expired(self, info: UploadInfo) -> bool:
+        if info.expires is None or info.expires >= time.time():
+            return False
+        return not info.finished or self.config.expire_finished
+
     async def _load(self, upload_id: str) -> UploadInfo:
         info = await self.store.get_info(upload_id)
-        if info.expires is not None and not info.finished and info.expires < time.time():
+        if self._expired(info):
             raise TusError(errors.GONE)
         return info
 
@@ -78,8 +84,12 @@ class TusHandlers:
             info.offset = await self.store.append(info, body, atomic=checksum is not None)
         finally:
             request["bytes_in"] = body.received
+        if self.config.expire_after is not None:
+            info.expires = time.time() + self.config.expire_after
         if info.length is not None and info.offset == info.length and not info.finished:
-            await self.store.finish(info)
+            await self._finish(info)
+        elif self.config.expire_after is not None:
+            await self.store.save_info(info)
         if body.overflowed:
             raise TusError(errors.EXCEEDS_UPLOAD_LENGTH, "bytes past the length were discarded")
 
@@ -104,23 +114,28 @@ class TusHandlers:
         return web.Response(status=204, headers=headers)
 
     async def post(self, request: web.Request) -> web.Response:
+        metadata = protocol.parse_metadata(request.headers.get("Upload-Metadata"))
+        concat = protocol.parse_concat(request.headers.get("Upload-Concat"))
+        if concat is not None and not isinstance(self.store, ConcatenatingStore):
+            raise TusError(errors.UNSUPPORTED_EXTENSION, "concatenation")
+        if concat is not None and concat.final:
+            return await self._create_final(request, concat, metadata)
         length = protocol.parse_creation_length(
             request.headers.get("Upload-Length"), request.headers.get("Upload-Defer-Length")
         )
         if length is None and not isinstance(self.store, LengthDeferringStore):
             raise TusError(errors.UNSUPPORTED_EXTENSION, "creation-defer-length")
         self._check_size(length)
-        metadata = protocol.parse_metadata(request.headers.get("Upload-Metadata"))
-        with_body = request.headers.get("Content-Type") is not None
-        if with_body:
+        # Some clients label an empty POST application/octet-stream; only a real body must be ours.
+        with_body = protocol.is_offset_content_type(request.headers.get("Content-Type"))
+        if not with_body and request.body_exists:
             protocol.check_content_type(request.headers.get("Content-Type"))
+        if with_body:
             content_length = protocol.parse_content_length(request.headers.get("Content-Length"))
             if length is not None and content_length is not None and content_length > length:
                 raise TusError(errors.EXCEEDS_UPLOAD_LENGTH, f"Upload-Length is {length}")
-        info = UploadInfo(id=protocol.new_upload_id(), length=length, metadata=metadata)
-        if self.config.expire_after is not None:
-            info.expires = time.time() + self.config.expire_after
-        request["upload_id"] = info.id
+        info = self._new_info(request, length, metadata)
+        info.concat = "partial" if concat is not None else None
         await self.store.create(info)
         headers = {"Location": upload_location(request, self.config, info.id)}
         if with_body:
@@ -130,14 +145,95 @@ class TusHandlers:
         elif info.expires is not None:
             headers["Upload-Expires"] = protocol.http_date(info.expires)
         if length == 0 and not info.finished:
-            await self.store.finish(info)
+            await self._finish(info)
         return web.Response(status=201, headers=headers)
+
+    def _new_info(self, request: web.Request, length: int | None, metadata: protocol.Metadata) -> UploadInfo:
+        info = UploadInfo(id=protocol.new_upload_id(), length=length, metadata=metadata)
+        if self.config.expire_after is not None:
+            info.expires = time.time() + self.config.expire_after
+        request["upload_id"] = info.id
+        return info
+
+    async def _create_final(
+        self, request: web.Request, concat: protocol.Concat, metadata: protocol.Metadata
+    ) -> web.Response:
+        base, origin = collection_path(request), request_origin(request, self.config)
+        partial_ids = [protocol.upload_id_from_url(url, base, origin) for url in concat.urls]
+        lengths: list[int | None] = []
+        for partial_id in partial_ids:
+            try:
+                partial = await self._load(partial_id)
+            except TusError as exc:
+                if exc.kind in (errors.NOT_FOUND, errors.GONE):
+                    raise TusError(errors.PARTIAL_NOT_FOUND, partial_id) from None
+                raise
+            if partial.concat != "partial":
+                raise TusError(errors.NOT_PARTIAL, partial_id)
+            lengths.append(partial.length)
+        length = None if None in lengths else sum(n for n in lengths if n is not None)
+        self._check_size(length)
+        info = self._new_info(request, length, metadata)
+        info.concat, info.partials = "final", partial_ids
+        await self.store.create(info)
+        for partial_id in dict.fromkeys(partial_ids):
+            await self.store.link_final(partial_id, info.id)
+        info = await self._complete_final(info.id) or info
+        headers = {"Location": upload_location(request, self.config, info.id)}
+        if info.expires is not None and not info.finished:
+            headers["Upload-Expires"] = protocol.http_date(info.expires)
+        return web.Response(status=201, headers=headers)
+
+    async def _finish(self, info: UploadInfo) -> None:
+        await self.store.finish(info)
+        if info.concat == "partial":
+            for final_id in await self.store.finals_of(info.id):
+                if await self._complete_final(final_id) is None:  # the final was deleted
+                    await self.store.unlink_final(info.id, final_id)
+
+    async def _complete_final(self, final_id: str) -> UploadInfo | None:
+        """Concatenate a final upload once all its partials are finished. Idempotent,
+        so the last partial's finish and the final's creation may both call it."""
+        async with self.locker.lock(final_id):
+            try:
+                final = await self.store.get_info(final_id)
+            except TusError:
+                return None
+            if not final.finished:
+                partials = await self._finished_partials(final)
+                if partials is None:
+                    return final
+                await self.store.concatenate(final, partials)
+        for partial_id in dict.fromkeys(final.partials):
+            await self.store.unlink_final(partial_id, final_id)
+        return final
+
+    async def _finished_partials(self, final: UploadInfo) -> list[UploadInfo] | None:
+        partials = []
+        for partial_id in final.partials:
+            try:
+                partial = await self.store.get_info(partial_id)
+            except TusError:
+                return None  # a partial was deleted: this final can never finish
+            if not partial.finished:
+                return None
+            partials.append(partial)
+        return partials
 
     async def head(self, request: web.Request) -> web.Response:
         upload_id = self._upload_id(request)
         async with self.locker.lock(upload_id, self._release(request)):
             info = await self._load(upload_id)
+        if info.concat == "final" and not info.finished:
+            info = await self._complete_final(upload_id) or info  # repairs a crash between finishes
         headers = self._state_headers(info)
+        if info.concat == "final":
+            base = collection_path(request)
+            headers["Upload-Concat"] = "final;" + " ".join(base + p for p in info.partials)
+            if not info.finished:
+                del headers["Upload-Offset"]  # concatenation-unfinished: no offset until done
+        elif info.concat == "partial":
+            headers["Upload-Concat"] = "partial"
         if info.length is None:
             headers["Upload-Defer-Length"] = "1"
         else:
@@ -154,6 +250,8 @@ class TusHandlers:
         length = None if new_length is None else protocol.parse_upload_length(new_length)
         async with self.locker.lock(upload_id, self._release(request)):
             info = await self._load(upload_id)
+            if info.concat == "final":
+                raise TusError(errors.MODIFY_FINAL)
             if offset != info.offset:
                 raise TusError(errors.MISMATCHED_OFFSET, f"upload is at {info.offset}")
             if length is not None and length != info.length:

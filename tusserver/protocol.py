@@ -12,6 +12,8 @@ from datetime import datetime, timezone
 from email.utils import format_datetime
 from urllib.parse import quote
 
+from yarl import URL
+
 from . import errors
 from .errors import TusError
 
@@ -92,8 +94,12 @@ def parse_creation_length(length: str | None, defer: str | None) -> int | None:
     return None if deferred else parse_upload_length(length or "")
 
 
+def is_offset_content_type(value: str | None) -> bool:
+    return value is not None and value.split(";", 1)[0].strip().lower() == OFFSET_CONTENT_TYPE
+
+
 def check_content_type(value: str | None) -> None:
-    if value is None or value.split(";", 1)[0].strip().lower() != OFFSET_CONTENT_TYPE:
+    if not is_offset_content_type(value):
         raise TusError(errors.INVALID_CONTENT_TYPE)
 
 
@@ -187,19 +193,17 @@ def parse_concat(value: str | None) -> Concat | None:
     raise TusError(errors.INVALID_CONCAT, "expected 'partial' or 'final;<url> <url> ...'")
 
 
-def upload_id_from_url(url: str, base_path: str) -> str:
-    """The upload id that `url` (absolute or relative) names under `base_path`."""
-    from yarl import URL
-
+def upload_id_from_url(url: str, base_path: str, origin: str) -> str:
+    """The upload id that `url` names: a path under `base_path`, either relative or
+    absolute with this server's `origin` (scheme://host[:port])."""
     try:
-        path = URL(url).path
+        parsed = URL(url)
+        foreign = parsed.is_absolute() and parsed.origin() != URL(origin).origin()
     except (ValueError, TypeError):
         raise TusError(errors.INVALID_CONCAT, f"bad URL {url[:80]!r}") from None
-    prefix = base_path if base_path.endswith("/") else base_path + "/"
-    if not path.startswith(prefix):
-        raise TusError(errors.INVALID_CONCAT, f"{url[:80]!r} is not an upload of this server")
-    upload_id = path[len(prefix):]
-    if not is_valid_upload_id(upload_id):
+    path = parsed.path
+    upload_id = path[len(base_path):] if path.startswith(base_path) else ""
+    if foreign or parsed.query_string or not is_valid_upload_id(upload_id):
         raise TusError(errors.INVALID_CONCAT, f"{url[:80]!r} is not an upload of this server")
     return upload_id
 
