@@ -1,0 +1,164 @@
+"""The `tusserver` command: parse flags, load the config, run the server (or a subcommand)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import inspect
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from aiohttp import web
+
+from . import __version__
+from .app import create_app
+from .config import Config
+from .load import CHOICES, CONFIG_ENV, ConfigError, FieldSpec, field_specs, load_config, parse_text
+from .logs import setup_logging
+
+log = logging.getLogger("tusserver")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # Every flag is generated from a Config field, so adding a field adds its flag.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help=f"TOML config file (or ${CONFIG_ENV}); see config.example.toml",
+    )
+    for spec in field_specs():
+        _add_flag(common, spec)
+
+    parser = argparse.ArgumentParser(
+        prog="tusserver",
+        usage="%(prog)s [options] [cleanup]",
+        parents=[common],
+        description="A tus 1.0.0 resumable-upload server. Settings: CLI flags > TUSSERVER_* environment "
+        "> --config file > defaults.",
+    )
+    parser.add_argument("--version", action="version", version=f"tusserver {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="{cleanup}")
+    commands.add_parser(
+        "cleanup",
+        parents=[common],
+        help="remove expired uploads once and exit (for cron)",
+        description="Remove expired uploads once and exit.",
+    )
+    return parser
+
+
+def _add_flag(parser: argparse.ArgumentParser, spec: FieldSpec) -> None:
+    default = spec.default
+    if spec.kind is list:
+        default = ",".join(default)
+    help_text = f"default: {default!r}; env {spec.env}"
+    if spec.kind is bool:
+        parser.add_argument(
+            spec.flag, dest=spec.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
+        )
+        return
+    if spec.kind is list:
+        help_text = "comma-separated; " + help_text
+    elif spec.size:
+        help_text = "bytes or e.g. 5MiB, 1GiB; " + help_text
+    choices = CHOICES.get(spec.name)
+    parser.add_argument(
+        spec.flag,
+        dest=spec.name,
+        metavar="{" + ",".join(choices) + "}" if choices else spec.name.upper(),
+        choices=choices,
+        type=_text_parser(spec),
+        default=argparse.SUPPRESS,
+        help=help_text,
+    )
+
+
+def _text_parser(spec: FieldSpec):
+    def parse(text: str) -> Any:
+        try:
+            return parse_text(spec, text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    parse.__name__ = spec.kind.__name__  # argparse names the type in some messages
+    return parse
+
+
+def build_app(config: Config) -> web.Application:
+    """The tus app mounted at `config.base_path`, which also answers without its trailing slash."""
+    tus = create_app(config)
+    if config.base_path == "/":
+        return tus
+    # "/files" must reach the collection too (POST /files like POST /files/). An empty
+    # sub-app path becomes exactly the prefix once mounted.
+    collection = next(r for r in tus.router.resources() if r.canonical == "/")
+    for route in list(collection):
+        tus.router.add_route(route.method, "", route.handler)
+    root = web.Application()
+    root.add_subapp(config.base_path, tus)
+    return root
+
+
+def serve(config: Config) -> int:
+    app = build_app(config)
+    url = f"http://{_url_host(config.host)}:{config.port}{config.base_path}"
+    where = config.file_dir if config.store == "file" else f"s3://{config.s3_bucket}/{config.s3_prefix}"
+
+    def started(_message: str) -> None:
+        log.info("tusserver %s listening on %s (store: %s %s)", __version__, url, config.store, where)
+
+    web.run_app(
+        app,
+        host=config.host,
+        port=config.port,
+        shutdown_timeout=config.shutdown_grace,
+        access_log=None,  # the tus middleware logs one line per request on tusserver.access
+        print=started,
+        handle_signals=True,
+    )
+    log.info("tusserver stopped")
+    return 0
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def cleanup(config: Config) -> int:
+    # The cleanup module is optional: it arrives with the expiration work.
+    try:
+        module = importlib.import_module("tusserver.cleanup")
+    except ModuleNotFoundError as exc:
+        if exc.name != "tusserver.cleanup":
+            raise
+        log.error("cleanup is not available in this version of tusserver")
+        return 1
+    result = module.run(config)
+    if inspect.isawaitable(result):
+        result = asyncio.run(result)
+    return result if isinstance(result, int) else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
+    command = args.pop("command", None)
+    config_file = args.pop("config", None)
+    try:
+        config = load_config(cli=args, env=os.environ, config_file=config_file)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    setup_logging(config.log_level, config.log_format)
+    try:
+        if command == "cleanup":
+            return cleanup(config)
+        return serve(config)
+    except OSError as exc:
+        # Typically the port is taken or the data directory is not writable.
+        log.error("cannot start: %s", exc)
+        return 1

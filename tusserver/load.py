@@ -1,0 +1,262 @@
+"""Build a Config from a TOML file, TUSSERVER_* environment variables and CLI values.
+
+Precedence is CLI > environment > file > defaults. Every key is checked against the
+Config dataclass, so a typo or a wrong type stops the server at start-up, naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import sys
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .config import Config
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ENV_PREFIX = "TUSSERVER_"
+CONFIG_ENV = ENV_PREFIX + "CONFIG"  # the config file path, like --config
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "kib": 1 << 10,
+    "mib": 1 << 20,
+    "gib": 1 << 30,
+    "tib": 1 << 40,
+}
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*")
+# Fields whose value is one of a few words; the CLI offers them as choices.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "store": ("file", "s3"),
+    "log_format": ("text", "json"),
+    "log_level": ("debug", "info", "warning", "error", "critical"),
+}
+
+
+class ConfigError(ValueError):
+    """A configuration problem, worded for the operator."""
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """How one Config field is written in a file, the environment and on the command line."""
+
+    name: str
+    kind: type  # str, int, float, bool or list (of str)
+    optional: bool  # None allowed (written as "none" outside TOML, or left out)
+    size: bool  # an int byte count that accepts suffixes like 5MiB
+    default: Any
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def field_specs() -> list[FieldSpec]:
+    """One spec per configurable Config field, in declaration order."""
+    hints = typing.get_type_hints(Config)
+    specs = []
+    for f in dataclasses.fields(Config):
+        kind, optional = _unwrap(hints[f.name])
+        if kind is None:
+            continue  # not expressible as text (callables, objects): embedding only
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        # Byte counts are named *_size by convention; they accept "5MiB".
+        specs.append(FieldSpec(f.name, kind, optional, kind is int and f.name.endswith("_size"), default))
+    return specs
+
+
+def _unwrap(hint: Any) -> tuple[type | None, bool]:
+    args = typing.get_args(hint)
+    optional = False
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        if len(rest) != 1:
+            return None, False
+        hint, optional = rest[0], True
+    if hint in (str, int, float, bool):
+        return hint, optional
+    if typing.get_origin(hint) is list and typing.get_args(hint) == (str,):
+        return list, optional
+    return None, False
+
+
+def parse_size(text: str) -> int:
+    """Bytes from "1048576", "5MiB", "1GiB", "10MB" (decimal) and the like."""
+    match = _SIZE.fullmatch(text)
+    unit = match and _SIZE_UNITS.get(match.group(2).lower())
+    if not match or unit is None:
+        raise ValueError(f"expected a size like 1048576, 5MiB or 1GiB, got {text!r}")
+    value = float(match.group(1)) * unit
+    if value != int(value):
+        raise ValueError(f"{text!r} is not a whole number of bytes")
+    return int(value)
+
+
+def parse_text(spec: FieldSpec, text: str) -> Any:
+    """The value of a field written as text (environment or command line)."""
+    if spec.optional and text.strip().lower() in ("", "none"):
+        return None
+    try:
+        if spec.size:
+            return parse_size(text)
+        if spec.kind is bool:
+            lowered = text.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(f"expected true or false, got {text!r}")
+        if spec.kind is list:
+            return [item.strip() for item in text.split(",") if item.strip()]
+        if spec.kind is int:
+            return int(text)
+        if spec.kind is float:
+            return float(text)
+        return text
+    except ValueError as exc:
+        if spec.kind in (int, float) and not spec.size:
+            raise ValueError(f"expected {_describe(spec)}, got {text!r}") from None
+        raise ValueError(str(exc)) from None
+
+
+def parse_toml_value(spec: FieldSpec, value: Any) -> Any:
+    """The value of a field as TOML gave it; strings stand in for sizes and "none"."""
+    if isinstance(value, str) and spec.optional and value.strip().lower() == "none":
+        return None
+    if spec.size and isinstance(value, str):
+        return parse_size(value)
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool),
+        str: isinstance(value, str),
+        list: isinstance(value, list) and all(isinstance(item, str) for item in value),
+    }[spec.kind]
+    if not ok:
+        raise ValueError(f"expected {_describe(spec)}, got {type(value).__name__} {value!r}")
+    return float(value) if spec.kind is float else value
+
+
+def _describe(spec: FieldSpec) -> str:
+    text = {
+        bool: "true or false",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "a list of strings",
+    }[spec.kind]
+    if spec.size:
+        text = 'a size (bytes, or a string like "5MiB")'
+    return text + (' or "none"' if spec.optional else "")
+
+
+def read_file(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def load_config(
+    cli: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_file: str | None = None,
+) -> Config:
+    """Merge defaults < file < environment < CLI into one validated Config.
+
+    `cli` holds already-typed values by field name (only the flags given); `env` is
+    usually os.environ; `config_file` falls back to $TUSSERVER_CONFIG."""
+    specs = {spec.name: spec for spec in field_specs()}
+    env = env or {}
+    values: dict[str, Any] = {}
+
+    config_file = config_file or env.get(CONFIG_ENV) or None
+    if config_file:
+        for key, raw in read_file(config_file).items():
+            spec = specs.get(key)
+            if spec is None:
+                raise ConfigError(f"unknown key {key!r} in {config_file}{_suggest(key, specs)}")
+            try:
+                values[key] = parse_toml_value(spec, raw)
+            except ValueError as exc:
+                raise ConfigError(f"{key} in {config_file}: {exc}") from None
+
+    by_env = {spec.env: spec for spec in specs.values()}
+    for name, text in env.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+            continue
+        spec = by_env.get(name)
+        if spec is None:
+            raise ConfigError(f"unknown environment variable {name}{_suggest(name, by_env)}")
+        try:
+            values[spec.name] = parse_text(spec, text)
+        except ValueError as exc:
+            raise ConfigError(f"{name}: {exc}") from None
+
+    for key, value in (cli or {}).items():
+        if key not in specs:
+            raise ConfigError(f"unknown option {key!r}")
+        values[key] = value
+
+    config = Config(**values)
+    if config.base_path.startswith("/") and not config.base_path.endswith("/"):
+        config.base_path += "/"  # "/files" and "/files/" mean the same collection
+    validate(config)
+    return config
+
+
+def _suggest(name: str, known: Mapping[str, Any]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def validate(config: Config) -> None:
+    """Check the values that types alone cannot; raises ConfigError naming the key."""
+    if not 0 <= config.port <= 65535:
+        raise ConfigError(f"port must be 0..65535, got {config.port}")
+    if not config.base_path.startswith("/"):
+        raise ConfigError(f"base_path must start with '/', got {config.base_path!r}")
+    for name, allowed in CHOICES.items():
+        if getattr(config, name) not in allowed:
+            raise ConfigError(f"{name} must be one of {', '.join(allowed)}, got {getattr(config, name)!r}")
+    if config.store == "s3" and not config.s3_bucket:
+        raise ConfigError("store is 's3' but s3_bucket is not set")
+    if config.public_url is not None and not re.match(r"https?://[^/]+/?$", config.public_url):
+        raise ConfigError(f"public_url must be scheme://host[:port] only, got {config.public_url!r}")
+    for spec in field_specs():
+        value = getattr(config, spec.name)
+        if spec.kind in (int, float) and value is not None and value < 0:
+            raise ConfigError(f"{spec.name} must not be negative, got {value}")
+    if config.s3_part_size < config.s3_min_part_size:
+        raise ConfigError(
+            f"s3_part_size ({config.s3_part_size}) must be at least s3_min_part_size ({config.s3_min_part_size})"
+        )
+    if config.s3_upload_concurrency < 1 or config.s3_max_concurrency < 1:
+        raise ConfigError("s3_upload_concurrency and s3_max_concurrency must be at least 1")
