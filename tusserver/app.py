@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -10,6 +11,7 @@ from aiohttp import web
 
 from . import errors, protocol
 from .body import ClientGone, ReleaseRequested
+from .cleanup import clean_periodically
 from .config import Config
 from .cors import install_cors
 from .errors import TusError
@@ -127,7 +129,12 @@ def create_app(
 
     async def lifecycle(app: web.Application):
         await store.start()
+        cleaner = None
+        if config.expire_after is not None:
+            cleaner = asyncio.create_task(clean_periodically(store, config, handlers.locker))
         yield
+        if cleaner is not None:
+            cleaner.cancel()
         await store.close()
 
     app.cleanup_ctx.append(lifecycle)

@@ -44,14 +44,9 @@ class TusHandlers:
         request["upload_id"] = upload_id
         return upload_id
 
-    def _expired(self, info: UploadInfo) -> bool:
-        if info.expires is None or info.expires >= time.time():
-            return False
-        return not info.finished or self.config.expire_finished
-
     async def _load(self, upload_id: str) -> UploadInfo:
         info = await self.store.get_info(upload_id)
-        if self._expired(info):
+        if info.expired(time.time(), self.config.expire_finished):
             raise TusError(errors.GONE)
         return info
 

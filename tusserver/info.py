@@ -28,6 +28,12 @@ class UploadInfo:
     def deferred(self) -> bool:
         return self.length is None
 
+    def expired(self, now: float, include_finished: bool = False) -> bool:
+        """Past its expiry; a finished upload only expires when `include_finished`."""
+        if self.expires is None or self.expires >= now:
+            return False
+        return include_finished or not self.finished
+
     def to_json(self) -> bytes:
         doc = {
             "version": SCHEMA_VERSION,

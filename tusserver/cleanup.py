@@ -1,0 +1,64 @@
+"""Expiration: remove expired uploads and storage debris, periodically in the server
+and once from `tusserver cleanup` (for cron)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from .config import Config
+from .errors import TusError
+from .locks import Locker, MemoryLocker
+from .stores.base import ExpiringStore, Store, TerminatingStore
+
+log = logging.getLogger("tusserver.cleanup")
+
+
+async def clean_expired(store: Store, config: Config, locker: Locker, now: float | None = None) -> int:
+    """Terminate every expired upload; abort orphans older than the expiry. Returns a count."""
+    if not isinstance(store, ExpiringStore) or not isinstance(store, TerminatingStore):
+        return 0
+    now = time.time() if now is None else now
+    removed = 0
+    async for upload_id in store.list_uploads():
+        try:
+            info = await store.get_info(upload_id)
+            if not info.expired(now, config.expire_finished):
+                continue
+            async with locker.lock(upload_id):
+                info = await store.get_info(upload_id)  # a PATCH may have extended it meanwhile
+                if info.expired(now, config.expire_finished):
+                    await store.terminate(info)
+                    removed += 1
+        except TusError:
+            continue  # gone meanwhile, or busy: the next round decides
+    if config.expire_after is not None:
+        removed += await store.clean_orphans(now - config.expire_after)
+    return removed
+
+
+async def clean_periodically(store: Store, config: Config, locker: Locker) -> None:
+    while True:
+        await asyncio.sleep(config.cleanup_interval)
+        try:
+            removed = await clean_expired(store, config, locker)
+            if removed:
+                log.info("removed %d expired uploads", removed)
+        except Exception:  # keep the cleaner alive through a storage outage
+            log.exception("expired-upload cleanup failed")
+
+
+def run(config: Config) -> int:
+    """One cleanup pass for `tusserver cleanup`; returns the number removed."""
+    from .stores.factory import store_from_config
+
+    async def once() -> int:
+        store = store_from_config(config)
+        await store.start()
+        try:
+            return await clean_expired(store, config, MemoryLocker(config.lock_timeout))
+        finally:
+            await store.close()
+
+    return asyncio.run(once())
