@@ -105,7 +105,11 @@ def build_app(config: Config) -> web.Application:
 
 
 def serve(config: Config) -> int:
-    app = build_app(config)
+    try:
+        app = build_app(config)
+    except ValueError as exc:  # e.g. a cors_origins regex that does not compile
+        log.error("invalid configuration: %s", exc)
+        return 2
     url = f"http://{_url_host(config.host)}:{config.port}{config.base_path}"
     where = config.file_dir if config.store == "file" else f"s3://{config.s3_bucket}/{config.s3_prefix}"
 
@@ -130,7 +134,7 @@ def _url_host(host: str) -> str:
 
 
 def cleanup(config: Config) -> int:
-    # The cleanup module is optional: it arrives with the expiration work.
+    # The cleanup module arrives with the expiration work; without it there is nothing to run.
     try:
         module = importlib.import_module("tusserver.cleanup")
     except ModuleNotFoundError as exc:
@@ -138,10 +142,11 @@ def cleanup(config: Config) -> int:
             raise
         log.error("cleanup is not available in this version of tusserver")
         return 1
-    result = module.run(config)
-    if inspect.isawaitable(result):
-        result = asyncio.run(result)
-    return result if isinstance(result, int) else 0
+    removed = module.run(config)
+    if inspect.isawaitable(removed):
+        removed = asyncio.run(removed)
+    log.info("cleanup removed %s expired uploads", removed)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,201 @@
+"""Config loading: precedence CLI > env > file > defaults, and clear start-up errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+
+from tusserver.cli import build_parser
+from tusserver.config import Config
+from tusserver.load import ConfigError, field_specs, load_config, parse_size
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "tusserver.toml"
+    path.write_text(text)
+    return str(path)
+
+
+def cli_values(*argv: str) -> dict:
+    args = vars(build_parser().parse_args(list(argv)))
+    args.pop("command", None)
+    args.pop("config", None)
+    return args
+
+
+def test_defaults_without_any_source():
+    config = load_config(env={})
+    assert (config.host, config.port, config.base_path) == ("127.0.0.1", 1080, "/files/")
+    assert (config.store, config.file_dir) == ("file", "./data")
+    assert config == Config()
+
+
+def test_file_overrides_defaults(tmp_path):
+    path = write(tmp_path, 'port = 2000\nhost = "0.0.0.0"\nmax_size = "5MiB"\ncors_origins = ["https://a.example"]\n')
+    config = load_config(env={}, config_file=path)
+    assert (config.port, config.host, config.max_size) == (2000, "0.0.0.0", 5 << 20)
+    assert config.cors_origins == ["https://a.example"]
+    assert config.base_path == "/files/"
+
+
+def test_env_overrides_file_and_cli_overrides_env(tmp_path):
+    path = write(tmp_path, 'port = 2000\nhost = "10.0.0.1"\nfile_dir = "/from-file"\n')
+    env = {"TUSSERVER_PORT": "3000", "TUSSERVER_HOST": "10.0.0.2"}
+    config = load_config(cli=cli_values("--port", "4000"), env=env, config_file=path)
+    assert config.port == 4000  # CLI
+    assert config.host == "10.0.0.2"  # env
+    assert config.file_dir == "/from-file"  # file
+
+
+def test_config_file_can_come_from_the_environment(tmp_path):
+    path = write(tmp_path, "port = 2001\n")
+    assert load_config(env={"TUSSERVER_CONFIG": path}).port == 2001
+
+
+def test_env_values_of_every_kind_are_parsed():
+    env = {
+        "TUSSERVER_BEHIND_PROXY": "true",
+        "TUSSERVER_DOWNLOADS": "0",
+        "TUSSERVER_CORS_ORIGINS": "https://a.example, https://b.example",
+        "TUSSERVER_LOCK_TIMEOUT": "1.5",
+        "TUSSERVER_S3_PART_SIZE": "32MiB",
+        "TUSSERVER_READ_TIMEOUT": "none",
+        "TUSSERVER_MAX_SIZE": "1000",
+    }
+    config = load_config(env=env)
+    assert config.behind_proxy is True
+    assert config.downloads is False
+    assert config.cors_origins == ["https://a.example", "https://b.example"]
+    assert config.lock_timeout == 1.5
+    assert config.s3_part_size == 32 << 20
+    assert config.read_timeout is None
+    assert config.max_size == 1000
+
+
+def test_cli_flags_cover_bools_lists_and_sizes():
+    values = cli_values(
+        "--no-downloads", "--behind-proxy", "--cors-origins", "x,y", "--max-size", "1GiB", "--store", "s3"
+    )
+    assert values == {
+        "downloads": False,
+        "behind_proxy": True,
+        "cors_origins": ["x", "y"],
+        "max_size": 1 << 30,
+        "store": "s3",
+    }
+
+
+def test_every_config_field_has_a_flag():
+    flags = {a.dest for a in build_parser()._actions}
+    assert {f.name for f in dataclasses.fields(Config)} <= flags
+
+
+def test_unknown_file_key_is_an_error_naming_it(tmp_path):
+    path = write(tmp_path, "prot = 1080\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'prot' .*did you mean 'port'"):
+        load_config(env={}, config_file=path)
+
+
+def test_unknown_env_variable_is_an_error_naming_it():
+    with pytest.raises(ConfigError, match="unknown environment variable TUSSERVER_PROT"):
+        load_config(env={"TUSSERVER_PROT": "1"})
+
+
+def test_other_env_variables_are_ignored():
+    assert load_config(env={"PORT": "1", "TUSSERVERX": "1"}) == Config()
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ('port = "1080"', r"port in .*: expected an integer, got str '1080'"),
+        ("port = 1.5", r"port in .*: expected an integer, got float"),
+        ("downloads = 1", r"downloads in .*: expected true or false, got int"),
+        ("host = 1", r"host in .*: expected a string, got int"),
+        ("cors_origins = [1]", r"cors_origins in .*: expected a list of strings"),
+        ('max_size = "5 potatoes"', r"max_size in .*: expected a size like"),
+        ("max_size = true", r"max_size in .*: expected a size"),
+    ],
+)
+def test_wrong_type_in_file_is_an_error_naming_the_key(tmp_path, toml, message):
+    path = write(tmp_path, toml + "\n")
+    with pytest.raises(ConfigError, match=message):
+        load_config(env={}, config_file=path)
+
+
+def test_wrong_type_in_env_is_an_error_naming_the_variable():
+    with pytest.raises(ConfigError, match=r"TUSSERVER_PORT: expected an integer, got 'abc'"):
+        load_config(env={"TUSSERVER_PORT": "abc"})
+    with pytest.raises(ConfigError, match=r"TUSSERVER_DOWNLOADS: expected true or false, got 'maybe'"):
+        load_config(env={"TUSSERVER_DOWNLOADS": "maybe"})
+
+
+def test_invalid_toml_is_an_error(tmp_path):
+    path = write(tmp_path, "port = \n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(env={}, config_file=path)
+
+
+def test_missing_config_file_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(env={}, config_file=str(tmp_path / "nope.toml"))
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"TUSSERVER_STORE": "ftp"}, "store must be one of file, s3, got 'ftp'"),
+        ({"TUSSERVER_STORE": "s3"}, "s3_bucket is not set"),
+        ({"TUSSERVER_PORT": "70000"}, "port must be 0..65535"),
+        ({"TUSSERVER_BASE_PATH": "files"}, "base_path must start with '/'"),
+        ({"TUSSERVER_LOG_FORMAT": "xml"}, "log_format must be one of text, json"),
+        ({"TUSSERVER_LOCK_TIMEOUT": "-1"}, "lock_timeout must not be negative"),
+        ({"TUSSERVER_S3_PART_SIZE": "1MiB"}, r"s3_part_size \(1048576\) must be at least s3_min_part_size"),
+        ({"TUSSERVER_PUBLIC_URL": "https://a.example/x"}, "public_url must be scheme://host"),
+    ],
+)
+def test_invalid_values_are_rejected_once_at_load(env, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(env=env)
+
+
+def test_base_path_gets_its_trailing_slash():
+    assert load_config(env={"TUSSERVER_BASE_PATH": "/uploads"}).base_path == "/uploads/"
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("0", 0),
+        ("1048576", 1 << 20),
+        ("5MiB", 5 << 20),
+        ("5mib", 5 << 20),
+        ("1GiB", 1 << 30),
+        ("2 KiB", 2048),
+        ("1.5MiB", 3 << 19),
+        ("10MB", 10_000_000),
+        ("1k", 1000),
+        ("2TiB", 2 << 40),
+    ],
+)
+def test_sizes_accept_bytes_and_suffixes(text, size):
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["", "MiB", "-1", "5 MiBs", "1.5", "0.5KiB0", "5XB"])
+def test_bad_sizes_are_rejected(text):
+    with pytest.raises(ValueError):
+        parse_size(text)
+
+
+def test_example_config_documents_every_key_with_its_default():
+    text = (ROOT / "config.example.toml").read_text()
+    mentioned = set(re.findall(r"^#? ?([a-z0-9_]+) = ", text, re.MULTILINE))
+    assert mentioned == {spec.name for spec in field_specs()}
+    # Uncommented lines are the defaults, so loading the example changes nothing.
+    assert load_config(env={}, config_file=str(ROOT / "config.example.toml")) == Config()
