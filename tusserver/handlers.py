@@ -33,7 +33,10 @@ class TusHandlers:
         self.config = config
         self.store = store
         self.locker = locker
-        self.extensions = store_extensions(store)
+        # checksum-trailer is not offered: aiohttp parses request trailers but does not expose them.
+        self.extensions = store_extensions(store) + ["checksum"]
+        if config.expire_after is not None:
+            self.extensions.append("expiration")
 
     # -- helpers -----------------------------------------------------------
 
@@ -101,7 +104,7 @@ class TusHandlers:
     async def options(self, request: web.Request) -> web.Response:
         headers = {
             "Tus-Version": protocol.TUS_VERSION,
-            "Tus-Extension": ",".join(self.extensions + ["checksum", "expiration"]),
+            "Tus-Extension": ",".join(self.extensions),
             "Tus-Checksum-Algorithm": ",".join(protocol.CHECKSUM_ALGORITHMS),
         }
         if self.config.max_size is not None:
