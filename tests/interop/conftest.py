@@ -1,0 +1,77 @@
+"""Fixtures for the real-client tests: the npm tree and tusservers on free loopback ports."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from interop_support import INTEROP, PREFIX, Received, TusTarget
+
+from tusserver.app import create_app
+from tusserver.config import Config
+
+
+@pytest.fixture(scope="session")
+def node_modules() -> Path:
+    """The pinned npm tree; `npm ci` runs here when it is missing or older than the lockfile,
+    so `pytest tests/interop` works on its own."""
+    tree = INTEROP / "node_modules"
+    marker = tree / ".package-lock.json"
+    lock = INTEROP / "package-lock.json"
+    if not marker.exists() or marker.stat().st_mtime < lock.stat().st_mtime:
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=INTEROP, check=True, stdout=sys.stderr)
+    return tree
+
+
+@pytest.fixture(params=["file"])
+def store_kind(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+async def make_target(store_factory, store_kind):
+    """`await make_target(**config)` starts a tusserver (under /files/) on a free
+    127.0.0.1 port over a fresh store; all are stopped after the test."""
+    targets: list[TestServer] = []
+
+    async def make(**options) -> TusTarget:
+        store = store_factory()
+        config = Config(**options)
+        requests: list[Received] = []
+
+        @web.middleware
+        async def record(request: web.Request, handler):
+            status = 500
+            try:
+                response = await handler(request)
+                status = response.status
+                return response
+            except web.HTTPException as exc:
+                status = exc.status
+                raise
+            finally:
+                requests.append(
+                    Received(
+                        request.method,
+                        request.path,
+                        status,
+                        dict(request.headers),
+                        request.get("bytes_in", 0),
+                    )
+                )
+
+        root = web.Application(middlewares=[record])
+        root.add_subapp(PREFIX, create_app(config, store=store))
+        server = TestServer(root, host="127.0.0.1", port=0)
+        await server.start_server()
+        targets.append(server)
+        s3_endpoint = getattr(store_factory, "endpoint", None)
+        return TusTarget(f"http://127.0.0.1:{server.port}", store_kind, store, s3_endpoint, requests)
+
+    yield make
+    for server in targets:
+        await server.close()
