@@ -10,6 +10,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from interop_support import INTEROP, PREFIX, Received, TusTarget
+from multidict import CIMultiDict
 
 from tusserver.app import create_app
 from tusserver.config import Config
@@ -59,7 +60,7 @@ async def make_target(store_factory, store_kind):
                         request.method,
                         request.path,
                         status,
-                        dict(request.headers),
+                        CIMultiDict(request.headers),
                         request.get("bytes_in", 0),
                     )
                 )

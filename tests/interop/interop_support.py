@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
@@ -61,7 +62,7 @@ class Received:
     method: str
     path: str
     status: int
-    headers: dict[str, str]
+    headers: Mapping[str, str]  # case-insensitive
     bytes_in: int
 
 
