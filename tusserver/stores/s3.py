@@ -1,0 +1,746 @@
+"""S3 store: one multipart upload per tus upload, all state in the bucket.
+
+Keys under the prefix:
+  `<id>`       the object, built by the multipart upload created in `create()`
+  `<id>.info`  the UploadInfo JSON (same schema as the disk store)
+  `<id>.part`  a tail too short to be a part, while the upload is unfinished
+
+The offset is derived on every read: the parts numbered 1..n without gaps, plus
+`.part` when it is tagged as belonging in front of part n+1. The tag makes the
+hand-over of a tail crash-safe: once its bytes are in part n+1, a `.part` that is
+still there is ignored (and overwritten or deleted by the next PATCH).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import re
+from collections import OrderedDict
+from collections.abc import AsyncIterable, AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from botocore.exceptions import BotoCoreError, ClientError
+
+from .. import errors
+from ..config import Config
+from ..errors import TusError
+from ..info import UploadInfo
+from ..protocol import is_valid_upload_id
+from .base import Download, StreamDownload
+from .spool import Piece, Spool, remove_stale_spools
+
+log = logging.getLogger("tusserver.s3")
+
+MiB = 1 << 20
+GiB = 1 << 30
+MAX_PARTS = 10_000
+MAX_PART_SIZE = 5 * GiB
+MAX_OBJECT_SIZE = 5 * 1024 * GiB
+# Deferred uploads may use the preferred part size for the first half of the part
+# budget: the other half still reaches 5 TiB with parts of about 1 GiB.
+DEFERRED_FREE_PARTS = MAX_PARTS // 2
+MAX_USER_METADATA = 2000  # bytes; S3 allows 2 KiB of user metadata in all
+READ_CHUNK = 1 * MiB
+UPLOAD_ID_CACHE = 4096
+TAIL_TAG = "tus-next-part"  # .part user metadata: the part number it goes in front of
+
+_STORAGE_ERRORS = (ClientError, BotoCoreError, aiohttp.ClientError, OSError)
+_MISSING = {"NoSuchKey", "NoSuchUpload", "404", "NotFound"}
+_CONTENT_TYPE_RE = re.compile(r"[\x21-\x7e]+(/[\x20-\x7e]*)?")
+_META_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def part_size_for(
+    *, length: int | None, offset: int, parts_used: int, preferred: int, min_part: int
+) -> tuple[int, int]:
+    """(size to cut the next part at, smallest tail that may be a non-final part),
+    such that the upload never needs more than 10,000 parts."""
+    if length is None:
+        remaining, left = MAX_OBJECT_SIZE - offset, MAX_PARTS - parts_used
+        need = 0 if left > DEFERRED_FREE_PARTS else math.ceil(remaining / max(left, 1))
+    else:
+        need = math.ceil(max(length - offset, 0) / max(MAX_PARTS - parts_used, 1))
+    smallest = max(min_part, need)
+    return min(max(preferred, smallest), MAX_PART_SIZE), smallest
+
+
+def uniform_part_size(length: int | None, preferred: int, min_part: int) -> int:
+    """The one part size of an upload whose non-final parts must all be equal (R2)."""
+    need = math.ceil((MAX_OBJECT_SIZE if length is None else length) / MAX_PARTS)
+    return min(max(preferred, min_part, need), MAX_PART_SIZE)
+
+
+def s3_metadata(metadata: dict[str, str | None]) -> dict[str, str]:
+    """tus metadata as S3 user metadata: ASCII keys and values only, within 2 KiB.
+    The original, in full, stays in `.info`."""
+    out: dict[str, str] = {}
+    used = 0
+    for key, value in metadata.items():
+        safe_key = _META_KEY_UNSAFE.sub("_", key)
+        safe_value = "" if value is None else value.encode("utf-8", "surrogateescape").decode("ascii", "replace")
+        safe_value = "".join(c if " " <= c <= "~" else "?" for c in safe_value)
+        used += len(safe_key) + len(safe_value)
+        if used > MAX_USER_METADATA:
+            break
+        out[safe_key] = safe_value
+    return out
+
+
+def _code(exc: BaseException) -> str:
+    if isinstance(exc, ClientError):
+        return str(exc.response.get("Error", {}).get("Code", ""))
+    return ""
+
+
+def _unavailable(exc: BaseException) -> TusError:
+    log.warning("S3 request failed: %s", exc)
+    return TusError(errors.STORAGE_UNAVAILABLE)
+
+
+@dataclass(frozen=True)
+class _Tail:
+    size: int
+    next_part: int
+
+
+@dataclass
+class _State:
+    """What S3 holds of an unfinished upload right now."""
+
+    parts: list[dict[str, Any]]  # contiguous from part 1: PartNumber, ETag, Size
+    tail: _Tail | None  # a valid .part, or None
+
+    @property
+    def offset(self) -> int:
+        return sum(p["Size"] for p in self.parts) + (self.tail.size if self.tail else 0)
+
+
+class S3Store:
+    """Stores uploads in an S3 bucket (or an S3-compatible service)."""
+
+    def __init__(
+        self,
+        bucket: str,
+        *,
+        prefix: str = "",
+        endpoint_url: str | None = None,
+        region: str | None = None,
+        path_style: bool = False,
+        min_part_size: int = 5 * MiB,
+        part_size: int = 16 * MiB,
+        uniform_parts: bool = False,
+        upload_concurrency: int = 4,
+        max_concurrency: int = 16,
+        temp_dir: str | None = None,
+    ) -> None:
+        self.bucket = bucket
+        self.prefix = prefix
+        self.endpoint_url = endpoint_url
+        self.region = region
+        self.path_style = path_style
+        self.min_part_size = min_part_size
+        self.part_size = max(part_size, min_part_size)
+        self.uniform_parts = uniform_parts
+        self.upload_concurrency = max(1, upload_concurrency)
+        self.max_concurrency = max(1, max_concurrency)
+        self.temp_dir = temp_dir
+        self._client: Any = None
+        self._exit = contextlib.AsyncExitStack()
+        self._slots = asyncio.Semaphore(self.max_concurrency)
+        # id -> S3 UploadId. It never changes while the upload is unfinished, so it is
+        # safe to remember; it lets get_info list parts while .info is still loading.
+        self._upload_ids: OrderedDict[str, str] = OrderedDict()
+
+    @classmethod
+    def from_config(cls, config: Config) -> S3Store:
+        if not config.s3_bucket:
+            raise ValueError("the S3 store needs s3_bucket")
+        return cls(
+            config.s3_bucket,
+            prefix=config.s3_prefix,
+            endpoint_url=config.s3_endpoint,
+            region=config.s3_region,
+            path_style=config.s3_path_style,
+            min_part_size=config.s3_min_part_size,
+            part_size=config.s3_part_size,
+            uniform_parts=config.s3_uniform_parts,
+            upload_concurrency=config.s3_upload_concurrency,
+            max_concurrency=config.s3_max_concurrency,
+            temp_dir=config.temp_dir,
+        )
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def start(self) -> None:
+        removed = remove_stale_spools(self.temp_dir)
+        if removed:
+            log.info("removed %d stale spool files", removed)
+        config = AioConfig(
+            retries={"mode": "standard", "max_attempts": 4},
+            s3={"addressing_style": "path" if self.path_style else "auto"},
+            # Plain bodies: no aws-chunked encoding with trailing checksums.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            max_pool_connections=self.max_concurrency + 16,
+            connect_timeout=10,
+            read_timeout=120,
+        )
+        session = get_session()
+        self._client = await self._exit.enter_async_context(
+            session.create_client("s3", endpoint_url=self.endpoint_url, region_name=self.region, config=config)
+        )
+
+    async def close(self) -> None:
+        await self._exit.aclose()
+        self._client = None
+
+    # -- keys and small objects -------------------------------------------------
+
+    def _key(self, upload_id: str, suffix: str = "") -> str:
+        if not is_valid_upload_id(upload_id):  # defence in depth; handlers validate too
+            raise TusError(errors.NOT_FOUND)
+        return f"{self.prefix}{upload_id}{suffix}"
+
+    async def _call(self, operation: str, **params: Any) -> dict[str, Any]:
+        try:
+            return await getattr(self._client, operation)(Bucket=self.bucket, **params)
+        except _STORAGE_ERRORS as exc:
+            if _code(exc) in _MISSING:
+                raise
+            raise _unavailable(exc) from None
+
+    async def _put_info(self, info: UploadInfo) -> None:
+        await self._call(
+            "put_object", Key=self._key(info.id, ".info"), Body=info.to_json(), ContentType="application/json"
+        )
+
+    async def _read_info(self, upload_id: str) -> UploadInfo:
+        try:
+            response = await self._call("get_object", Key=self._key(upload_id, ".info"))
+            async with response["Body"] as stream:
+                data = await stream.read()
+        except ClientError:
+            raise TusError(errors.NOT_FOUND) from None
+        except _STORAGE_ERRORS as exc:
+            raise _unavailable(exc) from None
+        return UploadInfo.from_json(data)
+
+    async def _head_tail(self, upload_id: str) -> _Tail | None:
+        try:
+            response = await self._call("head_object", Key=self._key(upload_id, ".part"))
+        except ClientError:
+            return None
+        tag = response.get("Metadata", {}).get(TAIL_TAG, "")
+        if not tag.isdigit():
+            return None
+        return _Tail(int(response["ContentLength"]), int(tag))
+
+    async def _list_parts(self, info: UploadInfo) -> list[dict[str, Any]]:
+        """Every part of the upload, in order, following PartNumberMarker past 1000."""
+        parts: list[dict[str, Any]] = []
+        marker = 0
+        while True:
+            response = await self._call(
+                "list_parts",
+                Key=info.storage["key"],
+                UploadId=info.storage["upload_id"],
+                PartNumberMarker=marker,
+            )
+            parts += [
+                {"PartNumber": p["PartNumber"], "ETag": p["ETag"], "Size": p["Size"]}
+                for p in response.get("Parts", [])
+            ]
+            if not response.get("IsTruncated"):
+                return parts
+            marker = int(response["NextPartNumberMarker"])
+
+    def _state(self, info: UploadInfo, listed: list[dict[str, Any]], tail: _Tail | None) -> _State:
+        stale = set(info.storage.get("stale_parts", []))
+        parts = []
+        for number, part in enumerate(sorted(listed, key=lambda p: p["PartNumber"]), 1):
+            if part["PartNumber"] != number or number in stale:
+                break
+            parts.append(part)
+        if tail is not None and tail.next_part != len(parts) + 1:
+            tail = None
+        return _State(parts, tail)
+
+    async def _read_state(self, info: UploadInfo) -> _State:
+        listed, tail = await asyncio.gather(self._list_parts(info), self._head_tail(info.id))
+        return self._state(info, listed, tail)
+
+    def _remember(self, upload_id: str, s3_upload_id: str) -> None:
+        self._upload_ids[upload_id] = s3_upload_id
+        self._upload_ids.move_to_end(upload_id)
+        while len(self._upload_ids) > UPLOAD_ID_CACHE:
+            self._upload_ids.popitem(last=False)
+
+    # -- Store ---------------------------------------------------------------------
+
+    async def create(self, info: UploadInfo) -> None:
+        if info.length is not None and info.length > MAX_OBJECT_SIZE:
+            raise TusError(errors.MAX_SIZE_EXCEEDED, "S3 objects are at most 5 TiB")
+        key = self._key(info.id)
+        params: dict[str, Any] = {"Key": key, "Metadata": s3_metadata(info.metadata)}
+        content_type = info.metadata.get("filetype")
+        if content_type and _CONTENT_TYPE_RE.fullmatch(content_type):
+            params["ContentType"] = content_type
+        response = await self._call("create_multipart_upload", **params)
+        info.storage = {"type": "s3", "bucket": self.bucket, "key": key, "upload_id": response["UploadId"]}
+        if self.uniform_parts:
+            info.storage["part_size"] = uniform_part_size(info.length, self.part_size, self.min_part_size)
+        await self._put_info(info)
+        self._remember(info.id, response["UploadId"])
+
+    async def get_info(self, upload_id: str) -> UploadInfo:
+        self._key(upload_id)
+        known = self._upload_ids.get(upload_id)
+
+        async def early_parts() -> list[dict[str, Any]] | None:
+            if known is None:
+                return None
+            with contextlib.suppress(ClientError):
+                return await self._list_parts(
+                    UploadInfo(upload_id, None, storage={"key": self._key(upload_id), "upload_id": known})
+                )
+            return None
+
+        info, tail, listed = await asyncio.gather(
+            self._read_info(upload_id), self._head_tail(upload_id), early_parts()
+        )
+        if info.finished:
+            info.offset = info.length or 0
+            return info
+        if listed is None or known != info.storage["upload_id"]:
+            try:
+                listed = await self._list_parts(info)
+            except ClientError:
+                return await self._recover_completed(info)
+        self._remember(upload_id, info.storage["upload_id"])
+        info.offset = self._state(info, listed, tail).offset
+        return info
+
+    async def _recover_completed(self, info: UploadInfo) -> UploadInfo:
+        """The multipart upload is gone: either completed before `.info` said so, or aborted."""
+        try:
+            head = await self._call("head_object", Key=info.storage["key"])
+        except ClientError:
+            raise TusError(errors.NOT_FOUND) from None
+        if info.length is None or head["ContentLength"] != info.length:
+            raise TusError(errors.NOT_FOUND)
+        info.finished = True
+        info.storage["etag"] = head.get("ETag")
+        info.offset = info.length
+        await self._put_info(info)
+        return info
+
+    async def append(self, info: UploadInfo, body: AsyncIterable[bytes], *, atomic: bool = False) -> int:
+        try:
+            state = await self._read_state(info)
+        except ClientError:
+            raise TusError(errors.NOT_FOUND) from None
+        if state.offset != info.offset:
+            raise TusError(errors.MISMATCHED_OFFSET, f"upload is at {state.offset}")
+        writer = _PartWriter(self, info, state, atomic)
+        error: BaseException | None = None
+        try:
+            async for chunk in body:
+                await writer.write(chunk)
+        except (Exception, asyncio.CancelledError) as exc:
+            error = exc
+        if atomic and error is not None:
+            writer.discard()
+            raise error
+        # Keep what was received even when the request is being cancelled.
+        flush = asyncio.ensure_future(writer.flush())
+        flush.add_done_callback(_log_failure)
+        offset = await asyncio.shield(flush)
+        if error is not None:
+            raise error
+        return offset
+
+    async def set_length(self, info: UploadInfo, length: int) -> None:
+        if length > MAX_OBJECT_SIZE:
+            raise TusError(errors.MAX_SIZE_EXCEEDED, "S3 objects are at most 5 TiB")
+        info.length = length
+        await self._put_info(info)
+
+    async def finish(self, info: UploadInfo) -> None:
+        if info.finished:
+            return
+        try:
+            state = await self._read_state(info)
+        except ClientError:
+            raise TusError(errors.NOT_FOUND) from None
+        if state.tail is not None:  # not reached via append(), which uploads the last part itself
+            writer = _PartWriter(self, info, state, atomic=False)
+            await writer.flush()
+            state = await self._read_state(info)
+        await self._complete(info, state.parts)
+        if state.tail is not None:
+            await self._delete(self._key(info.id, ".part"))
+        info.finished = True
+        info.offset = info.length or 0
+        await self._put_info(info)
+        self._upload_ids.pop(info.id, None)
+
+    async def _complete(self, info: UploadInfo, parts: list[dict[str, Any]]) -> None:
+        key, upload = info.storage["key"], info.storage["upload_id"]
+        if not parts:
+            # S3 cannot complete a multipart upload without parts: write the empty object.
+            with contextlib.suppress(ClientError):
+                await self._call("abort_multipart_upload", Key=key, UploadId=upload)
+            params: dict[str, Any] = {"Key": key, "Body": b"", "Metadata": s3_metadata(info.metadata)}
+            content_type = info.metadata.get("filetype")
+            if content_type and _CONTENT_TYPE_RE.fullmatch(content_type):
+                params["ContentType"] = content_type
+            response = await self._call("put_object", **params)
+        else:
+            response = await self._call(
+                "complete_multipart_upload",
+                Key=key,
+                UploadId=upload,
+                MultipartUpload={"Parts": [{"PartNumber": p["PartNumber"], "ETag": p["ETag"]} for p in parts]},
+            )
+        info.storage["etag"] = response.get("ETag")
+        info.storage.pop("stale_parts", None)
+
+    async def download(self, info: UploadInfo) -> Download:
+        key = info.storage["key"]
+
+        async def open_range(start: int, end: int) -> AsyncIterator[bytes]:
+            response = await self._call("get_object", Key=key, Range=f"bytes={start}-{end - 1}")
+            async with response["Body"] as stream:
+                async for chunk in stream.iter_chunks(READ_CHUNK):
+                    yield chunk
+
+        return StreamDownload(info.length or 0, info.storage.get("etag"), open_range)
+
+    # -- TerminatingStore --------------------------------------------------------
+
+    async def terminate(self, info: UploadInfo) -> None:
+        key = self._key(info.id)
+        jobs = [self._delete(key), self._delete(self._key(info.id, ".part"))]
+        if info.storage.get("upload_id") and not info.finished:
+            jobs.append(self._abort(key, info.storage["upload_id"]))
+        await asyncio.gather(*jobs)
+        # .info last: while it exists, a failed DELETE can be retried.
+        await self._delete(self._key(info.id, ".info"))
+        self._upload_ids.pop(info.id, None)
+
+    async def _delete(self, key: str) -> None:
+        with contextlib.suppress(ClientError):
+            await self._call("delete_object", Key=key)
+
+    async def _abort(self, key: str, upload: str) -> None:
+        with contextlib.suppress(ClientError):
+            await self._call("abort_multipart_upload", Key=key, UploadId=upload)
+
+    # -- ConcatenatingStore --------------------------------------------------------
+
+    async def concatenate(self, final: UploadInfo, partials: list[UploadInfo]) -> None:
+        key, upload = final.storage["key"], final.storage["upload_id"]
+        parts: list[dict[str, Any]] = []
+        spool = Spool(self.temp_dir, self.part_size)
+        try:
+            for index, partial in enumerate(partials):
+                size = partial.length or 0
+                last = index == len(partials) - 1
+                if spool.pending == 0 and (size >= self.min_part_size or (last and size > 0)):
+                    await self._copy_ranges(key, upload, partial.storage["key"], size, parts)
+                    continue
+                # Too small to be a part of its own: stream it through a temp file.
+                if size:
+                    response = await self._call("get_object", Key=partial.storage["key"])
+                    async with response["Body"] as stream:
+                        async for chunk in stream.iter_chunks(READ_CHUNK):
+                            for piece in spool.write(chunk):
+                                await self._send_piece(key, upload, piece, parts)
+                if spool.pending >= self.min_part_size or (last and spool.pending):
+                    piece = spool.cut()
+                    assert piece is not None
+                    await self._send_piece(key, upload, piece, parts)
+        except _STORAGE_ERRORS as exc:
+            raise _unavailable(exc) from None
+        finally:
+            spool.discard()
+        final.length = sum(p.length or 0 for p in partials)
+        await self._complete(final, parts)
+        final.offset = final.length
+        final.finished = True
+        await self._put_info(final)
+        self._upload_ids.pop(final.id, None)
+
+    async def _copy_ranges(self, key: str, upload: str, source: str, size: int, parts: list[dict[str, Any]]) -> None:
+        count = max(1, math.ceil(size / MAX_PART_SIZE))
+        step = math.ceil(size / count)
+        for start in range(0, size, step):
+            end = min(start + step, size) - 1
+            number = len(parts) + 1
+            params: dict[str, Any] = {}
+            if count > 1:
+                params["CopySourceRange"] = f"bytes={start}-{end}"
+            async with self._slots:
+                response = await self._call(
+                    "upload_part_copy",
+                    Key=key,
+                    UploadId=upload,
+                    PartNumber=number,
+                    CopySource={"Bucket": self.bucket, "Key": source},
+                    **params,
+                )
+            parts.append({"PartNumber": number, "ETag": response["CopyPartResult"]["ETag"], "Size": end - start + 1})
+
+    async def _send_piece(self, key: str, upload: str, piece: Piece, parts: list[dict[str, Any]]) -> None:
+        try:
+            number = len(parts) + 1
+            async with self._slots:
+                etag = await self._upload_part(key, upload, number, piece)
+            parts.append({"PartNumber": number, "ETag": etag, "Size": piece.size})
+        finally:
+            piece.remove()
+
+    async def _upload_part(self, key: str, upload: str, number: int, piece: Piece) -> str:
+        # From the file, so botocore's retries can rewind and resend it.
+        with piece.open() as f:
+            response = await self._call(
+                "upload_part", Key=key, UploadId=upload, PartNumber=number, Body=f, ContentLength=piece.size
+            )
+        return response["ETag"]
+
+    # -- ExpiringStore -------------------------------------------------------------
+
+    async def list_uploads(self) -> AsyncIterator[str]:
+        async for key in self._keys():
+            name = key[len(self.prefix) :]
+            if name.endswith(".info") and is_valid_upload_id(name[: -len(".info")]):
+                yield name[: -len(".info")]
+
+    async def _keys(self) -> AsyncIterator[str]:
+        paginator = self._client.get_paginator("list_objects_v2")
+        try:
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+                for item in page.get("Contents", []):
+                    yield item["Key"]
+        except _STORAGE_ERRORS as exc:
+            raise _unavailable(exc) from None
+
+    async def _has_info(self, upload_id: str) -> bool:
+        try:
+            await self._call("head_object", Key=self._key(upload_id, ".info"))
+        except ClientError:
+            return False
+        return True
+
+    async def clean_orphans(self, older_than: float) -> int:
+        """Abort multipart uploads and delete `.part` objects that have no `.info`."""
+        removed = 0
+        paginator = self._client.get_paginator("list_multipart_uploads")
+        try:
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+                for upload in page.get("Uploads", []):
+                    name = upload["Key"][len(self.prefix) :]
+                    if not is_valid_upload_id(name) or upload["Initiated"].timestamp() >= older_than:
+                        continue
+                    if not await self._has_info(name):
+                        await self._abort(upload["Key"], upload["UploadId"])
+                        removed += 1
+            pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix)
+            async for page in pages:
+                for item in page.get("Contents", []):
+                    name = item["Key"][len(self.prefix) :]
+                    if not name.endswith(".part") or item["LastModified"].timestamp() >= older_than:
+                        continue
+                    upload_id = name[: -len(".part")]
+                    if is_valid_upload_id(upload_id) and not await self._has_info(upload_id):
+                        await self._delete(item["Key"])
+                        removed += 1
+        except _STORAGE_ERRORS as exc:
+            raise _unavailable(exc) from None
+        return removed
+
+
+class _PartWriter:
+    """One PATCH body on its way into parts: spooled to temp files, full pieces sent
+    while the next is received, the short tail kept as `.part`."""
+
+    def __init__(self, store: S3Store, info: UploadInfo, state: _State, atomic: bool) -> None:
+        self.store = store
+        self.info = info
+        self.atomic = atomic
+        self.key = info.storage["key"]
+        self.upload = info.storage["upload_id"]
+        self.tail = state.tail  # the .part to take in front of the body, if any
+        self.first_part = len(state.parts) + 1
+        self.next_part = self.first_part
+        self.offset = state.offset - (state.tail.size if state.tail else 0)  # bytes in parts
+        self.uniform = info.storage.get("part_size")
+        self.spool = Spool(store.temp_dir, self._sizes()[0])
+        self.received = 0
+        self.taken = False  # the .part bytes are in the spool
+        self.tail_broken = False  # reading the .part failed half way
+        self.waiting: list[tuple[int, Piece]] = []  # atomic: spooled, sent after the body checks out
+        self.short: Piece | None = None  # the tail too short to be a part
+        self.tasks: set[asyncio.Task] = set()
+        self.sent: set[int] = set()
+        self.failed: int | None = None  # lowest part number that could not be stored
+        self.limit = asyncio.Semaphore(store.upload_concurrency)
+
+    def _sizes(self) -> tuple[int, int]:
+        if self.uniform:
+            return self.uniform, self.uniform
+        return part_size_for(
+            length=self.info.length,
+            offset=self.offset,
+            parts_used=self.next_part - 1,
+            preferred=self.store.part_size,
+            min_part=self.store.min_part_size,
+        )
+
+    async def write(self, chunk: bytes) -> None:
+        if self.tail is not None and not self.taken:
+            await self._take_tail()
+        self.received += len(chunk)
+        for piece in self.spool.write(chunk):
+            await self._queue(piece)
+
+    async def _take_tail(self) -> None:
+        """Put the `.part` bytes in front of the body. `.part` stays in S3 until its bytes
+        are safely in a part (its tag then marks it stale) or a new `.part` replaces it.
+        A `.part` is shorter than a part, so it never fills a piece on its own."""
+        self.taken = True
+        self.tail_broken = True
+        try:
+            response = await self.store._call("get_object", Key=self.store._key(self.info.id, ".part"))
+            async with response["Body"] as stream:
+                async for chunk in stream.iter_chunks(READ_CHUNK):
+                    self.spool.write(chunk)
+        except _STORAGE_ERRORS as exc:
+            raise _unavailable(exc) from None
+        self.tail_broken = False
+
+    async def _queue(self, piece: Piece) -> None:
+        number = self.next_part
+        self.next_part += 1
+        self.offset += piece.size
+        self.spool.piece_size = self._sizes()[0]
+        if self.atomic:
+            self.waiting.append((number, piece))
+        else:
+            await self._send(number, piece)
+
+    async def _send(self, number: int, piece: Piece) -> None:
+        """Start uploading `piece`; waits for a free slot first (backpressure)."""
+        if self.failed is not None:
+            piece.remove()
+            raise TusError(errors.STORAGE_UNAVAILABLE)
+        await self.limit.acquire()
+        try:
+            await self.store._slots.acquire()
+        except BaseException:
+            self.limit.release()
+            piece.remove()
+            raise
+        task = asyncio.create_task(self._upload(number, piece))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _upload(self, number: int, piece: Piece) -> None:
+        try:
+            await self.store._upload_part(self.key, self.upload, number, piece)
+            self.sent.add(number)
+        except Exception as exc:  # recorded: the PATCH fails with 503 once the rest settled
+            log.warning("part %d of %s not stored: %s", number, self.info.id, exc)
+            self.failed = number if self.failed is None else min(self.failed, number)
+        finally:
+            piece.remove()
+            self.store._slots.release()
+            self.limit.release()
+
+    async def flush(self) -> int:
+        """Send what is left, store the short tail, and return the safely stored offset."""
+        try:
+            return await self._flush()
+        finally:
+            self.discard()
+
+    async def _flush(self) -> int:
+        if self.tail is not None and self.tail_broken:
+            return self.offset + self.tail.size  # the old .part was not read in full: it stands
+        if self.tail is not None and not self.taken and self._complete(self.tail.size):
+            await self._take_tail()
+        with contextlib.suppress(TusError):  # a part failed: stop sending; reported below
+            while self.waiting:
+                number, piece = self.waiting.pop(0)
+                await self._send(number, piece)
+            self.short = self.spool.cut()
+            if self.short is not None:
+                size = self.short.size
+                if self._complete(size) or (size >= self._sizes()[1] and not self.uniform):
+                    piece, self.short = self.short, None
+                    number = self.next_part
+                    self.next_part += 1
+                    self.offset += size
+                    await self._send(number, piece)
+        while self.tasks:
+            await asyncio.gather(*self.tasks)
+        await self._record_stale()
+        if self.failed is not None:
+            raise TusError(errors.STORAGE_UNAVAILABLE)
+        if self.short is not None:  # kept as .part, in front of the next part
+            await self._put_tail(self.short)
+            return self.offset + self.short.size
+        if self.tail is not None and not self.taken:
+            return self.offset + self.tail.size  # nothing new arrived: the old .part stands
+        if self.tail is not None and self.first_part in self.sent:
+            await self.store._delete(self.store._key(self.info.id, ".part"))
+        return self.offset
+
+    def _complete(self, pending: int) -> bool:
+        return self.info.length is not None and self.offset + pending == self.info.length
+
+    async def _put_tail(self, piece: Piece) -> None:
+        with piece.open() as f:
+            await self.store._call(
+                "put_object",
+                Key=self.store._key(self.info.id, ".part"),
+                Body=f,
+                ContentLength=piece.size,
+                Metadata={TAIL_TAG: str(self.next_part)},
+            )
+
+    async def _record_stale(self) -> None:
+        """Parts stored after a part that failed hold bytes at no known offset; they
+        are marked stale in `.info` until a later PATCH rewrites them."""
+        stale = set(self.info.storage.get("stale_parts", []))
+        updated = stale - self.sent
+        if self.failed is not None:
+            updated |= {n for n in self.sent if n > self.failed}
+        if updated != stale:
+            if updated:
+                self.info.storage["stale_parts"] = sorted(updated)
+            else:
+                self.info.storage.pop("stale_parts", None)
+            await self.store._put_info(self.info)
+
+    def discard(self) -> None:
+        """Remove every temp file this writer still holds."""
+        for _, piece in self.waiting:
+            piece.remove()
+        self.waiting = []
+        if self.short is not None:
+            self.short.remove()
+            self.short = None
+        self.spool.discard()
+
+
+def _log_failure(task: asyncio.Future) -> None:
+    if not task.cancelled() and task.exception() is not None and not isinstance(task.exception(), TusError):
+        log.warning("storing a PATCH body failed: %s", task.exception())
