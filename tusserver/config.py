@@ -29,6 +29,23 @@ class Config:
     lock_timeout: float = 3.0
     read_timeout: float | None = 60.0  # seconds a PATCH body may stall
     shutdown_grace: float = 30.0
+    # Limits
+    max_metadata_size: int | None = None  # bytes of the Upload-Metadata header
+    max_metadata_count: int | None = None  # keys in Upload-Metadata
+    max_concurrent_uploads: int | None = None  # PATCHes and POSTs with a body in progress; 503 beyond
+    # Access control
+    downloads_require_hook: bool = False  # GET answers 403 unless a pre-get hook approves
+    auth_secret: str | None = field(default=None, repr=False)  # HMAC key of bearer tokens; None: no tokens
+    # Hooks (Python callbacks are passed to create_app; these configure the HTTP webhook)
+    hooks_url: str | None = None  # receives a JSON POST per selected event
+    hooks_events: list[str] = field(
+        default_factory=lambda: ["pre-create", "post-create", "post-finish", "post-terminate"]
+    )
+    hooks_forward_headers: list[str] = field(default_factory=list)  # request headers copied into the payload
+    hooks_timeout: float = 5.0  # seconds per webhook attempt
+    hooks_retries: int = 3  # further attempts of a failed post-* webhook, in the background
+    hooks_backoff: float = 1.0  # seconds before the first retry; doubled each time
+    progress_interval: float = 1.0  # seconds between post-receive events during one PATCH
     # Stores
     store: str = "file"  # "file" or "s3"
     file_dir: str = "./data"
@@ -43,6 +60,8 @@ class Config:
     s3_uniform_parts: bool = False  # every non-final part the same size (Cloudflare R2)
     s3_upload_concurrency: int = 4  # parts in flight per upload
     s3_max_concurrency: int = 16  # parts in flight per store
+    s3_presigned_downloads: bool = False  # GET redirects (302) to a presigned S3 URL
+    s3_presign_expiry: float = 3600.0  # seconds a presigned download URL stays valid
     # Logging
     log_level: str = "info"
     log_format: str = "text"  # "text" or "json"

@@ -48,7 +48,7 @@ EXCEEDS_UPLOAD_LENGTH = ErrorKind(
     "ERR_EXCEEDS_UPLOAD_LENGTH", 413, "request body goes past Upload-Length"
 )
 UPLOAD_NOT_FINISHED = ErrorKind("ERR_UPLOAD_NOT_FINISHED", 409, "upload is not finished yet")
-UPLOAD_FINISHED = ErrorKind("ERR_UPLOAD_FINISHED", 400, "upload is already finished")
+UPLOAD_FINISHED = ErrorKind("ERR_UPLOAD_FINISHED", 413, "upload is already finished; no bytes fit")
 INVALID_CHECKSUM = ErrorKind("ERR_INVALID_CHECKSUM", 400, "Upload-Checksum is malformed")
 UNSUPPORTED_CHECKSUM = ErrorKind(
     "ERR_UNSUPPORTED_CHECKSUM_ALGORITHM", 400, "checksum algorithm is not supported"
@@ -70,6 +70,14 @@ STORAGE_UNAVAILABLE = ErrorKind("ERR_STORAGE_UNAVAILABLE", 503, "storage backend
 DOWNLOAD_DISABLED = ErrorKind("ERR_DOWNLOAD_DISABLED", 405, "downloads are disabled on this server")
 UNAUTHORIZED = ErrorKind("ERR_UNAUTHORIZED", 401, "a valid Authorization bearer token is required")
 FORBIDDEN = ErrorKind("ERR_FORBIDDEN", 403, "request was rejected")
+INSUFFICIENT_SCOPE = ErrorKind("ERR_INSUFFICIENT_SCOPE", 403, "the bearer token does not allow this request")
+DOWNLOAD_NOT_APPROVED = ErrorKind("ERR_DOWNLOAD_NOT_APPROVED", 403, "downloads need the approval of a pre-get hook")
+HOOK_REJECTED = ErrorKind("ERR_HOOK_REJECTED", 403, "request was rejected by a hook")
+HOOK_FAILED = ErrorKind("ERR_HOOK_FAILED", 500, "a server hook failed")
+HOOK_UNAVAILABLE = ErrorKind("ERR_HOOK_UNAVAILABLE", 503, "the hook service did not answer; retry later")
+UPLOAD_ID_TAKEN = ErrorKind("ERR_UPLOAD_ID_TAKEN", 409, "an upload with the id chosen by a hook already exists")
+METADATA_TOO_LARGE = ErrorKind("ERR_METADATA_TOO_LARGE", 413, "Upload-Metadata is larger than the server allows")
+TOO_MANY_METADATA_KEYS = ErrorKind("ERR_TOO_MANY_METADATA_KEYS", 400, "Upload-Metadata has more keys than allowed")
 INTERNAL = ErrorKind("ERR_INTERNAL", 500, "internal server error")
 
 
