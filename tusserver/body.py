@@ -85,19 +85,23 @@ class Body:
             if watchdog is not None:
                 watchdog.cancel()
 
+    async def _read(self) -> tuple[bytes, Exception | None]:
+        """The next chunk, or on failure the bytes that had already arrived and the error."""
+        try:
+            return await self._content.readany(), None
+        except (TusError, ReleaseRequested) as exc:
+            error: Exception = exc
+        except Exception as exc:  # aiohttp reports a dropped client in several ways
+            error = self.stop_reason or ClientGone(str(exc) or type(exc).__name__)
+        # aiohttp raises before handing over bytes that arrived just before the
+        # connection dropped; they were received, so they are kept.
+        return _buffered(self._content), error
+
     async def _chunks(self) -> AsyncIterator[bytes]:
         while True:
-            try:
-                chunk = await self._content.readany()
-            except (TusError, ReleaseRequested):
-                raise
-            except Exception as exc:  # aiohttp reports a dropped client in several ways
-                if self.stop_reason is not None:
-                    raise self.stop_reason from None
-                raise ClientGone(str(exc) or type(exc).__name__) from exc
-            if not chunk:
-                break
-            self._last_read = time.monotonic()
+            chunk, error = await self._read()
+            if chunk:
+                self._last_read = time.monotonic()
             if self._limit is not None and self.received + len(chunk) > self._limit:
                 chunk = chunk[: self._limit - self.received]
                 self.overflowed = True
@@ -106,7 +110,21 @@ class Body:
                     self._hasher.update(chunk)
                 self.received += len(chunk)
                 yield chunk
-            if self.overflowed:
+            if error is not None:
+                raise error
+            if not chunk or self.overflowed:
                 break
         if self._checksum is not None and self._hasher.digest() != self._checksum.digest:
             raise TusError(errors.CHECKSUM_MISMATCH)
+
+
+def _buffered(content: StreamReader) -> bytes:
+    """Bytes waiting in `content` even though it has an exception set. aiohttp has no
+    public way to reach them, so this uses its private reader and degrades to nothing."""
+    read_nowait = getattr(content, "_read_nowait", None)
+    if read_nowait is None:
+        return b""
+    try:
+        return read_nowait(-1)
+    except Exception:
+        return b""

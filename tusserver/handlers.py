@@ -129,9 +129,12 @@ class TusHandlers:
         if not with_body and request.body_exists:
             protocol.check_content_type(request.headers.get("Content-Type"))
         if with_body:
+            # Everything that can reject the body is checked before the upload exists.
+            protocol.parse_checksum(request.headers.get("Upload-Checksum"))
             content_length = protocol.parse_content_length(request.headers.get("Content-Length"))
-            if length is not None and content_length is not None and content_length > length:
-                raise TusError(errors.EXCEEDS_UPLOAD_LENGTH, f"Upload-Length is {length}")
+            limit = length if length is not None else self.config.max_size
+            if limit is not None and content_length is not None and content_length > limit:
+                raise TusError(errors.EXCEEDS_UPLOAD_LENGTH, f"at most {limit} bytes fit")
         info = self._new_info(request, length, metadata)
         info.concat = "partial" if concat is not None else None
         await self.store.create(info)
@@ -255,7 +258,9 @@ class TusHandlers:
             if length is not None and length != info.length:
                 await self._set_length(info, length)
             if info.finished:
-                if protocol.parse_content_length(request.headers.get("Content-Length")):
+                # Any byte now would go past Upload-Length (413); a chunked body may carry bytes too.
+                content_length = protocol.parse_content_length(request.headers.get("Content-Length"))
+                if content_length or (content_length is None and request.body_exists):
                     raise TusError(errors.UPLOAD_FINISHED)
             else:
                 await self._receive(request, info)
