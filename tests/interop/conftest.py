@@ -28,11 +28,6 @@ def node_modules() -> Path:
     return tree
 
 
-@pytest.fixture(params=["file"])
-def store_kind(request) -> str:
-    return request.param
-
-
 @pytest.fixture
 async def make_target(store_factory, store_kind):
     """`await make_target(**config)` starts a tusserver (under /files/) on a free
