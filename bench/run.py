@@ -1,0 +1,691 @@
+"""tusserver's benchmark suite: our server against the physical ceilings and @tus/server,
+measured in the same run. See bench/README.md.
+
+    python bench/run.py [--quick|--full] [--stores file,s3] [--out bench/results.json]
+
+It starts moto_server, our server (`python -m tusserver`), @tus/server (bench/tus-node)
+and ceiling-disk as separate processes on 127.0.0.1, drives them all with bench/client.py,
+checks what each stored (size, and sha256 for S1-S3), and prints a table and ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import client as tus
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(BENCH)
+NODE_DIR = os.path.join(BENCH, "tus-node")
+KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
+# moto accepts any credentials; every process of the bench (and this one) uses these.
+os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+ENV = dict(os.environ)
+
+
+@dataclass(frozen=True)
+class Sizes:
+    s1: int  # one upload, one PATCH
+    s2: int
+    s2_patch: int
+    s3: int
+    s3_patch: int
+    s4_count: int  # uploads of s4_size, s4_parallel at a time
+    s4_size: int
+    s5_count: int  # HEADs, s5_parallel at a time
+    parallel: int = 32
+    repeat: int = 1  # each measurement this many times, interleaved; the best counts
+
+
+QUICK = Sizes(
+    s1=96 * MiB,
+    s2=96 * MiB,
+    s2_patch=32 * MiB,
+    s3=25 * MiB,
+    s3_patch=5 * MiB,
+    s4_count=96,
+    s4_size=256 * KiB,
+    s5_count=400,
+)
+FULL = Sizes(
+    s1=GiB,
+    s2=GiB,
+    s2_patch=64 * MiB,
+    s3=256 * MiB,
+    s3_patch=5 * MiB,
+    s4_count=200,
+    s4_size=256 * KiB,
+    s5_count=2000,
+    repeat=3,
+)
+
+
+# -- processes ------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{' '.join(map(str, proc.args[:3]))} exited with {proc.returncode}; see its log")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+def spawn(args: list[str], port: int | None, log: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env or ENV, cwd=ROOT)
+    if port is not None:
+        wait_for_port(port, proc)
+    return proc
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+class Monitor:
+    """Peak RSS of a process and peak bytes under some directories, polled in a thread
+    while a measurement runs. The kernel's own high-water mark (VmHWM) is reset first,
+    so a peak between two polls is not missed."""
+
+    def __init__(self, pid: int, temp_dirs: list[tuple[str, str]], interval: float = 0.02) -> None:
+        self.pid = pid
+        self.temp_dirs = temp_dirs  # (directory, substring a temp file's name has, or "")
+        self.interval = interval
+        self.peak_rss = 0
+        self.peak_temp = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Monitor:
+        try:
+            with open(f"/proc/{self.pid}/clear_refs", "w") as f:
+                f.write("5")  # resets VmHWM to the current RSS
+        except OSError:
+            pass
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+        self._poll()
+        self.peak_rss = max(self.peak_rss, _status_kib(self.pid, "VmHWM") * KiB)
+
+    def _run(self) -> None:
+        while not self._done.wait(self.interval):
+            self._poll()
+
+    def _poll(self) -> None:
+        self.peak_rss = max(self.peak_rss, _status_kib(self.pid, "VmRSS") * KiB)
+        self.peak_temp = max(self.peak_temp, sum(_dir_bytes(d, mark) for d, mark in self.temp_dirs))
+
+
+def _status_kib(pid: int, key: str) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _dir_bytes(directory: str, mark: str) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(directory):
+        for name in files:
+            if mark in name:
+                try:
+                    total += os.stat(os.path.join(root, name)).st_size
+                except FileNotFoundError:
+                    pass
+    return total
+
+
+# -- where each target keeps its bytes -------------------------------------------------
+
+
+class DiskStorage:
+    def __init__(self, directory: str) -> None:
+        self.directory = directory
+        os.makedirs(directory, exist_ok=True)
+
+    async def size(self, name: str) -> int:
+        return os.stat(os.path.join(self.directory, name)).st_size
+
+    async def sha256(self, name: str) -> str:
+        return await asyncio.to_thread(_file_sha256, os.path.join(self.directory, name), None)
+
+    async def clear(self) -> None:
+        for name in os.listdir(self.directory):
+            path = os.path.join(self.directory, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+
+
+class S3Storage:
+    def __init__(self, s3: Any, bucket: str) -> None:
+        self.s3 = s3
+        self.bucket = bucket
+
+    async def size(self, name: str) -> int:
+        return (await self.s3.head_object(Bucket=self.bucket, Key=name))["ContentLength"]
+
+    async def sha256(self, name: str) -> str:
+        digest = hashlib.sha256()
+        response = await self.s3.get_object(Bucket=self.bucket, Key=name)
+        async with response["Body"] as stream:
+            async for chunk in stream.iter_chunks(4 * MiB):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    async def clear(self) -> None:
+        pages = self.s3.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket)
+        async for page in pages:
+            for upload in page.get("Uploads", []):
+                await self.s3.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
+        async for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket):
+            keys = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+            if keys:
+                await self.s3.delete_objects(Bucket=self.bucket, Delete={"Objects": keys})
+
+
+def _file_sha256(path: str, size: int | None) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        left = size
+        while left is None or left > 0:
+            chunk = f.read(8 * MiB if left is None else min(8 * MiB, left))
+            if not chunk:
+                break
+            digest.update(chunk)
+            if left is not None:
+                left -= len(chunk)
+    return digest.hexdigest()
+
+
+# -- targets ---------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    name: str  # "ours", "tus-node" or "ceiling"
+    store: str  # "file" or "s3"
+    storage: DiskStorage | S3Storage
+    proc: subprocess.Popen | None = None  # None: ceiling-s3, a process per measurement
+    url: str = ""
+    temp_dirs: list[tuple[str, str]] = field(default_factory=list)
+    profiler: subprocess.Popen | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}-{'disk' if self.store == 'file' else 's3'}" if self.name == "ceiling" else self.name
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, sizes: Sizes, work: str) -> None:
+        self.args = args
+        self.sizes = sizes
+        self.work = work
+        self.source = os.path.join(work, "source.bin")
+        self.digests: dict[int, str] = {}
+        self.procs: list[subprocess.Popen] = []
+        self.results: list[dict[str, Any]] = []
+        from tusserver.config import Config
+
+        defaults = Config()
+        self.part_size = args.part_size or defaults.s3_part_size
+        self.in_flight = defaults.s3_upload_concurrency
+
+    def log(self, name: str) -> str:
+        return os.path.join(self.work, f"{name}.log")
+
+    # -- set-up
+
+    def make_source(self) -> None:
+        size = max(self.sizes.s1, self.sizes.s2, self.sizes.s3, self.sizes.s4_size)
+        with open(self.source, "wb") as f:
+            for start in range(0, size, 16 * MiB):
+                f.write(os.urandom(min(16 * MiB, size - start)))
+        for n in {self.sizes.s1, self.sizes.s2, self.sizes.s3}:
+            self.digests[n] = _file_sha256(self.source, n)
+
+    def start_moto(self) -> None:
+        port = free_port()
+        moto = shutil.which("moto_server") or os.path.join(os.path.dirname(sys.executable), "moto_server")
+        self.procs.append(spawn([moto, "-H", "127.0.0.1", "-p", str(port)], port, self.log("moto")))
+        self.moto = f"http://127.0.0.1:{port}"
+
+    def make_bucket(self, name: str) -> str:
+        urllib.request.urlopen(urllib.request.Request(f"{self.moto}/{name}", method="PUT")).close()
+        return name
+
+    def start_ours(self, store: str, s3: Any) -> Target:
+        base = os.path.join(self.work, f"ours-{store}")
+        spool = os.path.join(base, "spool")
+        os.makedirs(spool, exist_ok=True)
+        port = free_port()
+        args = [
+            sys.executable,
+            "-m",
+            "tusserver",
+            "--store",
+            store,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--base-path",
+            "/files/",
+            "--temp-dir",
+            spool,
+            "--log-level",
+            self.args.log_level,
+        ]
+        if store == "file":
+            storage: DiskStorage | S3Storage = DiskStorage(os.path.join(base, "data"))
+            args += ["--file-dir", storage.directory]
+            temp = [(storage.directory, ".tmp-"), (spool, "")]
+        else:
+            storage = S3Storage(s3, self.make_bucket("bench-ours"))
+            args += [
+                "--s3-bucket",
+                storage.bucket,
+                "--s3-endpoint",
+                self.moto,
+                "--s3-path-style",
+                "--s3-region",
+                "us-east-1",
+                "--s3-part-size",
+                str(self.part_size),
+            ]
+            temp = [(spool, "")]
+        args += self.args.ours_arg
+        proc = spawn(args, port, self.log(f"ours-{store}"))
+        self.procs.append(proc)
+        target = Target("ours", store, storage, proc, f"http://127.0.0.1:{port}/files/", temp)
+        if self.args.profile:
+            os.makedirs(self.args.profile, exist_ok=True)
+            out = os.path.join(self.args.profile, f"ours-{store}.txt")
+            target.profiler = subprocess.Popen(
+                ["py-spy", "record", "--pid", str(proc.pid), "--rate", "200", "--format", "raw", "-o", out],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            time.sleep(1)  # let py-spy attach before the first request
+        return target
+
+    def start_tus_node(self, store: str, s3: Any) -> Target | None:
+        if not self.ensure_node():
+            return None
+        base = os.path.join(self.work, f"tus-node-{store}")
+        tmp = os.path.join(base, "tmp")
+        os.makedirs(tmp, exist_ok=True)
+        port = free_port()
+        args = ["node", os.path.join(NODE_DIR, "server.js"), store, str(port)]
+        if store == "file":
+            storage: DiskStorage | S3Storage = DiskStorage(os.path.join(base, "data"))
+            args += [storage.directory]
+        else:
+            storage = S3Storage(s3, self.make_bucket("bench-tus-node"))
+            args += [self.moto, storage.bucket, str(self.part_size), str(self.in_flight)]
+        proc = spawn(args, port, self.log(f"tus-node-{store}"), env={**ENV, "TMPDIR": tmp})
+        self.procs.append(proc)
+        return Target("tus-node", store, storage, proc, f"http://127.0.0.1:{port}/files", [(tmp, "")])
+
+    def ensure_node(self) -> bool:
+        if not shutil.which("node"):
+            print("node is not installed: @tus/server is left out", file=sys.stderr)
+            return False
+        if not os.path.isdir(os.path.join(NODE_DIR, "node_modules")):
+            subprocess.run(["npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True)
+        return True
+
+    def start_ceiling(self, store: str, s3: Any) -> Target:
+        if store == "s3":
+            return Target("ceiling", "s3", S3Storage(s3, self.make_bucket("bench-ceiling")))
+        storage = DiskStorage(os.path.join(self.work, "ceiling-disk"))
+        port = free_port()
+        proc = spawn(
+            [sys.executable, os.path.join(BENCH, "ceilings.py"), "disk", str(port), storage.directory],
+            port,
+            self.log("ceiling-disk"),
+        )
+        self.procs.append(proc)
+        return Target("ceiling", "file", storage, proc, f"http://127.0.0.1:{port}/files/")
+
+    # -- measuring
+
+    async def measure(self, target: Target, scenario: str, run: Callable[[], Awaitable[dict[str, Any]]]) -> dict:
+        await target.storage.clear()
+        if target.proc is None:  # ceiling-s3 monitors its own process
+            result = await run()
+        else:
+            with Monitor(target.proc.pid, target.temp_dirs) as monitor:
+                result = await run()
+            result["peak_rss_mib"] = round(monitor.peak_rss / MiB, 1)
+            result["peak_temp_mib"] = round(monitor.peak_temp / MiB, 1)
+        await target.storage.clear()
+        return {"scenario": scenario, "store": target.store, "target": target.label, **result}
+
+    async def transfer(self, target: Target, client: tus.TusClient, size: int, patch: int | None) -> dict:
+        if target.name == "ceiling" and target.store == "s3":
+            return await self.ceiling_s3(target, size)
+        started = time.perf_counter()
+        url = await client.upload(self.source, size, patch)
+        seconds = time.perf_counter() - started
+        upload_id = url.rstrip("/").rsplit("/", 1)[-1]
+        await self.verify(target, upload_id, size)
+        return {"seconds": round(seconds, 3), "MiB/s": round(size / MiB / seconds, 1), "verified": True}
+
+    async def ceiling_s3(self, target: Target, size: int) -> dict:
+        key = "ceiling-object"
+        args = [
+            sys.executable,
+            os.path.join(BENCH, "ceilings.py"),
+            "s3",
+            self.moto,
+            target.storage.bucket,
+            key,
+            self.source,
+            str(size),
+            str(self.part_size),
+            str(self.in_flight),
+        ]
+        proc = await asyncio.create_subprocess_exec(*args, stdout=subprocess.PIPE, env=ENV)
+        with Monitor(proc.pid, []) as monitor:
+            out, _ = await proc.communicate()
+        if proc.returncode != 0:
+            raise RuntimeError("ceiling-s3 failed")
+        seconds = json.loads(out)["seconds"]
+        await self.verify(target, key, size)
+        return {
+            "seconds": round(seconds, 3),
+            "MiB/s": round(size / MiB / seconds, 1),
+            "verified": True,
+            "peak_rss_mib": round(monitor.peak_rss / MiB, 1),
+            "peak_temp_mib": 0.0,
+        }
+
+    async def verify(self, target: Target, name: str, size: int) -> None:
+        stored = await target.storage.size(name)
+        if stored != size:
+            raise AssertionError(f"{target.label} stored {stored} bytes of {size}")
+        if await target.storage.sha256(name) != self.digests[size]:
+            raise AssertionError(f"{target.label} stored other bytes than were sent")
+
+    async def many_uploads(self, target: Target, client: tus.TusClient) -> dict:
+        sizes = self.sizes
+        latencies: list[float] = []
+        urls: list[str] = []
+        queue = iter(range(sizes.s4_count))
+
+        async def worker() -> None:
+            for _ in queue:
+                started = time.perf_counter()
+                urls.append(await client.upload(self.source, sizes.s4_size))
+                latencies.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(sizes.parallel)))
+        seconds = time.perf_counter() - started
+        for url in urls:
+            stored = await target.storage.size(url.rstrip("/").rsplit("/", 1)[-1])
+            if stored != sizes.s4_size:
+                raise AssertionError(f"{target.label} stored {stored} bytes of {sizes.s4_size}")
+        latencies.sort()
+        return {
+            "uploads/s": round(len(urls) / seconds, 1),
+            "p50_ms": round(_percentile(latencies, 50) * 1000, 1),
+            "p99_ms": round(_percentile(latencies, 99) * 1000, 1),
+            "verified": True,
+        }
+
+    async def many_heads(self, target: Target, client: tus.TusClient) -> dict:
+        sizes = self.sizes
+        url = await client.create(2 * sizes.s4_size)
+        await client.patch(url, 0, self.source, 0, sizes.s4_size)
+        queue = iter(range(sizes.s5_count))
+        answered = 0
+
+        async def worker() -> None:
+            nonlocal answered
+            for _ in queue:
+                offset = await client.head(url)
+                if offset != sizes.s4_size:
+                    raise AssertionError(f"{target.label} HEAD said offset {offset}, not {sizes.s4_size}")
+                answered += 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(sizes.parallel)))
+        seconds = time.perf_counter() - started
+        return {"req/s": round(answered / seconds, 1), "verified": True}
+
+    async def run_store(self, store: str, s3: Any, scenarios: list[str]) -> None:
+        targets = [self.start_ceiling(store, s3), self.start_ours(store, s3)]
+        if not self.args.no_tus_node:
+            node = self.start_tus_node(store, s3)
+            if node is not None:
+                targets.append(node)
+        sizes = self.sizes
+        plans: dict[str, Callable[[Target, tus.TusClient], Awaitable[dict]]] = {
+            "S1": lambda t, c: self.transfer(t, c, sizes.s1, None),
+            "S2": lambda t, c: self.transfer(t, c, sizes.s2, sizes.s2_patch),
+            "S3": lambda t, c: self.transfer(t, c, sizes.s3, sizes.s3_patch),
+            "S4": self.many_uploads,
+            "S5": self.many_heads,
+        }
+        try:
+            async with tus.session() as session:
+                for scenario in scenarios:
+                    best: dict[str, dict] = {}
+                    for _ in range(sizes.repeat):
+                        for target in targets:
+                            if target.name == "ceiling" and scenario in ("S4", "S5") and target.store == "s3":
+                                continue  # no tus requests to make against S3 itself
+                            client = tus.TusClient(session, target.url)
+                            plan = plans[scenario]
+                            result = await self.measure(target, scenario, lambda p=plan, t=target, c=client: p(t, c))
+                            print(f"  {scenario} {store:4} {target.label:12} {_headline(result)}", flush=True)
+                            if target.label not in best or _score(result) > _score(best[target.label]):
+                                best[target.label] = result
+                    self.results += best.values()
+        finally:
+            for target in targets:
+                if target.proc is not None:
+                    stop(target.proc)
+                if target.profiler is not None:
+                    target.profiler.wait(30)
+
+    async def run(self, stores: list[str], scenarios: list[str]) -> None:
+        self.start_moto()
+        config = AioConfig(
+            s3={"addressing_style": "path"},
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        async with get_session().create_client(
+            "s3", endpoint_url=self.moto, region_name="us-east-1", config=config
+        ) as s3:
+            for store in stores:
+                await self.run_store(store, s3, scenarios)
+
+
+def _percentile(ordered: list[float], pct: float) -> float:
+    return ordered[min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered)) - 1))]
+
+
+METRICS = {"S1": "MiB/s", "S2": "MiB/s", "S3": "MiB/s", "S4": "uploads/s", "S5": "req/s"}
+
+
+def _score(result: dict) -> float:
+    return result[METRICS[result["scenario"]]]
+
+
+def _headline(result: dict) -> str:
+    metric = METRICS[result["scenario"]]
+    text = f"{result[metric]:9.1f} {metric}"
+    if "p50_ms" in result:
+        text += f"  p50 {result['p50_ms']} ms  p99 {result['p99_ms']} ms"
+    if "peak_rss_mib" in result:
+        text += f"  rss {result['peak_rss_mib']} MiB  temp {result['peak_temp_mib']} MiB"
+    return text
+
+
+def ratios(results: list[dict]) -> list[dict]:
+    out = []
+    by = {(r["scenario"], r["store"], r["target"]): r for r in results}
+    for (scenario, store, target), ours in by.items():
+        if target != "ours":
+            continue
+        row: dict[str, Any] = {"scenario": scenario, "store": store}
+        ceiling = by.get((scenario, store, "ceiling-disk" if store == "file" else "ceiling-s3"))
+        node = by.get((scenario, store, "tus-node"))
+        if ceiling:
+            row["ours/ceiling"] = round(_score(ours) / _score(ceiling), 2)
+        if node:
+            row["ours/tus-node"] = round(_score(ours) / _score(node), 2)
+        out.append(row)
+    return out
+
+
+def print_table(results: list[dict], sizes: Sizes) -> None:
+    what = {
+        "S1": f"{_size(sizes.s1)} in 1 PATCH",
+        "S2": f"{_size(sizes.s2)} in {_size(sizes.s2_patch)} PATCHes",
+        "S3": f"{_size(sizes.s3)} in {_size(sizes.s3_patch)} PATCHes",
+        "S4": f"{sizes.s4_count} x {_size(sizes.s4_size)}, {sizes.parallel} at a time",
+        "S5": f"{sizes.s5_count} HEADs, {sizes.parallel} at a time",
+    }
+    print()
+    print("| scenario | store | target | result | p50 / p99 ms | peak RSS MiB | peak temp MiB |")
+    print("|---|---|---|---|---|---|---|")
+    for r in results:
+        metric = METRICS[r["scenario"]]
+        lat = f"{r['p50_ms']} / {r['p99_ms']}" if "p50_ms" in r else ""
+        print(
+            f"| {r['scenario']} {what[r['scenario']]} | {r['store']} | {r['target']} | {r[metric]} {metric} | {lat} "
+            f"| {r.get('peak_rss_mib', '')} | {r.get('peak_temp_mib', '')} |"
+        )
+    print()
+    print("| scenario | store | ours/ceiling | ours/tus-node |")
+    print("|---|---|---|---|")
+    for row in ratios(results):
+        ceiling, node = row.get("ours/ceiling", ""), row.get("ours/tus-node", "")
+        print(f"| {row['scenario']} | {row['store']} | {ceiling} | {node} |")
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+        if n >= scale and n % scale == 0:
+            return f"{n // scale} {unit}"
+    return f"{n} B"
+
+
+def _load() -> float:
+    return os.getloadavg()[0]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_const", const="quick", dest="mode", help="small sizes (default)")
+    mode.add_argument("--full", action="store_const", const="full", dest="mode", help="the sizes of issue 8")
+    parser.add_argument("--stores", default="file,s3", help="comma-separated: file, s3")
+    parser.add_argument("--scenarios", default="S1,S2,S3,S4,S5", help="comma-separated subset of S1..S5")
+    parser.add_argument("--out", default=os.path.join(BENCH, "results.json"), help="JSON results file")
+    parser.add_argument("--repeat", type=int, help="measure each this many times (best counts)")
+    parser.add_argument("--part-size", type=int, help="S3 part size for ours, ceiling-s3 and tus-node")
+    parser.add_argument("--no-tus-node", action="store_true", help="leave @tus/server out")
+    parser.add_argument("--log-level", default="warning", help="our server's log level (warning: no access log)")
+    parser.add_argument("--ours-arg", action="append", default=[], help="extra flag for our server (repeatable)")
+    parser.add_argument("--profile", metavar="DIR", help="record our server with py-spy into DIR/ours-<store>.txt")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs) after the run")
+    args = parser.parse_args()
+    sizes = FULL if args.mode == "full" else QUICK
+    if args.repeat:
+        sizes = Sizes(**{**sizes.__dict__, "repeat": args.repeat})
+    work = tempfile.mkdtemp(prefix="tusbench-")
+    bench = Bench(args, sizes, work)
+    load_before = _load()
+    started = time.monotonic()
+    try:
+        bench.make_source()
+        asyncio.run(bench.run(args.stores.split(","), args.scenarios.split(",")))
+    finally:
+        for proc in reversed(bench.procs):
+            stop(proc)
+        if args.keep:
+            print(f"work directory kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    elapsed = time.monotonic() - started
+    print_table(bench.results, sizes)
+    mode = args.mode or "quick"
+    print(f"\n{mode} run in {elapsed:.0f} s; load average {load_before:.2f} before, {_load():.2f} after")
+    report = {
+        "mode": args.mode or "quick",
+        "sizes": sizes.__dict__,
+        "s3_part_size": bench.part_size,
+        "s3_parts_in_flight": bench.in_flight,
+        "ours_args": args.ours_arg,
+        "seconds": round(elapsed, 1),
+        "load_average": [round(load_before, 2), round(_load(), 2)],
+        "cpus": os.cpu_count(),
+        "commit": _commit(),
+        "results": bench.results,
+        "ratios": ratios(bench.results),
+        "note": "each result is the best of `repeat` interleaved runs",
+    }
+    with open(args.out, "w") as f:
+        json.dump(report, f, indent=2)
+    print(f"results written to {args.out}")
+    return 0
+
+
+def _commit() -> str:
+    try:
+        done = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        return done.stdout.strip()
+    except OSError:
+        return ""
+
+
+if __name__ == "__main__":
+    sys.exit(main())
