@@ -194,3 +194,10 @@ def test_origin_policy_exact_entries_ignore_case_and_trailing_slash():
 def test_bad_origin_regex_is_a_clear_error():
     with pytest.raises(ValueError, match="cors_origins: bad regular expression 're:\\('"):
         OriginPolicy(["re:("])
+
+
+async def test_empty_origin_list_allows_no_origin(make_client):
+    client = await make_client(cors_origins=[])
+    response = await client.options("/", headers=preflight())
+    assert response.status == 204
+    assert cors_headers(response) == {}

@@ -16,7 +16,7 @@ class Config:
     behind_proxy: bool = False  # trust Forwarded / X-Forwarded-* (only behind your own proxy)
     public_url: str | None = None  # e.g. "https://uploads.example.com"; overrides the request's
     relative_location: bool = False
-    cors_origins: list[str] = field(default_factory=lambda: ["*"])
+    cors_origins: list[str] = field(default_factory=lambda: ["*"])  # "*", origins, "re:<full-match regex>"
     cors_credentials: bool = False
     cors_max_age: int = 86400
     cors_allow_headers: list[str] = field(default_factory=list)
