@@ -199,3 +199,11 @@ def test_example_config_documents_every_key_with_its_default():
     assert mentioned == {spec.name for spec in field_specs()}
     # Uncommented lines are the defaults, so loading the example changes nothing.
     assert load_config(env={}, config_file=str(ROOT / "config.example.toml")) == Config()
+
+
+def test_wrong_type_of_a_secret_key_does_not_echo_the_value(tmp_path):
+    assert [spec.name for spec in field_specs() if spec.secret] == ["auth_secret"]
+    path = write(tmp_path, "auth_secret = 123456789\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(env={}, config_file=path)
+    assert "expected a string" in str(caught.value) and "123456789" not in str(caught.value)

@@ -57,6 +57,8 @@ def _add_flag(parser: argparse.ArgumentParser, spec: FieldSpec) -> None:
     if spec.kind is list:
         default = ",".join(default)
     help_text = f"default: {default!r}; env {spec.env}"
+    if spec.secret:
+        help_text += " (prefer the environment: flags show in the process list)"
     if spec.kind is bool:
         parser.add_argument(
             spec.flag, dest=spec.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text

@@ -63,6 +63,7 @@ class FieldSpec:
     optional: bool  # None allowed (written as "none" outside TOML, or left out)
     size: bool  # an int byte count that accepts suffixes like 5MiB
     default: Any
+    secret: bool = False  # field(repr=False): its value never appears in messages
 
     @property
     def env(self) -> str:
@@ -83,7 +84,8 @@ def field_specs() -> list[FieldSpec]:
             continue  # not expressible as text (callables, objects): embedding only
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
         # Byte counts are named *_size by convention; they accept "5MiB".
-        specs.append(FieldSpec(f.name, kind, optional, kind is int and f.name.endswith("_size"), default))
+        size = kind is int and f.name.endswith("_size")
+        specs.append(FieldSpec(f.name, kind, optional, size, default, secret=not f.repr))
     return specs
 
 
@@ -155,7 +157,8 @@ def parse_toml_value(spec: FieldSpec, value: Any) -> Any:
         list: isinstance(value, list) and all(isinstance(item, str) for item in value),
     }[spec.kind]
     if not ok:
-        raise ValueError(f"expected {_describe(spec)}, got {type(value).__name__} {value!r}")
+        shown = "" if spec.secret else f" {value!r}"
+        raise ValueError(f"expected {_describe(spec)}, got {type(value).__name__}{shown}")
     return float(value) if spec.kind is float else value
 
 
