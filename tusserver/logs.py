@@ -63,3 +63,5 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     root.setLevel(numeric)
     for name in _CHATTY_LIBRARIES:
         logging.getLogger(name).setLevel(max(numeric, logging.INFO))
+    # Python warnings would otherwise be raw stderr text between JSON lines.
+    logging.captureWarnings(True)
