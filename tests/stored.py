@@ -1,0 +1,57 @@
+"""Check what a store really holds for an upload, reading its storage directly
+(the disk file, or the S3 object, parts and `.part`), not through the store."""
+
+from __future__ import annotations
+
+import hashlib
+
+from tusserver.info import UploadInfo
+
+
+async def assert_store_holds(store, factory, upload_id: str, data: bytes) -> None:
+    """The store holds exactly `data` for the upload (sha256 for whole objects)."""
+    info = await store.get_info(upload_id)
+    if info.storage.get("type") == "file":
+        with open(info.storage["path"], "rb") as f:
+            held = f.read()
+        assert hashlib.sha256(held).hexdigest() == hashlib.sha256(data).hexdigest(), (len(held), len(data))
+        return
+    await _assert_s3_holds(factory, info, data)
+
+
+async def _assert_s3_holds(factory, info: UploadInfo, data: bytes) -> None:
+    """Finished: the object is `data`. Unfinished: parts 1..n (each checked by its MD5
+    ETag, since S3 cannot read back the parts of an open multipart upload) followed by
+    the `.part` tail tagged for part n+1, together `data`."""
+    from aiobotocore.session import get_session
+
+    storage = info.storage
+    bucket, key = storage["bucket"], storage["key"]
+    async with get_session().create_client("s3", endpoint_url=factory.endpoint, region_name="us-east-1") as s3:
+        if info.finished:
+            obj = await s3.get_object(Bucket=bucket, Key=key)
+            held = await obj["Body"].read()
+            assert hashlib.sha256(held).hexdigest() == hashlib.sha256(data).hexdigest(), (len(held), len(data))
+            return
+        listed = await s3.list_parts(Bucket=bucket, Key=key, UploadId=storage["upload_id"])
+        stale = set(storage.get("stale_parts", []))
+        position = 0
+        number = 0
+        for part in sorted(listed.get("Parts", []), key=lambda p: p["PartNumber"]):
+            if part["PartNumber"] != number + 1 or part["PartNumber"] in stale:
+                break
+            number += 1
+            expected = data[position : position + part["Size"]]
+            assert len(expected) == part["Size"], f"part {number} goes past the {len(data)} expected bytes"
+            assert part["ETag"].strip('"') == hashlib.md5(expected).hexdigest(), f"part {number} differs"
+            position += part["Size"]
+        tail = b""
+        try:
+            obj = await s3.get_object(Bucket=bucket, Key=key + ".part")
+            if obj["Metadata"].get("tus-next-part") == str(number + 1):
+                tail = await obj["Body"].read()
+        except s3.exceptions.NoSuchKey:
+            pass
+        assert hashlib.sha256(tail).hexdigest() == hashlib.sha256(data[position:]).hexdigest(), (
+            f"{number} parts hold {position} bytes; .part holds {len(tail)}, expected {len(data) - position}"
+        )
