@@ -10,13 +10,16 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from . import errors, protocol
+from .auth import BearerAuth
 from .body import ClientGone, ReleaseRequested
 from .cleanup import clean_periodically
 from .config import Config
 from .cors import install_cors
 from .errors import TusError
 from .handlers import TusHandlers
+from .hooks import HOOK_HEADERS, HookRunner, Hooks, Webhook
 from .locks import Locker, MemoryLocker
+from .metrics import Metrics
 from .stores.base import Store
 
 log = logging.getLogger("tusserver")
@@ -24,6 +27,7 @@ access_log = logging.getLogger("tusserver.access")
 
 HANDLERS_KEY = web.AppKey("tus_handlers", TusHandlers)
 STORE_KEY = web.AppKey("tus_store", object)
+METRICS_KEY = web.AppKey("tus_metrics", Metrics)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -77,6 +81,8 @@ async def tus_middleware(request: web.Request, handler: Handler) -> web.StreamRe
 
 async def _add_tus_resumable(request: web.Request, response: web.StreamResponse) -> None:
     response.headers["Tus-Resumable"] = protocol.TUS_VERSION
+    if response.status < 300:
+        response.headers.update(request.get(HOOK_HEADERS, {}))
 
 
 def _effective_method(request: web.Request) -> str:
@@ -91,15 +97,26 @@ def create_app(
     *,
     store: Store | None = None,
     locker: Locker | None = None,
+    hooks: Hooks | None = None,
+    max_size_for: Callable[[web.Request], int | None] | None = None,
 ) -> web.Application:
     """A tus server as an aiohttp Application, with routes at "/" and "/{id}".
-    Run it directly, or mount it with `app.add_subapp("/uploads/", create_app(...))`."""
+    Run it directly, or mount it with `app.add_subapp("/uploads/", create_app(...))`.
+
+    `hooks` holds Python callbacks per event (see tusserver.hooks); `max_size_for(request)`
+    may lower the maximum upload size per request (None: `config.max_size` applies)."""
     config = config or Config()
     if store is None:
         from .stores.factory import store_from_config
 
         store = store_from_config(config)
-    handlers = TusHandlers(config, store, locker or MemoryLocker(config.lock_timeout))
+    metrics = Metrics()
+    webhook = Webhook(config) if config.hooks_url else None
+    runner = HookRunner(hooks, webhook, metrics)
+    handlers = TusHandlers(
+        config, store, locker or MemoryLocker(config.lock_timeout), runner, metrics=metrics, max_size_for=max_size_for
+    )
+    auth = BearerAuth(config.auth_secret) if config.auth_secret else None
 
     collection: dict[str, Handler] = {"OPTIONS": handlers.options, "POST": handlers.post}
     upload: dict[str, Handler] = {
@@ -112,7 +129,10 @@ def create_app(
 
     def dispatch(table: dict[str, Handler]) -> Handler:
         async def route(request: web.Request) -> web.StreamResponse:
-            handler = table.get(_effective_method(request))
+            method = _effective_method(request)
+            if auth is not None:
+                auth.check(request, method)
+            handler = table.get(method)
             if handler is None:
                 raise TusError(errors.METHOD_NOT_ALLOWED, headers={"Allow": ", ".join(table)})
             return await handler(request)
@@ -122,19 +142,26 @@ def create_app(
     app = web.Application(middlewares=[tus_middleware])
     app[HANDLERS_KEY] = handlers
     app[STORE_KEY] = store
+    app[METRICS_KEY] = metrics
     app.router.add_route("*", "/", dispatch(collection))
     app.router.add_route("*", "/{upload_id}", dispatch(upload))
     app.on_response_prepare.append(_add_tus_resumable)
     install_cors(app, config)
+    app.middlewares.insert(0, metrics.middleware)  # outermost: counts preflights and errors too
 
     async def lifecycle(app: web.Application):
         await store.start()
+        metrics.watch_store(store)
+        if webhook is not None:
+            await webhook.start()
         cleaner = None
         if config.expire_after is not None:
             cleaner = asyncio.create_task(clean_periodically(store, config, handlers.locker))
         yield
         if cleaner is not None:
             cleaner.cancel()
+        if webhook is not None:
+            await webhook.close(config.hooks_timeout)
         await store.close()
 
     app.cleanup_ctx.append(lifecycle)

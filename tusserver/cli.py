@@ -15,9 +15,11 @@ from aiohttp import web
 
 from . import __version__
 from .app import create_app
+from .auth import make_token
 from .config import Config
 from .load import CHOICES, CONFIG_ENV, ConfigError, FieldSpec, field_specs, load_config, parse_text
 from .logs import setup_logging
+from .ops import add_ops_routes
 
 log = logging.getLogger("tusserver")
 
@@ -36,18 +38,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="tusserver",
-        usage="%(prog)s [options] [cleanup]",
+        usage="%(prog)s [options] [cleanup | token]",
         parents=[common],
         description="A tus 1.0.0 resumable-upload server. Settings: CLI flags > TUSSERVER_* environment "
         "> --config file > defaults.",
     )
     parser.add_argument("--version", action="version", version=f"tusserver {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="{cleanup}")
+    commands = parser.add_subparsers(dest="command", metavar="{cleanup,token}")
     commands.add_parser(
         "cleanup",
         parents=[common],
         help="remove expired uploads once and exit (for cron)",
         description="Remove expired uploads once and exit.",
+    )
+    token = commands.add_parser(
+        "token",
+        parents=[common],
+        help="print a bearer token signed with auth_secret",
+        description="Print a bearer token signed with auth_secret (see README.md for its format).",
+    )
+    token.add_argument("--ttl", dest="token_ttl", type=float, default=3600.0, help="seconds it is valid (3600)")
+    token.add_argument("--subject", dest="token_subject", help="who it is for (the 'sub' claim)")
+    token.add_argument(
+        "--scope", dest="token_scope", choices=("upload", "download", "upload download"), help="default: both"
     )
     return parser
 
@@ -95,6 +108,7 @@ def build_app(config: Config) -> web.Application:
     """The tus app mounted at `config.base_path`, which also answers without its trailing slash."""
     tus = create_app(config)
     if config.base_path == "/":
+        add_ops_routes(tus, tus)  # plain paths win over /{upload_id} in aiohttp's router
         return tus
     # "/files" must reach the collection too (POST /files like POST /files/). An empty
     # sub-app path becomes exactly the prefix once mounted.
@@ -102,6 +116,7 @@ def build_app(config: Config) -> web.Application:
     for route in list(collection):
         tus.router.add_route(route.method, "", route.handler)
     root = web.Application()
+    add_ops_routes(root, tus)
     root.add_subapp(config.base_path, tus)
     return root
 
@@ -151,10 +166,19 @@ def cleanup(config: Config) -> int:
     return 0
 
 
+def print_token(config: Config, ttl: float, subject: str | None, scope: str | None) -> int:
+    if not config.auth_secret:
+        log.error("token: set auth_secret (TUSSERVER_AUTH_SECRET or the config file) first")
+        return 2
+    print(make_token(config.auth_secret, ttl, subject=subject, scope=scope))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = vars(parser.parse_args(argv))
     command = args.pop("command", None)
+    token_args = {name[len("token_") :]: args.pop(name) for name in list(args) if name.startswith("token_")}
     config_file = args.pop("config", None)
     try:
         config = load_config(cli=args, env=os.environ, config_file=config_file)
@@ -164,6 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if command == "cleanup":
             return cleanup(config)
+        if command == "token":
+            return print_token(config, **token_args)
         return serve(config)
     except OSError as exc:
         # Typically the port is taken or the data directory is not writable.

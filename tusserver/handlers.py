@@ -3,8 +3,11 @@ load state, check it, call the store, answer."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
 import time
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -12,7 +15,21 @@ from . import errors, protocol
 from .body import Body, ReleaseRequested
 from .config import Config
 from .errors import TusError
+from .hooks import (
+    HOOK_HEADERS,
+    POST_CREATE,
+    POST_FINISH,
+    POST_RECEIVE,
+    POST_TERMINATE,
+    PRE_CREATE,
+    PRE_FINISH,
+    PRE_GET,
+    PRE_TERMINATE,
+    HookRunner,
+    checked_changes,
+)
 from .info import UploadInfo
+from .limits import UploadSlots, check_metadata
 from .locks import Locker
 from .stores.base import (
     ConcatenatingStore,
@@ -29,10 +46,24 @@ log = logging.getLogger("tusserver")
 
 
 class TusHandlers:
-    def __init__(self, config: Config, store: Store, locker: Locker) -> None:
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        locker: Locker,
+        hooks: HookRunner | None = None,
+        *,
+        metrics=None,
+        max_size_for: Callable[[web.Request], int | None] | None = None,
+    ) -> None:
         self.config = config
         self.store = store
         self.locker = locker
+        self.hooks = hooks or HookRunner(None, None)
+        self.max_size_for = max_size_for
+        self.uploads = UploadSlots(config.max_concurrent_uploads)
+        if metrics is not None:
+            metrics.active_uploads.set_function(lambda: self.uploads.active)
         # checksum-trailer is not offered: aiohttp parses request trailers but does not expose them.
         self.extensions = store_extensions(store) + ["checksum"]
         if config.expire_after is not None:
@@ -59,37 +90,67 @@ class TusHandlers:
             headers["Upload-Expires"] = protocol.http_date(info.expires)
         return headers
 
-    def _check_size(self, length: int | None) -> None:
-        if length is not None and self.config.max_size is not None and length > self.config.max_size:
-            raise TusError(errors.MAX_SIZE_EXCEEDED, f"limit is {self.config.max_size} bytes")
+    def _max_size(self, request: web.Request) -> int | None:
+        """The smaller of `max_size` and the embedder's `max_size_for(request)`."""
+        if "max_size" not in request:
+            limits = [self.config.max_size, self.max_size_for(request) if self.max_size_for else None]
+            request["max_size"] = min((n for n in limits if n is not None), default=None)
+        return request["max_size"]
+
+    def _check_size(self, request: web.Request, length: int | None) -> None:
+        max_size = self._max_size(request)
+        if length is not None and max_size is not None and length > max_size:
+            raise TusError(errors.MAX_SIZE_EXCEEDED, f"limit is {max_size} bytes")
 
     async def _receive(self, request: web.Request, info: UploadInfo) -> None:
         """Append the request body to `info` (locked by the caller) and finish the
         upload when it is complete. Updates `info.offset`."""
         checksum = protocol.parse_checksum(request.headers.get("Upload-Checksum"))
         content_length = protocol.parse_content_length(request.headers.get("Content-Length"))
+        max_size = self._max_size(request)
         if info.length is not None:
             limit: int | None = info.length - info.offset
-        elif self.config.max_size is not None:
-            limit = self.config.max_size - info.offset
+        elif max_size is not None:
+            limit = max_size - info.offset
         else:
             limit = None
         if content_length is not None and limit is not None and content_length > limit:
             raise TusError(errors.EXCEEDS_UPLOAD_LENGTH, f"{limit} bytes remain")
         body = Body(request.content, limit, checksum, self.config.read_timeout)
         request["body"] = body
+        progress = self._report_progress(request, info, body)
         try:
             info.offset = await self.store.append(info, body, atomic=checksum is not None)
         finally:
             request["bytes_in"] = body.received
+            if progress is not None:
+                progress.cancel()
+        if body.received and self.hooks.wants(POST_RECEIVE):
+            await self.hooks.post(POST_RECEIVE, request, info)
         if self.config.expire_after is not None:
             info.expires = time.time() + self.config.expire_after
         if info.length is not None and info.offset == info.length and not info.finished:
-            await self._finish(info)
+            await self._finish(request, info)
         elif self.config.expire_after is not None:
             await self.store.save_info(info)
         if body.overflowed:
             raise TusError(errors.EXCEEDS_UPLOAD_LENGTH, "bytes past the length were discarded")
+
+    def _report_progress(self, request: web.Request, info: UploadInfo, body: Body) -> asyncio.Task | None:
+        """post-receive every `progress_interval` seconds while bytes arrive (0: only at the end)."""
+        if not self.config.progress_interval or not self.hooks.wants(POST_RECEIVE):
+            return None
+
+        async def report() -> None:
+            reported = 0
+            while True:
+                await asyncio.sleep(self.config.progress_interval)
+                if body.received != reported:
+                    reported = body.received
+                    now = dataclasses.replace(info, offset=info.offset + reported)
+                    await self.hooks.post(POST_RECEIVE, request, now)
+
+        return asyncio.create_task(report())
 
     def _release(self, request: web.Request):
         def release() -> None:
@@ -107,12 +168,20 @@ class TusHandlers:
             "Tus-Extension": ",".join(self.extensions),
             "Tus-Checksum-Algorithm": ",".join(protocol.CHECKSUM_ALGORITHMS),
         }
-        if self.config.max_size is not None:
-            headers["Tus-Max-Size"] = str(self.config.max_size)
+        max_size = self._max_size(request)
+        if max_size is not None:
+            headers["Tus-Max-Size"] = str(max_size)
         return web.Response(status=204, headers=headers)
 
     async def post(self, request: web.Request) -> web.Response:
+        if protocol.is_offset_content_type(request.headers.get("Content-Type")):
+            with self.uploads.take():  # a body: an upload in progress, within the instance's limit
+                return await self._create(request)
+        return await self._create(request)
+
+    async def _create(self, request: web.Request) -> web.Response:
         metadata = protocol.parse_metadata(request.headers.get("Upload-Metadata"))
+        check_metadata(request.headers.get("Upload-Metadata"), metadata, self.config)
         concat = protocol.parse_concat(request.headers.get("Upload-Concat"))
         if concat is not None and not isinstance(self.store, ConcatenatingStore):
             raise TusError(errors.UNSUPPORTED_EXTENSION, "concatenation")
@@ -123,7 +192,7 @@ class TusHandlers:
         )
         if length is None and not isinstance(self.store, LengthDeferringStore):
             raise TusError(errors.UNSUPPORTED_EXTENSION, "creation-defer-length")
-        self._check_size(length)
+        self._check_size(request, length)
         # Some clients label an empty POST application/octet-stream; only a real body must be ours.
         with_body = protocol.is_offset_content_type(request.headers.get("Content-Type"))
         if not with_body and request.body_exists:
@@ -132,12 +201,14 @@ class TusHandlers:
             # Everything that can reject the body is checked before the upload exists.
             protocol.parse_checksum(request.headers.get("Upload-Checksum"))
             content_length = protocol.parse_content_length(request.headers.get("Content-Length"))
-            limit = length if length is not None else self.config.max_size
+            limit = length if length is not None else self._max_size(request)
             if limit is not None and content_length is not None and content_length > limit:
                 raise TusError(errors.EXCEEDS_UPLOAD_LENGTH, f"at most {limit} bytes fit")
         info = self._new_info(request, length, metadata)
         info.concat = "partial" if concat is not None else None
+        await self._pre_create(request, info)
         await self.store.create(info)
+        await self.hooks.post(POST_CREATE, request, info)
         headers = {"Location": upload_location(request, self.config, info.id)}
         if with_body:
             async with self.locker.lock(info.id, self._release(request)):
@@ -146,8 +217,23 @@ class TusHandlers:
         elif info.expires is not None:
             headers["Upload-Expires"] = protocol.http_date(info.expires)
         if length == 0 and not info.finished:
-            await self._finish(info)
+            await self._finish(request, info)
         return web.Response(status=201, headers=headers)
+
+    async def _pre_create(self, request: web.Request, info: UploadInfo) -> None:
+        """Run pre-create and apply what it changes: metadata, and the id (= storage key)."""
+        changes = checked_changes(await self.hooks.pre(PRE_CREATE, request, info))
+        if changes.metadata is not None:
+            info.metadata = changes.metadata
+        if changes.upload_id is not None and changes.upload_id != info.id:
+            try:
+                await self.store.get_info(changes.upload_id)
+            except TusError as exc:
+                if exc.kind is not errors.NOT_FOUND:
+                    raise
+            else:
+                raise TusError(errors.UPLOAD_ID_TAKEN)
+            info.id = request["upload_id"] = changes.upload_id
 
     def _new_info(self, request: web.Request, length: int | None, metadata: protocol.Metadata) -> UploadInfo:
         info = UploadInfo(id=protocol.new_upload_id(), length=length, metadata=metadata)
@@ -173,26 +259,37 @@ class TusHandlers:
                 raise TusError(errors.NOT_PARTIAL, partial_id)
             lengths.append(partial.length)
         length = None if None in lengths else sum(n for n in lengths if n is not None)
-        self._check_size(length)
+        self._check_size(request, length)
         info = self._new_info(request, length, metadata)
         info.concat, info.partials = "final", partial_ids
+        await self._pre_create(request, info)
         await self.store.create(info)
         for partial_id in dict.fromkeys(partial_ids):
             await self.store.link_final(partial_id, info.id)
-        info = await self._complete_final(info.id) or info
+        await self.hooks.post(POST_CREATE, request, info)
+        info = await self._complete_final(request, info.id) or info
         headers = {"Location": upload_location(request, self.config, info.id)}
         if info.expires is not None and not info.finished:
             headers["Upload-Expires"] = protocol.http_date(info.expires)
         return web.Response(status=201, headers=headers)
 
-    async def _finish(self, info: UploadInfo) -> None:
+    async def _finish(self, request: web.Request, info: UploadInfo) -> None:
+        # A pre-finish rejection leaves the upload complete but unfinished: a later
+        # (empty) PATCH asks again.
+        await self.hooks.pre(PRE_FINISH, request, info)
         await self.store.finish(info)
+        await self._post_finish(request, info)
         if info.concat == "partial":
             for final_id in await self.store.finals_of(info.id):
-                if await self._complete_final(final_id) is None:  # the final was deleted
+                if await self._complete_final(request, final_id) is None:  # the final was deleted
                     await self.store.unlink_final(info.id, final_id)
 
-    async def _complete_final(self, final_id: str) -> UploadInfo | None:
+    async def _post_finish(self, request: web.Request, info: UploadInfo) -> None:
+        result = await self.hooks.post(POST_FINISH, request, info)
+        if result.headers:
+            request.setdefault(HOOK_HEADERS, {}).update(result.headers)
+
+    async def _complete_final(self, request: web.Request, final_id: str) -> UploadInfo | None:
         """Concatenate a final upload once all its partials are finished. Idempotent,
         so the last partial's finish and the final's creation may both call it."""
         async with self.locker.lock(final_id):
@@ -205,6 +302,7 @@ class TusHandlers:
                 if partials is None:
                     return final
                 await self.store.concatenate(final, partials)
+                await self._post_finish(request, final)
         for partial_id in dict.fromkeys(final.partials):
             await self.store.unlink_final(partial_id, final_id)
         return final
@@ -226,7 +324,7 @@ class TusHandlers:
         async with self.locker.lock(upload_id, self._release(request)):
             info = await self._load(upload_id)
         if info.concat == "final" and not info.finished:
-            info = await self._complete_final(upload_id) or info  # repairs a crash between finishes
+            info = await self._complete_final(request, upload_id) or info  # repairs a crash between finishes
         headers = self._state_headers(info)
         if info.concat == "final":
             base = collection_path(request)
@@ -244,6 +342,10 @@ class TusHandlers:
         return web.Response(status=200, headers=headers)
 
     async def patch(self, request: web.Request) -> web.Response:
+        with self.uploads.take():  # an upload in progress, within the instance's limit
+            return await self._patch(request)
+
+    async def _patch(self, request: web.Request) -> web.Response:
         upload_id = self._upload_id(request)
         protocol.check_content_type(request.headers.get("Content-Type"))
         offset = protocol.parse_upload_offset(request.headers.get("Upload-Offset"))
@@ -256,7 +358,7 @@ class TusHandlers:
             if offset != info.offset:
                 raise TusError(errors.MISMATCHED_OFFSET, f"upload is at {info.offset}")
             if length is not None and length != info.length:
-                await self._set_length(info, length)
+                await self._set_length(request, info, length)
             if info.finished:
                 # Any byte now would go past Upload-Length (413); a chunked body may carry bytes too.
                 content_length = protocol.parse_content_length(request.headers.get("Content-Length"))
@@ -266,12 +368,12 @@ class TusHandlers:
                 await self._receive(request, info)
         return web.Response(status=204, headers=self._state_headers(info))
 
-    async def _set_length(self, info: UploadInfo, length: int) -> None:
+    async def _set_length(self, request: web.Request, info: UploadInfo, length: int) -> None:
         if info.length is not None:
             raise TusError(errors.LENGTH_ALREADY_SET)
         if length < info.offset:
             raise TusError(errors.LENGTH_BELOW_OFFSET)
-        self._check_size(length)
+        self._check_size(request, length)
         assert isinstance(self.store, LengthDeferringStore)
         await self.store.set_length(info, length)
 
@@ -281,7 +383,9 @@ class TusHandlers:
             raise TusError(errors.METHOD_NOT_ALLOWED)
         async with self.locker.lock(upload_id, self._release(request)):
             info = await self.store.get_info(upload_id)
+            await self.hooks.pre(PRE_TERMINATE, request, info)
             await self.store.terminate(info)
+        await self.hooks.post(POST_TERMINATE, request, info)
         return web.Response(status=204)
 
     async def get(self, request: web.Request) -> web.StreamResponse:
@@ -291,6 +395,9 @@ class TusHandlers:
         info = await self._load(upload_id)
         if not info.finished:
             raise TusError(errors.UPLOAD_NOT_FINISHED, f"{info.offset} of {info.length} bytes received")
+        if self.config.downloads_require_hook and not self.hooks.wants(PRE_GET):
+            raise TusError(errors.DOWNLOAD_NOT_APPROVED)
+        await self.hooks.pre(PRE_GET, request, info)
         headers = protocol.download_headers(info.metadata)
         download = await self.store.download(info)
         if isinstance(download, FileDownload):

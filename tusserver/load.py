@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import Config
+from .hooks import EVENTS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -263,3 +264,12 @@ def validate(config: Config) -> None:
         )
     if config.s3_upload_concurrency < 1 or config.s3_max_concurrency < 1:
         raise ConfigError("s3_upload_concurrency and s3_max_concurrency must be at least 1")
+    unknown = [name for name in config.hooks_events if name not in EVENTS]
+    if unknown:
+        raise ConfigError(f"hooks_events: unknown {', '.join(unknown)}; expected some of {', '.join(EVENTS)}")
+    if config.hooks_url is not None and not re.match(r"https?://[^/]+", config.hooks_url):
+        raise ConfigError(f"hooks_url must be an http:// or https:// URL, got {config.hooks_url!r}")
+    if config.auth_secret is not None and len(config.auth_secret) < 16:
+        raise ConfigError("auth_secret must be at least 16 characters (32 random ones are better)")
+    if config.max_concurrent_uploads is not None and config.max_concurrent_uploads < 1:
+        raise ConfigError("max_concurrent_uploads must be at least 1 (or unset)")

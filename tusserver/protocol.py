@@ -146,6 +146,14 @@ def format_metadata(metadata: Mapping[str, str | None]) -> str:
     return ",".join(pairs)
 
 
+def is_valid_metadata(metadata: object) -> bool:
+    """Whether `metadata` (e.g. from a hook) can be sent as Upload-Metadata."""
+    return isinstance(metadata, dict) and all(
+        isinstance(key, str) and _METADATA_KEY_RE.fullmatch(key) and (value is None or isinstance(value, str))
+        for key, value in metadata.items()
+    )
+
+
 @dataclass(frozen=True)
 class Checksum:
     algorithm: str

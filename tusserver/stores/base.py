@@ -100,6 +100,12 @@ class ExpiringStore(Protocol):
         """Remove storage debris (e.g. multipart uploads with no .info) older than a timestamp."""
 
 
+@runtime_checkable
+class ReadyStore(Protocol):
+    async def ready(self) -> bool:
+        """Whether the storage answers right now (for /readyz); cheap and without side effects."""
+
+
 def store_extensions(store: object) -> list[str]:
     extensions = ["creation", "creation-with-upload"]
     if isinstance(store, LengthDeferringStore):

@@ -41,6 +41,10 @@ class FileStore:
     async def close(self) -> None:
         return None
 
+    async def ready(self) -> bool:
+        """Whether the directory exists and is writable."""
+        return os.path.isdir(self.directory) and os.access(self.directory, os.W_OK | os.X_OK)
+
     async def save_info(self, info: UploadInfo) -> None:
         final = self._path(info.id, ".info")
         tmp = f"{final}.tmp-{secrets.token_hex(4)}"

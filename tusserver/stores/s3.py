@@ -32,8 +32,8 @@ from .. import errors
 from ..config import Config
 from ..errors import TusError
 from ..info import UploadInfo
-from ..protocol import is_valid_upload_id
-from .base import Download, StreamDownload
+from ..protocol import download_headers, is_valid_upload_id
+from .base import Download, RedirectDownload, StreamDownload
 from .spool import Piece, Spool, remove_stale_spools
 
 log = logging.getLogger("tusserver.s3")
@@ -139,6 +139,8 @@ class S3Store:
         upload_concurrency: int = 4,
         max_concurrency: int = 16,
         temp_dir: str | None = None,
+        presigned_downloads: bool = False,
+        presign_expiry: float = 3600.0,
     ) -> None:
         self.bucket = bucket
         self.prefix = prefix
@@ -151,6 +153,8 @@ class S3Store:
         self.upload_concurrency = max(1, upload_concurrency)
         self.max_concurrency = max(1, max_concurrency)
         self.temp_dir = temp_dir
+        self.presigned_downloads = presigned_downloads
+        self.presign_expiry = presign_expiry
         self._client: Any = None
         self._exit = contextlib.AsyncExitStack()
         self._slots = asyncio.Semaphore(self.max_concurrency)
@@ -174,6 +178,8 @@ class S3Store:
             upload_concurrency=config.s3_upload_concurrency,
             max_concurrency=config.s3_max_concurrency,
             temp_dir=config.temp_dir,
+            presigned_downloads=config.s3_presigned_downloads,
+            presign_expiry=config.s3_presign_expiry,
         )
 
     # -- lifecycle -------------------------------------------------------------
@@ -196,6 +202,20 @@ class S3Store:
         self._client = await self._exit.enter_async_context(
             session.create_client("s3", endpoint_url=self.endpoint_url, region_name=self.region, config=config)
         )
+
+    @property
+    def client(self) -> Any:
+        """The aiobotocore S3 client (after start()), e.g. to observe its requests."""
+        return self._client
+
+    async def ready(self) -> bool:
+        """Whether the bucket answers (HeadBucket)."""
+        try:
+            await self._client.head_bucket(Bucket=self.bucket)
+        except _STORAGE_ERRORS as exc:
+            log.warning("S3 bucket %s is not reachable: %s", self.bucket, exc)
+            return False
+        return True
 
     async def close(self) -> None:
         await self._exit.aclose()
@@ -414,6 +434,21 @@ class S3Store:
 
     async def download(self, info: UploadInfo) -> Download:
         key = info.storage["key"]
+        if self.presigned_downloads:
+            # The same Content-Type and Content-Disposition (with the original filename) as
+            # when the server streams the bytes itself.
+            headers = download_headers(info.metadata)
+            url = await self._client.generate_presigned_url(
+                "get_object",
+                Params={
+                    "Bucket": self.bucket,
+                    "Key": key,
+                    "ResponseContentType": headers["Content-Type"],
+                    "ResponseContentDisposition": headers["Content-Disposition"],
+                },
+                ExpiresIn=int(self.presign_expiry),
+            )
+            return RedirectDownload(url)
 
         async def open_range(start: int, end: int) -> AsyncIterator[bytes]:
             response = await self._call("get_object", Key=key, Range=f"bytes={start}-{end - 1}")

@@ -1,0 +1,382 @@
+"""Hooks: events in an upload's life, Python callbacks for embedders, and the HTTP webhook.
+
+Events, in order: pre-create, post-create, post-receive (progress, throttled),
+pre-finish, post-finish; pre-terminate, post-terminate around DELETE; pre-get before
+a download. A pre-* hook may reject the request by raising `HookRejected` (or, as a
+webhook, by answering other than 2xx); the client then sees its status and message.
+post-* hooks only observe: their failures are logged and never fail the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import inspect
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from . import errors, protocol
+from .config import Config
+from .errors import TusError
+from .info import UploadInfo
+
+log = logging.getLogger("tusserver.hooks")
+
+PRE_CREATE = "pre-create"
+POST_CREATE = "post-create"
+POST_RECEIVE = "post-receive"
+PRE_FINISH = "pre-finish"
+POST_FINISH = "post-finish"
+PRE_TERMINATE = "pre-terminate"
+POST_TERMINATE = "post-terminate"
+PRE_GET = "pre-get"
+EVENTS = (PRE_CREATE, POST_CREATE, POST_RECEIVE, PRE_FINISH, POST_FINISH, PRE_TERMINATE, POST_TERMINATE, PRE_GET)
+
+# request[HOOK_HEADERS]: response headers that post-finish hooks asked for (2xx responses only).
+HOOK_HEADERS = "tus_hook_headers"
+MAX_MESSAGE = 200  # characters of a rejection message that reach the client
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+def clean_message(message: str) -> str:
+    """One line, printable, at most MAX_MESSAGE characters: safe as a response body."""
+    text = _CONTROL.sub(" ", str(message)).strip()
+    return text[: MAX_MESSAGE - 3] + "..." if len(text) > MAX_MESSAGE else text
+
+
+def clamp_status(status: int) -> int:
+    return min(max(int(status), 400), 599)
+
+
+class HookRejected(TusError):
+    """Raised by a pre-* hook to refuse the request; the client gets `status` (kept
+    within 400-599) and `message` (one line, at most 200 characters)."""
+
+    def __init__(
+        self, status: int = 403, message: str = "", *, headers: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(
+            errors.HOOK_REJECTED, clean_message(message) or None, status=clamp_status(status), headers=headers
+        )
+
+    @property
+    def message(self) -> str:
+        return self.detail or self.kind.message
+
+
+@dataclass(frozen=True)
+class HookRequest:
+    """The HTTP request that caused an event."""
+
+    method: str
+    uri: str
+    remote_addr: str | None
+    headers: Mapping[str, str]  # all of them for Python hooks; webhooks get hooks_forward_headers
+    subject: str | None = None  # `sub` of the bearer token, when tokens are on
+
+    @classmethod
+    def from_request(cls, request: web.Request) -> HookRequest:
+        return cls(
+            method=request.method,
+            uri=str(request.rel_url),
+            remote_addr=request.remote,
+            headers=request.headers,
+            subject=request.get("auth_subject"),
+        )
+
+
+@dataclass(frozen=True)
+class HookEvent:
+    """What a hook receives. `upload` is a copy: change it through `HookResult`."""
+
+    type: str
+    upload: UploadInfo
+    request: HookRequest
+
+    def to_json(self, forward_headers: list[str]) -> dict[str, Any]:
+        """The webhook payload."""
+        upload = self.upload
+        forwarded = {}
+        for name in forward_headers:
+            if name in self.request.headers:
+                forwarded[name] = self.request.headers[name]
+        return {
+            "type": self.type,
+            "upload": {
+                "id": upload.id,
+                "size": upload.length,
+                "size_is_deferred": upload.length is None,
+                "offset": upload.offset,
+                "metadata": {k: _text(v) for k, v in upload.metadata.items()},
+                "is_partial": upload.concat == "partial",
+                "is_final": upload.concat == "final",
+                "partial_uploads": list(upload.partials),
+                "finished": upload.finished,
+                "created": upload.created,
+                "expires": upload.expires,
+                "storage": {k: v for k, v in upload.storage.items() if k in ("type", "path", "bucket", "key")},
+            },
+            "request": {
+                "method": self.request.method,
+                "uri": self.request.uri,
+                "remote_addr": self.request.remote_addr,
+                "headers": forwarded,
+                "subject": self.request.subject,
+            },
+        }
+
+
+def _text(value: str | None) -> str | None:
+    # Metadata bytes that are not UTF-8 are kept as surrogates; JSON receivers want text.
+    return None if value is None else value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+@dataclass
+class HookResult:
+    """What a hook may change. pre-create: `metadata` (replaces it) and `upload_id` (the
+    new upload's id, which is also its storage key: `<file_dir>/<id>`, `<s3_prefix><id>`).
+    post-finish: `headers` added to the response that finished the upload."""
+
+    metadata: dict[str, str | None] | None = None
+    upload_id: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def merge(self, other: HookResult) -> None:
+        if other.metadata is not None:
+            self.metadata = other.metadata
+        if other.upload_id is not None:
+            self.upload_id = other.upload_id
+        self.headers.update(other.headers)
+
+
+Callback = Callable[[HookEvent], "HookResult | None | Awaitable[HookResult | None]"]
+
+
+class Hooks:
+    """Python callbacks per event, for embedding: `hooks.on("post-finish", fn)`, or
+    `@hooks.on("pre-create")` as a decorator. Callbacks may be sync or async."""
+
+    def __init__(self) -> None:
+        self._callbacks: dict[str, list[Callback]] = {event: [] for event in EVENTS}
+
+    def on(self, event: str, callback: Callback | None = None) -> Any:
+        if event not in self._callbacks:
+            raise ValueError(f"unknown hook event {event!r}; expected one of {', '.join(EVENTS)}")
+        if callback is None:
+
+            def register(fn: Callback) -> Callback:
+                self._callbacks[event].append(fn)
+                return fn
+
+            return register
+        self._callbacks[event].append(callback)
+        return callback
+
+    def callbacks(self, event: str) -> list[Callback]:
+        return self._callbacks[event]
+
+
+class Webhook:
+    """Sends events as JSON POSTs to `config.hooks_url` over one ClientSession.
+
+    pre-* events wait for the answer (a non-2xx answer rejects the request); post-*
+    events are sent in the background and retried with exponential backoff."""
+
+    def __init__(self, config: Config) -> None:
+        assert config.hooks_url is not None
+        self.url = config.hooks_url
+        self.events = frozenset(config.hooks_events)
+        self.forward_headers = list(config.hooks_forward_headers)
+        self.timeout = aiohttp.ClientTimeout(total=config.hooks_timeout)
+        self.retries = config.hooks_retries
+        self.backoff = config.hooks_backoff
+        self.session: aiohttp.ClientSession | None = None
+        self._pending: set[asyncio.Task] = set()
+
+    async def start(self) -> None:
+        self.session = aiohttp.ClientSession(timeout=self.timeout)
+
+    async def close(self, grace: float) -> None:
+        """Give background deliveries `grace` seconds, then cancel the rest."""
+        if self._pending:
+            await asyncio.wait(set(self._pending), timeout=grace)
+        for task in list(self._pending):
+            task.cancel()
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+        if self.session is not None:
+            await self.session.close()
+
+    async def _post(self, event: HookEvent) -> tuple[int, bytes]:
+        assert self.session is not None, "the webhook is used before the app started"
+        payload = event.to_json(self.forward_headers)
+        async with self.session.post(self.url, json=payload) as response:
+            # Bounded: a rejection message is cut to 200 characters anyway.
+            return response.status, await response.content.read(64 * 1024)
+
+    async def call(self, event: HookEvent) -> HookResult:
+        """Deliver a pre-* event and return its changes; raise HookRejected on non-2xx."""
+        try:
+            status, body = await self._post(event)
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            log.warning("%s webhook to %s failed: %s", event.type, self.url, exc or type(exc).__name__)
+            raise TusError(errors.HOOK_UNAVAILABLE, headers={"Retry-After": "5"}) from None
+        document = _json_object(body)
+        if not 200 <= status < 300:
+            message = document.get("message") if document else None
+            if not isinstance(message, str):
+                message = body.decode("utf-8", "replace")
+            raise HookRejected(status, message)
+        return result_from_json(document or {})
+
+    def notify(self, event: HookEvent, on_error: Callable[[], None]) -> None:
+        """Deliver a post-* event in the background."""
+        task = asyncio.create_task(self._deliver(event, on_error))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _deliver(self, event: HookEvent, on_error: Callable[[], None]) -> None:
+        for attempt in range(self.retries + 1):
+            if attempt:
+                await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
+            try:
+                status, _ = await self._post(event)
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+                problem = str(exc) or type(exc).__name__
+            else:
+                if status < 300:
+                    return
+                problem = f"status {status}"
+                if 400 <= status < 500 and status != 429:
+                    break  # the receiver refuses this event; sending it again will not help
+            on_error()
+            log.warning("%s webhook for %s failed (attempt %d): %s", event.type, event.upload.id, attempt + 1, problem)
+        log.error("%s webhook for %s given up", event.type, event.upload.id)
+
+
+def _json_object(body: bytes) -> dict[str, Any] | None:
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def result_from_json(document: dict[str, Any]) -> HookResult:
+    """A webhook's 2xx answer: `{"upload_id": "...", "metadata": {...}}`, both optional."""
+    result = HookResult()
+    if document.get("metadata") is not None:
+        result.metadata = document["metadata"]
+    if document.get("upload_id") is not None:
+        result.upload_id = document["upload_id"]
+    return result
+
+
+class HookRunner:
+    """Runs an event through the Python callbacks, then the webhook; counts both."""
+
+    def __init__(self, hooks: Hooks | None, webhook: Webhook | None, metrics: Any = None) -> None:
+        self.hooks = hooks or Hooks()
+        self.webhook = webhook
+        self.metrics = metrics
+
+    def wants(self, event: str) -> bool:
+        return bool(self.hooks.callbacks(event)) or (self.webhook is not None and event in self.webhook.events)
+
+    def _event(self, name: str, request: web.Request, info: UploadInfo) -> HookEvent:
+        return HookEvent(name, copy.deepcopy(info), HookRequest.from_request(request))
+
+    async def pre(self, name: str, request: web.Request, info: UploadInfo) -> HookResult:
+        """Run a pre-* event; raises HookRejected (or a TusError) to refuse the request."""
+        result = HookResult()
+        if not self.wants(name):
+            return result
+        event = self._event(name, request, info)
+        for callback in self.hooks.callbacks(name):
+            self._count(name, "python")
+            try:
+                result.merge(_checked(await _call(callback, event)))
+            except TusError:
+                raise
+            except Exception:
+                self._count_error(name, "python")
+                log.exception("%s hook %s failed", name, _name(callback))
+                raise TusError(errors.HOOK_FAILED) from None
+        if self.webhook is not None and name in self.webhook.events:
+            self._count(name, "http")
+            try:
+                result.merge(await self.webhook.call(event))
+            except HookRejected:
+                raise
+            except TusError:
+                self._count_error(name, "http")
+                raise
+        return result
+
+    async def post(self, name: str, request: web.Request, info: UploadInfo) -> HookResult:
+        """Run a post-* event. Never raises: failures are logged."""
+        result = HookResult()
+        if self.metrics is not None:
+            self.metrics.upload_event(name)
+        if not self.wants(name):
+            return result
+        event = self._event(name, request, info)
+        for callback in self.hooks.callbacks(name):
+            self._count(name, "python")
+            try:
+                result.merge(_checked(await _call(callback, event)))
+            except Exception:
+                self._count_error(name, "python")
+                log.exception("%s hook %s failed", name, _name(callback))
+        if self.webhook is not None and name in self.webhook.events:
+            self._count(name, "http")
+            self.webhook.notify(event, lambda: self._count_error(name, "http"))
+        return result
+
+    def _count(self, event: str, source: str) -> None:
+        if self.metrics is not None:
+            self.metrics.hook_invocations.labels(event, source).inc()
+
+    def _count_error(self, event: str, source: str) -> None:
+        if self.metrics is not None:
+            self.metrics.hook_errors.labels(event, source).inc()
+
+
+async def _call(callback: Callback, event: HookEvent) -> Any:
+    value = callback(event)
+    if inspect.isawaitable(value):
+        value = await value
+    return value
+
+
+def _checked(value: Any) -> HookResult:
+    if value is None:
+        return HookResult()
+    if not isinstance(value, HookResult):
+        raise TypeError(f"a hook must return a HookResult or None, not {type(value).__name__}")
+    return value
+
+
+def _name(callback: Callback) -> str:
+    return getattr(callback, "__qualname__", repr(callback))
+
+
+def checked_changes(result: HookResult) -> HookResult:
+    """Validate what a pre-create hook asks for. A bad id or metadata is the hook's bug,
+    not the client's: it is logged and answered 500."""
+    if result.upload_id is not None and not (
+        isinstance(result.upload_id, str) and protocol.is_valid_upload_id(result.upload_id)
+    ):
+        log.error("pre-create hook chose an invalid upload id %r", result.upload_id)
+        raise TusError(errors.HOOK_FAILED)
+    if result.metadata is not None and not protocol.is_valid_metadata(result.metadata):
+        log.error("pre-create hook returned invalid metadata (keys must be printable ASCII, values str or None)")
+        raise TusError(errors.HOOK_FAILED)
+    return result

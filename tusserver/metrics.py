@@ -1,0 +1,122 @@
+"""Prometheus metrics of one app, in its own CollectorRegistry (so several apps in one
+process keep separate numbers)."""
+
+from __future__ import annotations
+
+import glob
+import os
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from .stores.spool import TEMP_PREFIX
+
+_METHODS = frozenset({"OPTIONS", "POST", "HEAD", "PATCH", "DELETE", "GET"})
+_UPLOAD_COUNTERS = {"post-create": "created", "post-finish": "finished", "post-terminate": "terminated"}
+_S3_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "tusserver_requests", "HTTP requests answered, by method and status", ["method", "status"], registry=r
+        )
+        self.received_bytes = Counter("tusserver_received_bytes", "Upload bytes received in request bodies", registry=r)
+        self.uploads = {
+            name: Counter(f"tusserver_uploads_{name}", f"Uploads {name}", registry=r)
+            for name in _UPLOAD_COUNTERS.values()
+        }
+        self.active_uploads = Gauge(
+            "tusserver_active_uploads", "Requests receiving upload bytes right now", registry=r
+        )
+        self.s3_seconds = Histogram(
+            "tusserver_s3_request_seconds",
+            "S3 request durations (retries included), by operation",
+            ["operation"],
+            buckets=_S3_BUCKETS,
+            registry=r,
+        )
+        self.s3_errors = Counter(
+            "tusserver_s3_request_errors", "S3 requests that failed, by operation", ["operation"], registry=r
+        )
+        self.temp_bytes = Gauge(
+            "tusserver_temp_bytes", "Bytes in this process's spool files in the temp directory", registry=r
+        )
+        self.hook_invocations = Counter(
+            "tusserver_hook_invocations", "Hook calls, by event and source (python, http)", ["event", "source"],
+            registry=r,
+        )
+        self.hook_errors = Counter(
+            "tusserver_hook_errors", "Hook calls that failed, by event and source", ["event", "source"], registry=r
+        )
+
+    def upload_event(self, event: str) -> None:
+        name = _UPLOAD_COUNTERS.get(event)
+        if name is not None:
+            self.uploads[name].inc()
+
+    def watch_store(self, store: Any) -> None:
+        """Time the store's S3 requests and measure its spool, when it has them. Call after store.start()."""
+        client = getattr(store, "client", None)
+        events = getattr(getattr(client, "meta", None), "events", None)
+        if events is not None:
+            events.register("before-call.s3", self._s3_started)
+            events.register("after-call.s3", self._s3_finished)
+            events.register("after-call-error.s3", self._s3_failed)
+        if hasattr(store, "temp_dir"):
+            temp_dir = store.temp_dir or tempfile.gettempdir()
+            self.temp_bytes.set_function(lambda: spool_bytes(temp_dir))
+
+    # botocore event handlers: `context` is the same dict from before-call to after-call.
+    def _s3_started(self, model: Any, context: dict[str, Any], **_: Any) -> None:
+        context["tusserver_started"] = time.monotonic()
+
+    def _s3_finished(self, model: Any, context: dict[str, Any], http_response: Any = None, **_: Any) -> None:
+        started = context.pop("tusserver_started", None)
+        if started is not None:
+            self.s3_seconds.labels(model.name).observe(time.monotonic() - started)
+        if http_response is not None and http_response.status_code >= 300:
+            self.s3_errors.labels(model.name).inc()
+
+    def _s3_failed(self, context: dict[str, Any], event_name: str = "", **_: Any) -> None:
+        started = context.pop("tusserver_started", None)
+        operation = event_name.rsplit(".", 1)[-1]
+        if started is not None:
+            self.s3_seconds.labels(operation).observe(time.monotonic() - started)
+        self.s3_errors.labels(operation).inc()
+
+    @web.middleware
+    async def middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            method = request.method if request.method in _METHODS else "other"
+            self.requests.labels(method, str(status)).inc()
+            received = request.get("bytes_in", 0)
+            if received:
+                self.received_bytes.inc(received)
+
+
+def spool_bytes(temp_dir: str) -> int:
+    """Bytes in this process's spool files (see stores/spool.py)."""
+    total = 0
+    for path in glob.glob(os.path.join(glob.escape(temp_dir), f"{TEMP_PREFIX}{os.getpid()}-*")):
+        try:
+            total += os.stat(path).st_size
+        except FileNotFoundError:
+            continue  # removed while we looked
+    return total
