@@ -217,7 +217,8 @@ class Webhook:
     async def _post(self, event: HookEvent) -> tuple[int, bytes]:
         assert self.session is not None, "the webhook is used before the app started"
         payload = event.to_json(self.forward_headers)
-        async with self.session.post(self.url, json=payload) as response:
+        # A redirect is an answer like any other: following it would send the payload elsewhere.
+        async with self.session.post(self.url, json=payload, allow_redirects=False) as response:
             # Bounded: a rejection message is cut to 200 characters anyway.
             return response.status, await response.content.read(64 * 1024)
 

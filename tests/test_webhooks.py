@@ -1,0 +1,272 @@
+"""The HTTP webhook against a real receiver (an aiohttp server on 127.0.0.1 started by
+each test): payloads, pass-through rejections, changes, retries, forwarded headers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+
+import pytest
+from aiohttp import web
+
+from tests.conftest import free_port
+from tests.tus_client import OCTETS, TUS, create, download, patch
+from tusserver import Config, FileStore, create_app
+
+PATIENCE = 30  # seconds; a bound against hanging, not a timing assertion
+
+
+class Receiver:
+    """A hook service: records every delivery; `answer(payload)` decides the reply."""
+
+    def __init__(self) -> None:
+        self.deliveries: list[dict] = []
+        self.headers: list[dict] = []
+        self.answer = lambda payload: web.json_response({})
+        self.arrived = asyncio.Condition()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        payload = await request.json()
+        self.deliveries.append(payload)
+        self.headers.append(dict(request.headers))
+        async with self.arrived:
+            self.arrived.notify_all()
+        reply = self.answer(payload)
+        if asyncio.iscoroutine(reply):
+            reply = await reply
+        return reply
+
+    def of(self, event: str) -> list[dict]:
+        return [d for d in self.deliveries if d["type"] == event]
+
+    async def wait_for(self, event: str, count: int) -> list[dict]:
+        async with self.arrived:
+            await asyncio.wait_for(self.arrived.wait_for(lambda: len(self.of(event)) >= count), PATIENCE)
+        return self.of(event)
+
+
+@pytest.fixture
+async def receiver(aiohttp_server):
+    hook = Receiver()
+    app = web.Application()
+    app.router.add_post("/hooks", hook.handle)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    hook.url = str(server.make_url("/hooks"))
+    return hook
+
+
+def hook_config(receiver, **kw) -> Config:
+    events = ["pre-create", "post-create", "post-receive", "pre-finish", "post-finish", "pre-terminate"]
+    options = {"hooks_url": receiver.url, "hooks_events": events, "hooks_backoff": 0.01, "progress_interval": 0}
+    return Config(**{**options, **kw})
+
+
+async def test_events_are_posted_as_json_with_upload_and_request(aiohttp_client, receiver, store_factory):
+    client = await aiohttp_client(create_app(hook_config(receiver), store=store_factory()))
+    data = os.urandom(700)
+    path = await create(client, len(data), Upload_Metadata="filename 0LzQsNC5LnR4dA==")  # "май.txt"
+    upload_id = path.rsplit("/", 1)[1]
+    await patch(client, path, 0, data)
+    finished = (await receiver.wait_for("post-finish", 1))[0]
+    await receiver.wait_for("post-create", 1)
+    await receiver.wait_for("post-receive", 1)
+
+    pre = receiver.of("pre-create")[0]
+    assert pre["upload"]["id"] == upload_id
+    assert pre["upload"]["size"] == 700 and pre["upload"]["offset"] == 0
+    assert pre["upload"]["metadata"] == {"filename": "май.txt"}
+    assert pre["request"]["method"] == "POST" and pre["request"]["uri"] == "/"
+    assert pre["request"]["remote_addr"] == "127.0.0.1"
+    assert pre["request"]["headers"] == {}  # nothing forwarded unless configured
+    assert receiver.of("post-receive")[0]["upload"]["offset"] == 700
+    assert finished["upload"]["finished"] is True and finished["upload"]["offset"] == 700
+    storage = finished["upload"]["storage"]
+    if storage["type"] == "file":
+        assert set(storage) == {"type", "path"} and storage["path"].endswith("/" + upload_id)
+    else:
+        assert storage == {"type": "s3", "bucket": store_factory.bucket, "key": upload_id}
+    assert receiver.headers[0]["Content-Type"] == "application/json"
+    assert await download(client, path) == data
+
+
+async def test_pre_create_rejection_passes_status_and_message_through(aiohttp_client, receiver, tmp_path):
+    receiver.answer = lambda payload: web.json_response({"message": "acme is over its quota"}, status=429)
+    store_dir = tmp_path / "uploads"
+    client = await aiohttp_client(create_app(hook_config(receiver), store=FileStore(str(store_dir))))
+    resp = await client.post(
+        "/", data=b"x" * 10, headers={**TUS, "Upload-Length": "10", "Content-Type": OCTETS}
+    )
+    assert resp.status == 429
+    assert await resp.text() == "acme is over its quota\n"
+    assert not any(store_dir.iterdir())  # nothing was created
+    assert [d["type"] for d in receiver.deliveries] == ["pre-create"]
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "expected_status", "expected_text"),
+    [
+        (302, "see elsewhere", 400, "see elsewhere"),  # not 2xx, but not an error status: 400
+        (403, "line one\nline two " + "z" * 400, 403, ("line one line two " + "z" * 400)[:197] + "..."),
+        (500, "", 500, "request was rejected by a hook"),
+    ],
+)
+async def test_rejections_are_kept_within_limits(
+    aiohttp_client, receiver, tmp_path, status, body, expected_status, expected_text
+):
+    receiver.answer = lambda payload: web.Response(status=status, text=body, headers={"Location": "/x"})
+    client = await aiohttp_client(create_app(hook_config(receiver), store=FileStore(str(tmp_path))))
+    resp = await client.post("/", headers={**TUS, "Upload-Length": "1"})
+    assert resp.status == expected_status
+    assert await resp.text() == expected_text + "\n"
+
+
+async def test_pre_create_answer_changes_metadata_and_id(aiohttp_client, receiver, tmp_path):
+    def answer(payload):
+        if payload["type"] == "pre-create":
+            return web.json_response({"upload_id": "user-7-file-1", "metadata": {"owner": "7"}})
+        return web.json_response({})
+
+    receiver.answer = answer
+    client = await aiohttp_client(create_app(hook_config(receiver), store=FileStore(str(tmp_path))))
+    path = await create(client, 4, Upload_Metadata="filename YS50eHQ=")
+    assert path == "/user-7-file-1"
+    resp = await client.head(path, headers=TUS)
+    assert resp.headers["Upload-Metadata"] == "owner Nw=="
+    created = await receiver.wait_for("post-create", 1)
+    assert created[0]["upload"]["id"] == "user-7-file-1"
+
+
+async def test_a_bad_id_from_the_hook_service_is_500(aiohttp_client, receiver, tmp_path):
+    receiver.answer = lambda payload: web.json_response({"upload_id": "../escape"})
+    client = await aiohttp_client(create_app(hook_config(receiver), store=FileStore(str(tmp_path / "u"))))
+    resp = await client.post("/", headers={**TUS, "Upload-Length": "1"})
+    assert (resp.status, await resp.text()) == (500, "a server hook failed\n")
+    assert not any((tmp_path / "u").iterdir())
+
+
+async def test_post_finish_is_retried_after_a_500_without_delaying_the_response(aiohttp_client, receiver, tmp_path):
+    answers = {"post-finish": [web.Response(status=500, text="db down"), web.json_response({})]}
+    release = asyncio.Event()
+
+    async def answer(payload):
+        queue = answers.get(payload["type"])
+        if queue:
+            reply = queue.pop(0)
+            if reply.status == 500:
+                await asyncio.wait_for(release.wait(), PATIENCE)  # hold the first attempt open
+            return reply
+        return web.json_response({})
+
+    receiver.answer = answer
+    client = await aiohttp_client(create_app(hook_config(receiver), store=FileStore(str(tmp_path))))
+    path = await create(client, 3)
+    # The PATCH answers while the hook service is still busy with the first attempt.
+    resp = await patch(client, path, 0, b"abc")
+    assert resp.headers["Upload-Offset"] == "3"
+    await receiver.wait_for("post-finish", 1)
+    release.set()
+    first, second = await receiver.wait_for("post-finish", 2)
+    assert first == second  # the same event, delivered again
+    assert first["upload"]["id"] == path[1:]
+    assert answers["post-finish"] == []
+
+
+async def test_post_events_give_up_after_the_configured_retries(aiohttp_client, receiver, tmp_path, caplog):
+    receiver.answer = lambda payload: (
+        web.Response(status=503) if payload["type"] == "post-create" else web.json_response({})
+    )
+    config = hook_config(receiver, hooks_retries=2)
+    client = await aiohttp_client(create_app(config, store=FileStore(str(tmp_path))))
+    path = await create(client, 1)
+    await receiver.wait_for("post-create", 3)
+    await patch(client, path, 0, b"x")  # later events still go out
+    await receiver.wait_for("post-finish", 1)
+    for _ in range(PATIENCE * 100):
+        if "given up" in caplog.text:
+            break
+        await asyncio.sleep(0.01)
+    assert len(receiver.of("post-create")) == 3
+    assert f"post-create webhook for {path[1:]} given up" in caplog.text
+
+
+async def test_a_4xx_answer_to_a_post_event_is_not_retried(aiohttp_client, receiver, tmp_path):
+    receiver.answer = lambda payload: (
+        web.Response(status=404) if payload["type"] == "post-create" else web.json_response({})
+    )
+    client = await aiohttp_client(create_app(hook_config(receiver), store=FileStore(str(tmp_path))))
+    path = await create(client, 1)
+    await patch(client, path, 0, b"x")
+    await receiver.wait_for("post-finish", 1)  # delivered after post-create's only attempt
+    assert len(receiver.of("post-create")) == 1
+
+
+async def test_only_selected_headers_are_forwarded(aiohttp_client, receiver, tmp_path):
+    config = hook_config(receiver, hooks_forward_headers=["Authorization", "X-Tenant"])
+    client = await aiohttp_client(create_app(config, store=FileStore(str(tmp_path))))
+    await create(client, 1, Authorization="Bearer user-token", X_Tenant="acme", Cookie="session=secret")
+    pre = receiver.of("pre-create")[0]
+    assert pre["request"]["headers"] == {"Authorization": "Bearer user-token", "X-Tenant": "acme"}
+    assert "secret" not in json.dumps(receiver.deliveries)
+
+
+async def test_only_selected_events_are_sent(aiohttp_client, receiver, tmp_path):
+    config = hook_config(receiver, hooks_events=["post-finish"])
+    client = await aiohttp_client(create_app(config, store=FileStore(str(tmp_path))))
+    path = await create(client, 2)
+    await patch(client, path, 0, b"ab")
+    assert (await client.delete(path, headers=TUS)).status == 204
+    await receiver.wait_for("post-finish", 1)
+    assert [d["type"] for d in receiver.deliveries] == ["post-finish"]
+
+
+async def test_an_unreachable_hook_service_refuses_pre_events_with_503_and_never_fails_post_events(
+    aiohttp_client, tmp_path, caplog
+):
+    dead = f"http://127.0.0.1:{free_port()}/hooks"  # nothing listens there
+    store_dir = tmp_path / "uploads"
+    client = await aiohttp_client(
+        create_app(Config(hooks_url=dead, hooks_events=["pre-create"]), store=FileStore(str(store_dir)))
+    )
+    resp = await client.post("/", headers={**TUS, "Upload-Length": "1"})
+    assert resp.status == 503
+    assert resp.headers["Retry-After"] == "5"
+    assert await resp.text() == "the hook service did not answer; retry later\n"
+    assert not any(store_dir.iterdir())
+
+    config = Config(hooks_url=dead, hooks_events=["post-create", "post-finish"], hooks_retries=0)
+    client = await aiohttp_client(create_app(config, store=FileStore(str(tmp_path / "other"))))
+    path = await create(client, 2)
+    await patch(client, path, 0, b"ok")
+    assert await download(client, path) == b"ok"
+
+
+async def test_a_slow_hook_service_times_out_as_503(aiohttp_client, receiver, tmp_path):
+    done = asyncio.Event()
+
+    async def late(payload):
+        await asyncio.wait_for(done.wait(), PATIENCE)
+        return web.json_response({})
+
+    receiver.answer = late
+    config = hook_config(receiver, hooks_timeout=0.2)
+    client = await aiohttp_client(create_app(config, store=FileStore(str(tmp_path / "u"))))
+    resp = await client.post("/", headers={**TUS, "Upload-Length": "1"})
+    done.set()
+    assert resp.status == 503
+    assert not any((tmp_path / "u").iterdir())
+
+
+async def test_pre_finish_rejection_by_the_hook_service_keeps_the_upload(aiohttp_client, receiver, store_factory):
+    verdicts = [web.json_response({"message": "checksum of the whole file differs"}, status=422)]
+    receiver.answer = lambda payload: (
+        verdicts.pop(0) if payload["type"] == "pre-finish" and verdicts else web.json_response({})
+    )
+    client = await aiohttp_client(create_app(hook_config(receiver), store=store_factory()))
+    data = os.urandom(1234)
+    path = await create(client, len(data))
+    resp = await client.patch(path, data=data, headers={**TUS, "Upload-Offset": "0", "Content-Type": OCTETS})
+    assert (resp.status, await resp.text()) == (422, "checksum of the whole file differs\n")
+    assert (await client.get(path)).status == 409
+    await patch(client, path, len(data), b"")
+    assert await download(client, path) == data
