@@ -86,7 +86,10 @@ class Cors:
         self.echo_origin = config.cors_credentials or not self.policy.any
         self.preflight_headers = {
             "Access-Control-Allow-Methods": ", ".join(ALLOWED_METHODS),
-            "Access-Control-Allow-Headers": ", ".join(_unique(TUS_REQUEST_HEADERS, config.cors_allow_headers)),
+            "Access-Control-Allow-Headers": ", ".join(
+                # Bearer tokens (auth_secret) travel in Authorization, which browsers must be allowed to send.
+                _unique(TUS_REQUEST_HEADERS, ["Authorization"] if config.auth_secret else [], config.cors_allow_headers)
+            ),
             "Access-Control-Max-Age": str(config.cors_max_age),
         }
         self.exposed = ", ".join(EXPOSED_HEADERS)
