@@ -141,9 +141,22 @@ def serve(config: Config) -> int:
         access_log=None,  # the tus middleware logs one line per request on tusserver.access
         print=started,
         handle_signals=True,
+        loop=new_event_loop(config.uvloop),
     )
     log.info("tusserver stopped")
     return 0
+
+
+def new_event_loop(use_uvloop: bool) -> asyncio.AbstractEventLoop:
+    """uvloop's loop when asked for and installed (the `speed` extra), else asyncio's."""
+    if use_uvloop:
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
 
 
 def _url_host(host: str) -> str:

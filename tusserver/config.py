@@ -20,6 +20,7 @@ class Config:
     cors_credentials: bool = False
     cors_max_age: int = 86400
     cors_allow_headers: list[str] = field(default_factory=list)
+    uvloop: bool = True  # run on uvloop when it is installed (pip install tusserver[speed])
     # Protocol
     max_size: int | None = None
     downloads: bool = True
