@@ -100,9 +100,11 @@ def wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 30.0) -> N
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
-def spawn(args: list[str], port: int | None, log: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+def spawn(
+    args: list[str], port: int | None, log: str, env: dict[str, str] | None = None, cwd: str = ROOT
+) -> subprocess.Popen:
     with open(log, "ab") as out:
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env or ENV, cwd=ROOT)
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env or ENV, cwd=cwd)
     if port is not None:
         wait_for_port(port, proc)
     return proc
@@ -129,6 +131,7 @@ class Monitor:
         self.interval = interval
         self.peak_rss = 0
         self.peak_temp = 0
+        self.cpu_seconds = 0.0  # user + system CPU time the process used meanwhile
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -138,6 +141,7 @@ class Monitor:
                 f.write("5")  # resets VmHWM to the current RSS
         except OSError:
             pass
+        self._cpu_start = _cpu_seconds(self.pid)
         self._thread.start()
         return self
 
@@ -146,6 +150,8 @@ class Monitor:
         self._thread.join()
         self._poll()
         self.peak_rss = max(self.peak_rss, _status_kib(self.pid, "VmHWM") * KiB)
+        end = _cpu_seconds(self.pid)
+        self.cpu_seconds = end - self._cpu_start if end else 0.0  # 0: the process is gone
 
     def _run(self) -> None:
         while not self._done.wait(self.interval):
@@ -165,6 +171,15 @@ def _status_kib(pid: int, key: str) -> int:
     except OSError:
         pass
     return 0
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
 def _dir_bytes(directory: str, mark: str) -> int:
@@ -337,7 +352,8 @@ class Bench:
             ]
             temp = [(spool, "")]
         args += self.args.ours_arg
-        proc = spawn(args, port, self.log(f"ours-{store}"))
+        package = os.path.abspath(self.args.tusserver)
+        proc = spawn(args, port, self.log(f"ours-{store}"), env={**ENV, "PYTHONPATH": package}, cwd=package)
         self.procs.append(proc)
         target = Target("ours", store, storage, proc, f"http://127.0.0.1:{port}/files/", temp)
         if self.args.profile:
@@ -401,6 +417,7 @@ class Bench:
                 result = await run()
             result["peak_rss_mib"] = round(monitor.peak_rss / MiB, 1)
             result["peak_temp_mib"] = round(monitor.peak_temp / MiB, 1)
+            result["cpu_s"] = round(monitor.cpu_seconds, 2)
         await target.storage.clear()
         return {"scenario": scenario, "store": target.store, "target": target.label, **result}
 
@@ -565,6 +582,7 @@ def _headline(result: dict) -> str:
         text += f"  p50 {result['p50_ms']} ms  p99 {result['p99_ms']} ms"
     if "peak_rss_mib" in result:
         text += f"  rss {result['peak_rss_mib']} MiB  temp {result['peak_temp_mib']} MiB"
+        text += f"  cpu {result.get('cpu_s', '-')} s"
     return text
 
 
@@ -594,8 +612,8 @@ def print_table(results: list[dict], sizes: Sizes) -> None:
         "S5": f"{sizes.s5_count} HEADs, {sizes.parallel} at a time",
     }
     print()
-    print("| scenario | store | target | result | p50 / p99 ms | peak RSS MiB | peak temp MiB |")
-    print("|---|---|---|---|---|---|---|")
+    print("| scenario | store | target | result | p50 / p99 ms | peak RSS MiB | peak temp MiB | server CPU s |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in results:
         metric = METRICS[r["scenario"]]
         lat = f"{r['p50_ms']} / {r['p99_ms']}" if "p50_ms" in r else ""
@@ -636,6 +654,9 @@ def main() -> int:
     parser.add_argument("--log-level", default="warning", help="our server's log level (warning: no access log)")
     parser.add_argument("--ours-arg", action="append", default=[], help="extra flag for our server (repeatable)")
     parser.add_argument("--profile", metavar="DIR", help="record our server with py-spy into DIR/ours-<store>.txt")
+    parser.add_argument(
+        "--tusserver", metavar="DIR", default=ROOT, help="run the tusserver package in DIR (a `git archive` export)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs) after the run")
     args = parser.parse_args()
     sizes = FULL if args.mode == "full" else QUICK
