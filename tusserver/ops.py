@@ -9,6 +9,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .app import METRICS_KEY, STORE_KEY
+from .metrics import OPS_REQUEST
 from .stores.base import ReadyStore
 
 log = logging.getLogger("tusserver")
@@ -35,9 +36,17 @@ def add_ops_routes(app: web.Application, tus_app: web.Application) -> None:
             return web.Response(text="ready\n")
         return web.Response(status=503, text="store unreachable\n")
 
-    app.router.add_get("/metrics", metrics_page)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
+    for path, handler in (("/metrics", metrics_page), ("/healthz", healthz), ("/readyz", readyz)):
+        app.router.add_get(path, _not_counted(handler))
+
+
+def _not_counted(handler):
+    # When the tus app serves these itself (base_path "/"), scrapes must not count as tus requests.
+    async def handle(request: web.Request) -> web.StreamResponse:
+        request[OPS_REQUEST] = True
+        return await handler(request)
+
+    return handle
 
 
 async def store_ready(store: object) -> bool:
