@@ -18,8 +18,9 @@ from .cors import install_cors
 from .errors import TusError
 from .handlers import TusHandlers
 from .hooks import HOOK_HEADERS, HookRunner, Hooks, Webhook
-from .locks import Locker, MemoryLocker
+from .locks import Locker, locker_from_config
 from .metrics import Metrics
+from .shutdown import UPLOAD_METHODS, Shutdown
 from .stores.base import Store
 
 log = logging.getLogger("tusserver")
@@ -28,6 +29,7 @@ access_log = logging.getLogger("tusserver.access")
 HANDLERS_KEY = web.AppKey("tus_handlers", TusHandlers)
 STORE_KEY = web.AppKey("tus_store", object)
 METRICS_KEY = web.AppKey("tus_metrics", Metrics)
+SHUTDOWN_KEY = web.AppKey("tus_shutdown", Shutdown)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -64,9 +66,15 @@ async def tus_middleware(request: web.Request, handler: Handler) -> web.StreamRe
     except web.HTTPException as exc:
         status = exc.status
         raise
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(TusError(errors.INTERNAL))
+    except Exception as exc:
+        error = errors.storage_error(exc) if isinstance(exc, OSError) else None
+        if error is None:
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            error = TusError(errors.INTERNAL)
+        else:  # the operator must act (disk full, permissions); the client only learns the kind
+            log.error("storage failure on %s %s: %s", request.method, request.path, exc)
+        status = error.status
+        return error_response(error)
     finally:
         access_log.info(
             "%s %s %s in=%d %.1fms id=%s",
@@ -114,9 +122,10 @@ def create_app(
     webhook = Webhook(config) if config.hooks_url else None
     runner = HookRunner(hooks, webhook, metrics)
     handlers = TusHandlers(
-        config, store, locker or MemoryLocker(config.lock_timeout), runner, metrics=metrics, max_size_for=max_size_for
+        config, store, locker or locker_from_config(config), runner, metrics=metrics, max_size_for=max_size_for
     )
     auth = BearerAuth(config.auth_secret) if config.auth_secret else None
+    shutdown = Shutdown(config.shutdown_grace)
 
     collection: dict[str, Handler] = {"OPTIONS": handlers.options, "POST": handlers.post}
     upload: dict[str, Handler] = {
@@ -135,6 +144,9 @@ def create_app(
             handler = table.get(method)
             if handler is None:
                 raise TusError(errors.METHOD_NOT_ALLOWED, headers={"Allow": ", ".join(table)})
+            if method in UPLOAD_METHODS:
+                async with shutdown.upload(request):
+                    return await handler(request)
             return await handler(request)
 
         return route
@@ -143,14 +155,23 @@ def create_app(
     app[HANDLERS_KEY] = handlers
     app[STORE_KEY] = store
     app[METRICS_KEY] = metrics
+    app[SHUTDOWN_KEY] = shutdown
     app.router.add_route("*", "/", dispatch(collection))
     app.router.add_route("*", "/{upload_id}", dispatch(upload))
     app.on_response_prepare.append(_add_tus_resumable)
     install_cors(app, config)
     app.middlewares.insert(0, metrics.middleware)  # outermost: counts preflights and errors too
 
+    async def drain(app: web.Application) -> None:
+        await shutdown.drain()
+
+    # Runs once the server stops listening (aiohttp then waits for the handlers); the
+    # CLI drains earlier, on the signal, so that new uploads still get their 503.
+    app.on_shutdown.append(drain)
+
     async def lifecycle(app: web.Application):
         await store.start()
+        await handlers.locker.start()
         metrics.watch_store(store)
         if webhook is not None:
             await webhook.start()
@@ -162,6 +183,7 @@ def create_app(
             cleaner.cancel()
         if webhook is not None:
             await webhook.close(config.hooks_timeout)
+        await handlers.locker.close()
         await store.close()
 
     app.cleanup_ctx.append(lifecycle)

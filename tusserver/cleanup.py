@@ -9,7 +9,7 @@ import time
 
 from .config import Config
 from .errors import TusError
-from .locks import Locker, MemoryLocker
+from .locks import Locker, locker_from_config
 from .stores.base import ExpiringStore, Store, TerminatingStore
 
 log = logging.getLogger("tusserver.cleanup")
@@ -55,10 +55,13 @@ def run(config: Config) -> int:
 
     async def once() -> int:
         store = store_from_config(config)
+        locker = locker_from_config(config)  # with Redis, never removes an upload another instance is writing
         await store.start()
         try:
-            return await clean_expired(store, config, MemoryLocker(config.lock_timeout))
+            await locker.start()
+            return await clean_expired(store, config, locker)
         finally:
+            await locker.close()
             await store.close()
 
     return asyncio.run(once())

@@ -14,12 +14,13 @@ from typing import Any
 from aiohttp import web
 
 from . import __version__
-from .app import create_app
+from .app import SHUTDOWN_KEY, create_app
 from .auth import make_token
 from .config import Config
 from .load import CHOICES, CONFIG_ENV, ConfigError, FieldSpec, field_specs, load_config, parse_text
 from .logs import setup_logging
 from .ops import add_ops_routes
+from .shutdown import drain_on_signals
 
 log = logging.getLogger("tusserver")
 
@@ -118,6 +119,7 @@ def build_app(config: Config) -> web.Application:
     root = web.Application()
     add_ops_routes(root, tus)
     root.add_subapp(config.base_path, tus)
+    root[SHUTDOWN_KEY] = tus[SHUTDOWN_KEY]
     return root
 
 
@@ -127,6 +129,7 @@ def serve(config: Config) -> int:
     except ValueError as exc:  # e.g. a cors_origins regex that does not compile
         log.error("invalid configuration: %s", exc)
         return 2
+    drain_on_signals(app, app[SHUTDOWN_KEY])
     url = f"http://{_url_host(config.host)}:{config.port}{config.base_path}"
     where = config.file_dir if config.store == "file" else f"s3://{config.s3_bucket}/{config.s3_prefix}"
 

@@ -29,7 +29,12 @@ class Config:
     cleanup_interval: float = 60.0
     lock_timeout: float = 3.0
     read_timeout: float | None = 60.0  # seconds a PATCH body may stall
-    shutdown_grace: float = 30.0
+    shutdown_grace: float = 30.0  # seconds in-flight uploads get to finish on SIGTERM/SIGINT
+    # Several instances: locks in Redis (needs tusserver[redis]). The URL may hold a password;
+    # it is never logged.
+    redis_url: str | None = None
+    redis_prefix: str = "tusserver"  # key and channel prefix, to share one Redis
+    lock_lease: float = 10.0  # seconds a crashed holder's Redis lock outlives it
     # Limits
     max_metadata_size: int | None = None  # bytes of the Upload-Metadata header
     max_metadata_count: int | None = None  # keys in Upload-Metadata

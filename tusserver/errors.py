@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -67,6 +68,9 @@ INVALID_RANGE = ErrorKind("ERR_INVALID_RANGE", 416, "Range is not satisfiable")
 INVALID_HEADER = ErrorKind("ERR_INVALID_HEADER", 400, "a request header is malformed")
 STORAGE_FULL = ErrorKind("ERR_STORAGE_FULL", 507, "server has no space left to store the upload")
 STORAGE_UNAVAILABLE = ErrorKind("ERR_STORAGE_UNAVAILABLE", 503, "storage backend failed; retry later")
+STORAGE_NOT_WRITABLE = ErrorKind(
+    "ERR_STORAGE_NOT_WRITABLE", 500, "server cannot write to its storage or temp directory"
+)
 DOWNLOAD_DISABLED = ErrorKind("ERR_DOWNLOAD_DISABLED", 405, "downloads are disabled on this server")
 UNAUTHORIZED = ErrorKind("ERR_UNAUTHORIZED", 401, "a valid Authorization bearer token is required")
 FORBIDDEN = ErrorKind("ERR_FORBIDDEN", 403, "request was rejected")
@@ -101,3 +105,17 @@ class TusError(Exception):
     @property
     def message(self) -> str:
         return f"{self.kind.message}: {self.detail}" if self.detail else self.kind.message
+
+
+_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR}
+
+
+def storage_error(exc: OSError) -> TusError | None:
+    """The answer for a local disk failure (full disk, unwritable directory), or None
+    for an OSError that is not one."""
+    if exc.errno in _FULL:
+        return TusError(STORAGE_FULL)
+    if exc.errno in _NOT_WRITABLE:
+        return TusError(STORAGE_NOT_WRITABLE)
+    return None

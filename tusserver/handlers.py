@@ -118,6 +118,8 @@ class TusHandlers:
             raise TusError(errors.EXCEEDS_UPLOAD_LENGTH, f"{limit} bytes remain")
         body = Body(request.content, limit, checksum, self.config.read_timeout)
         request["body"] = body
+        if "stop_reason" in request:  # asked to let go before the body started
+            body.stop(request["stop_reason"])
         progress = self._report_progress(request, info, body)
         try:
             info.offset = await self.store.append(info, body, atomic=checksum is not None)
@@ -154,9 +156,7 @@ class TusHandlers:
 
     def _release(self, request: web.Request):
         def release() -> None:
-            body = request.get("body")
-            if body is not None:
-                body.stop(ReleaseRequested())
+            stop_body(request, ReleaseRequested())
 
         return release
 
@@ -323,6 +323,10 @@ class TusHandlers:
         upload_id = self._upload_id(request)
         async with self.locker.lock(upload_id, self._release(request)):
             info = await self._load(upload_id)
+            if info.concat != "final" and info.length == info.offset and not info.finished:
+                # Every byte is stored but the finish never ran (its PATCH was interrupted,
+                # or the server died): finish now, since the client takes this as done.
+                await self._finish(request, info)
         if info.concat == "final" and not info.finished:
             info = await self._complete_final(request, upload_id) or info  # repairs a crash between finishes
         headers = self._state_headers(info)
@@ -405,6 +409,15 @@ class TusHandlers:
         if isinstance(download, RedirectDownload):
             raise web.HTTPFound(download.url)
         return await _stream_download(request, download, headers)
+
+
+def stop_body(request: web.Request, reason: Exception) -> None:
+    """Stop receiving the request's body now, or as soon as it starts; the bytes
+    received are kept and the request answers as `reason` says."""
+    request.setdefault("stop_reason", reason)
+    body = request.get("body")
+    if body is not None:
+        body.stop(reason)
 
 
 async def _stream_download(request: web.Request, download, headers: dict[str, str]) -> web.StreamResponse:

@@ -11,12 +11,17 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from . import errors
+from .config import Config
 from .errors import TusError
 
 ReleaseCallback = Callable[[], None]
 
 
 class Locker(Protocol):
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
     def lock(
         self, upload_id: str, on_release: ReleaseCallback | None = None
     ) -> AbstractAsyncContextManager[None]:
@@ -37,6 +42,12 @@ class MemoryLocker:
     def __init__(self, timeout: float = 3.0) -> None:
         self.timeout = timeout
         self._entries: dict[str, _Entry] = {}
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
 
     @asynccontextmanager
     async def lock(
@@ -61,3 +72,12 @@ class MemoryLocker:
             entry.users -= 1
             if entry.users == 0:
                 del self._entries[upload_id]
+
+
+def locker_from_config(config: Config) -> Locker:
+    """RedisLocker when `redis_url` is set (several instances), else MemoryLocker."""
+    if config.redis_url:
+        from .redis_lock import RedisLocker
+
+        return RedisLocker.from_config(config)
+    return MemoryLocker(config.lock_timeout)

@@ -12,6 +12,7 @@ import glob
 import os
 import secrets
 import shutil
+import tempfile
 from collections.abc import AsyncIterable, AsyncIterator
 
 from .. import errors
@@ -34,6 +35,9 @@ class FileStore:
 
     async def start(self) -> None:
         os.makedirs(self.directory, exist_ok=True)
+        # An unwritable directory stops the server at start-up, naming the directory.
+        with tempfile.TemporaryFile(dir=self.directory):
+            pass
         # Debris of a crash: half-written .info files and unverified PATCH spools.
         for leftover in glob.glob(os.path.join(self.directory, "*.tmp-*")):
             _remove(leftover)
@@ -60,7 +64,11 @@ class FileStore:
         info.storage = {"type": "file", "path": path}
         with open(path, "xb"):
             pass
-        await self.save_info(info)
+        try:
+            await self.save_info(info)
+        except BaseException:
+            _remove(path)  # e.g. a full disk: no data file without its .info
+            raise
 
     async def get_info(self, upload_id: str) -> UploadInfo:
         try:
@@ -194,10 +202,14 @@ async def _write_stream(f, body: AsyncIterable[bytes]) -> int:
 
 
 def _append_file(src, target: str, offset: int) -> None:
-    with open(target, "r+b") as out:
-        out.truncate(offset)
-        out.seek(offset)
-        shutil.copyfileobj(src, out, WRITE_BATCH)
+    try:
+        with open(target, "r+b") as out:
+            out.truncate(offset)
+            out.seek(offset)
+            shutil.copyfileobj(src, out, WRITE_BATCH)
+    except BaseException:
+        os.truncate(target, offset)  # all or nothing, even when the disk fills half way
+        raise
 
 
 def _concatenate_files(target: str, sources: list[str]) -> None:

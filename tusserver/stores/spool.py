@@ -3,6 +3,7 @@ that whole parts can be sent (and re-sent on retry) without holding them in memo
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import secrets
@@ -51,25 +52,38 @@ class Spool:
         """Append `data`; return the pieces it filled (now owned by the caller)."""
         full: list[Piece] = []
         view = memoryview(data)
-        while view:
-            if self._piece is None:
-                self._open()
-            assert self._piece is not None and self._file is not None
-            room = self.piece_size - self._piece.size
-            taken = view[:room]
-            self._file.write(taken)
-            self._piece.size += len(taken)
-            view = view[len(taken) :]
-            if self._piece.size >= self.piece_size:
-                full.append(self.cut())  # type: ignore[arg-type]
+        try:
+            while view:
+                if self._piece is None:
+                    self._open()
+                assert self._piece is not None and self._file is not None
+                room = self.piece_size - self._piece.size
+                taken = view[:room]
+                self._file.write(taken)
+                self._piece.size += len(taken)
+                view = view[len(taken) :]
+                if self._piece.size >= self.piece_size:
+                    full.append(self.cut())  # type: ignore[arg-type]
+        except OSError:
+            # A full disk or an unwritable directory: how much of the piece reached the
+            # file is unknown, so it must never be sent. Its bytes are not kept.
+            for piece in full:
+                piece.remove()
+            self.discard()
+            raise
         return full
 
     def cut(self) -> Piece | None:
         """Hand over the piece being filled (None if it is empty)."""
         piece, self._piece = self._piece, None
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        file, self._file = self._file, None
+        if file is not None:
+            try:
+                file.close()  # flushes: may fail on a full disk
+            except OSError:
+                if piece is not None:
+                    piece.remove()
+                raise
         if piece is not None and piece.size == 0:
             piece.remove()
             return None
@@ -77,7 +91,11 @@ class Spool:
 
     def discard(self) -> None:
         """Remove the piece being filled."""
-        piece = self.cut()
+        piece, self._piece = self._piece, None
+        file, self._file = self._file, None
+        if file is not None:
+            with contextlib.suppress(OSError):
+                file.close()
         if piece is not None:
             piece.remove()
 
@@ -86,6 +104,14 @@ class Spool:
         path = os.path.join(self.temp_dir, f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(8)}")
         self._file = open(path, "xb")
         self._piece = Piece(path)
+
+
+def check_writable(temp_dir: str | None) -> None:
+    """Fail early, with the OSError naming the directory, when spooling cannot work."""
+    directory = temp_dir or tempfile.gettempdir()
+    os.makedirs(directory, exist_ok=True)
+    with tempfile.TemporaryFile(dir=directory, prefix="tusserver-probe-"):
+        pass
 
 
 def remove_stale_spools(temp_dir: str | None) -> int:

@@ -1,0 +1,227 @@
+"""Per-upload locks shared by several server instances, kept in Redis.
+
+A lock is a key holding its holder's random token, set with a lease that the holder
+renews while it works, so the lock of a crashed holder expires by itself. Renewal and
+release are Lua scripts that check the token first: nobody extends or frees a lock that
+has passed to someone else. A request that finds the lock held publishes a release
+request naming the holder's token; the instance running that request stops its body
+(the bytes received are kept) and releases. Releases are published too, so waiters
+retry at once instead of waiting for their next poll.
+
+Needs the optional dependency: `pip install 'tusserver[redis]'`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from . import errors
+from .config import Config
+from .errors import TusError
+from .locks import ReleaseCallback
+
+log = logging.getLogger("tusserver.locks")
+
+# A waiter retries this often even without news, e.g. while a crashed holder's lease runs out.
+POLL_INTERVAL = 0.1
+
+# 1: acquired. Otherwise the holder's token (0 if the key vanished meanwhile: retry).
+_ACQUIRE = """
+if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+return redis.call('get', KEYS[1]) or 0
+"""
+_RENEW = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
+return 0
+"""
+# ARGV: token, upload id, the channel that tells waiters the lock is free.
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  redis.call('del', KEYS[1])
+  redis.call('publish', ARGV[3], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
+@dataclass
+class _Holder:
+    upload_id: str
+    on_release: ReleaseCallback | None
+
+    def ask_to_release(self) -> None:
+        if self.on_release is not None:
+            self.on_release()
+
+
+class RedisLocker:
+    """Locks for N server instances sharing one Redis. Same interface as MemoryLocker."""
+
+    def __init__(
+        self,
+        redis: Redis | str,
+        *,
+        timeout: float = 3.0,
+        lease: float = 10.0,
+        prefix: str = "tusserver",
+    ) -> None:
+        self.redis = Redis.from_url(redis, socket_connect_timeout=5) if isinstance(redis, str) else redis
+        self.timeout = timeout
+        self.lease = lease
+        self.prefix = prefix
+        self._release_channel = f"{prefix}:release"  # message: the holder's token
+        self._unlocked_channel = f"{prefix}:unlocked"  # message: the upload id
+        self._acquire = self.redis.register_script(_ACQUIRE)
+        self._renew = self.redis.register_script(_RENEW)
+        self._release = self.redis.register_script(_RELEASE)
+        self._held: dict[str, _Holder] = {}  # by token, for release requests
+        self._waiters: dict[str, set[asyncio.Event]] = {}  # by upload id
+        self._pubsub = None
+        self._listener: asyncio.Task | None = None
+        self._starting: asyncio.Lock | None = None
+
+    @classmethod
+    def from_config(cls, config: Config) -> RedisLocker:
+        assert config.redis_url is not None
+        return cls(config.redis_url, timeout=config.lock_timeout, lease=config.lock_lease, prefix=config.redis_prefix)
+
+    def _key(self, upload_id: str) -> str:
+        return f"{self.prefix}:lock:{upload_id}"
+
+    async def start(self) -> None:
+        """Subscribe to release requests. `lock` calls it when needed."""
+        if self._starting is None:
+            self._starting = asyncio.Lock()
+        async with self._starting:
+            if self._listener is not None:
+                return
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self._release_channel, self._unlocked_channel)
+            except RedisError as exc:
+                await pubsub.aclose()
+                raise TusError(errors.STORAGE_UNAVAILABLE, "lock service unreachable") from exc
+            self._pubsub = pubsub
+            self._listener = asyncio.create_task(self._listen(pubsub))
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            try:
+                await self._listener
+            except asyncio.CancelledError:
+                pass
+            self._listener = None
+        if self._pubsub is not None:
+            await self._pubsub.aclose()
+            self._pubsub = None
+        await self.redis.aclose()
+
+    async def _listen(self, pubsub) -> None:
+        while True:
+            try:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+            except RedisError as exc:
+                # redis-py reconnects and resubscribes on the next call. A release request
+                # lost meanwhile is sent again by its waiter on its next attempt.
+                log.warning("lock pub/sub connection failed (%s); reconnecting", type(exc).__name__)
+                await asyncio.sleep(0.5)
+                continue
+            if message is None or message.get("type") != "message":
+                continue
+            self._dispatch(message["channel"].decode(), message["data"].decode())
+
+    def _dispatch(self, channel: str, data: str) -> None:
+        if channel == self._release_channel:
+            holder = self._held.get(data)
+            if holder is not None:
+                try:
+                    holder.ask_to_release()
+                except Exception:  # a broken callback must not stop release requests for others
+                    log.exception("release callback failed for upload %s", holder.upload_id)
+        elif channel == self._unlocked_channel:
+            for event in self._waiters.get(data, ()):
+                event.set()
+
+    @asynccontextmanager
+    async def lock(self, upload_id: str, on_release: ReleaseCallback | None = None) -> AsyncIterator[None]:
+        if self._listener is None:
+            await self.start()
+        token = secrets.token_hex(16)
+        key = self._key(upload_id)
+        await self._wait_for(upload_id, key, token)
+        holder = _Holder(upload_id, on_release)
+        self._held[token] = holder
+        renewer = asyncio.create_task(self._keep(key, token, holder))
+        try:
+            yield
+        finally:
+            renewer.cancel()
+            del self._held[token]
+            try:
+                # Shielded: a cancelled request still frees its lock now, not at lease end.
+                await asyncio.shield(self._release(keys=[key], args=[token, upload_id, self._unlocked_channel]))
+            except RedisError:
+                log.warning("could not release the lock on %s; it expires with its lease", upload_id)
+
+    async def _wait_for(self, upload_id: str, key: str, token: str) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout
+        wake = asyncio.Event()
+        self._waiters.setdefault(upload_id, set()).add(wake)
+        try:
+            while True:
+                wake.clear()  # before the attempt, so a release published after it still wakes us
+                try:
+                    result = await self._acquire(keys=[key], args=[token, self._lease_ms])
+                    if result == 1:
+                        return
+                    if result != 0:
+                        await self.redis.publish(self._release_channel, result)
+                except RedisError as exc:
+                    raise TusError(errors.STORAGE_UNAVAILABLE, "lock service unreachable") from exc
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise TusError(errors.LOCKED, headers={"Retry-After": "1"})
+                try:
+                    await asyncio.wait_for(wake.wait(), min(POLL_INTERVAL, remaining))
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            waiters = self._waiters[upload_id]
+            waiters.discard(wake)
+            if not waiters:
+                del self._waiters[upload_id]
+
+    @property
+    def _lease_ms(self) -> int:
+        return max(1, int(self.lease * 1000))
+
+    async def _keep(self, key: str, token: str, holder: _Holder) -> None:
+        """Renew the lease while the lock is held. If it was lost anyway (Redis was
+        unreachable for a whole lease, or the process stalled), the lock may have passed
+        to another request: ask our request to stop."""
+        loop = asyncio.get_running_loop()
+        renewed = loop.time()
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            try:
+                still_ours = await self._renew(keys=[key], args=[token, self._lease_ms]) == 1
+            except RedisError:
+                still_ours = loop.time() - renewed < self.lease
+                if still_ours:
+                    continue
+            if not still_ours:
+                log.warning("lost the lock on %s (lease expired); stopping its request", holder.upload_id)
+                holder.ask_to_release()
+                return
+            renewed = loop.time()
