@@ -34,7 +34,7 @@ from ..errors import TusError
 from ..info import UploadInfo
 from ..protocol import download_headers, is_valid_upload_id
 from .base import Download, RedirectDownload, StreamDownload
-from .spool import Piece, Spool, check_writable, remove_stale_spools
+from .spool import Piece, Spool, remove_stale_spools
 
 log = logging.getLogger("tusserver.s3")
 
@@ -100,10 +100,6 @@ def _code(exc: BaseException) -> str:
 
 
 def _unavailable(exc: BaseException) -> TusError:
-    local = errors.storage_error(exc) if isinstance(exc, OSError) else None
-    if local is not None:  # the temp dir, not S3: full, or not writable
-        log.error("spooling failed: %s", exc)
-        return local
     log.warning("S3 request failed: %s", exc)
     return TusError(errors.STORAGE_UNAVAILABLE)
 
@@ -160,6 +156,7 @@ class S3Store:
         self.presigned_downloads = presigned_downloads
         self.presign_expiry = presign_expiry
         self._client: Any = None
+        self.retry_attempts = 4  # botocore standard retries per request (tests lower it)
         self._exit = contextlib.AsyncExitStack()
         self._slots = asyncio.Semaphore(self.max_concurrency)
         # id -> S3 UploadId. It never changes while the upload is unfinished, so it is
@@ -189,12 +186,11 @@ class S3Store:
     # -- lifecycle -------------------------------------------------------------
 
     async def start(self) -> None:
-        check_writable(self.temp_dir)
         removed = remove_stale_spools(self.temp_dir)
         if removed:
             log.info("removed %d stale spool files", removed)
         config = AioConfig(
-            retries={"mode": "standard", "max_attempts": 4},
+            retries={"mode": "standard", "max_attempts": self.retry_attempts},
             s3={"addressing_style": "path" if self.path_style else "auto"},
             # Plain bodies: no aws-chunked encoding with trailing checksums.
             request_checksum_calculation="when_required",
@@ -240,6 +236,9 @@ class S3Store:
             if _code(exc) in _MISSING:
                 raise
             raise _unavailable(exc) from None
+
+    async def save_info(self, info: UploadInfo) -> None:
+        await self._put_info(info)
 
     async def _put_info(self, info: UploadInfo) -> None:
         await self._call(
@@ -471,6 +470,8 @@ class S3Store:
         if info.storage.get("upload_id") and not info.finished:
             jobs.append(self._abort(key, info.storage["upload_id"]))
         await asyncio.gather(*jobs)
+        for final_id in await self.finals_of(info.id):
+            await self.unlink_final(info.id, final_id)
         # .info last: while it exists, a failed DELETE can be retried.
         await self._delete(self._key(info.id, ".info"))
         self._upload_ids.pop(info.id, None)
@@ -518,6 +519,24 @@ class S3Store:
         await self._put_info(final)
         self._upload_ids.pop(final.id, None)
 
+    # A final created before its partials finished is found from each partial through an
+    # empty `<partial>.finals/<final>` object.
+
+    def _link(self, partial_id: str, final_id: str) -> str:
+        self._key(final_id)
+        return self._key(partial_id, ".finals/") + final_id
+
+    async def link_final(self, partial_id: str, final_id: str) -> None:
+        await self._call("put_object", Key=self._link(partial_id, final_id), Body=b"")
+
+    async def finals_of(self, partial_id: str) -> list[str]:
+        links = self._key(partial_id, ".finals/")
+        names = [key[len(links) :] async for key in self._keys(links)]
+        return [name for name in names if is_valid_upload_id(name)]
+
+    async def unlink_final(self, partial_id: str, final_id: str) -> None:
+        await self._delete(self._link(partial_id, final_id))
+
     async def _copy_ranges(self, key: str, upload: str, source: str, size: int, parts: list[dict[str, Any]]) -> None:
         count = max(1, math.ceil(size / MAX_PART_SIZE))
         step = math.ceil(size / count)
@@ -563,10 +582,10 @@ class S3Store:
             if name.endswith(".info") and is_valid_upload_id(name[: -len(".info")]):
                 yield name[: -len(".info")]
 
-    async def _keys(self) -> AsyncIterator[str]:
+    async def _keys(self, prefix: str | None = None) -> AsyncIterator[str]:
         paginator = self._client.get_paginator("list_objects_v2")
         try:
-            async for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix):
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix if prefix is None else prefix):
                 for item in page.get("Contents", []):
                     yield item["Key"]
         except _STORAGE_ERRORS as exc:
