@@ -85,12 +85,13 @@ class Body:
             if watchdog is not None:
                 watchdog.cancel()
 
-    async def _read(self) -> tuple[bytes, Exception | None]:
+    async def _read(self) -> tuple[bytes, BaseException | None]:
         """The next chunk, or on failure the bytes that had already arrived and the error."""
         try:
             return await self._content.readany(), None
-        except (TusError, ReleaseRequested) as exc:
-            error: Exception = exc
+        except (TusError, ReleaseRequested, asyncio.CancelledError) as exc:
+            # Cancelled: aiohttp with handler_cancellation cancels on disconnect.
+            error: BaseException = exc
         except Exception as exc:  # aiohttp reports a dropped client in several ways
             error = self.stop_reason or ClientGone(str(exc) or type(exc).__name__)
         # aiohttp raises before handing over bytes that arrived just before the
