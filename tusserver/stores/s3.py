@@ -195,6 +195,8 @@ class S3Store:
             # Plain bodies: no aws-chunked encoding with trailing checksums.
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
+            # SigV4 for presigned download URLs too (botocore may presign with SigV2 otherwise).
+            signature_version="s3v4",
             max_pool_connections=self.max_concurrency + 16,
             connect_timeout=10,
             read_timeout=120,
