@@ -161,6 +161,13 @@ def test_patch_content_type_other_is_415(value):
     assert exc.value.status == 415
 
 
+def test_offset_content_type_detection():
+    assert protocol.is_offset_content_type("application/offset+octet-stream")
+    assert protocol.is_offset_content_type("APPLICATION/OFFSET+OCTET-STREAM; charset=x")
+    for value in [None, "", "application/octet-stream", "text/plain"]:
+        assert not protocol.is_offset_content_type(value)
+
+
 # -- Upload-Metadata ----------------------------------------------------------------
 
 

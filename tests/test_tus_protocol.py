@@ -1047,3 +1047,31 @@ async def test_mounted_with_nested_prefix(serve):
     assert path.startswith("/api/v1/files/")
     (await tus.patch(path, 0, b"abc")).expect(204)
     await tus.assert_stored(path, b"abc")
+
+
+async def test_rejected_patch_does_not_set_the_deferred_length(tus):
+    path = await tus.create(None)
+    (await tus.patch(path, 0, b"abc")).expect(204)
+    (await tus.patch(path, 3, b"0123456789", {"Upload-Length": "5"})).expect(413)
+    head = (await tus.head(path)).expect(200)
+    assert head.headers["Upload-Defer-Length"] == "1" and "Upload-Length" not in head.headers
+    await tus.assert_stored(path, b"abc")
+
+
+async def test_rejected_patch_with_bad_checksum_does_not_set_the_deferred_length(tus):
+    path = await tus.create(None)
+    (await tus.patch(path, 0, b"abc", {"Upload-Length": "6", "Upload-Checksum": "sha1 ***"})).expect(400)
+    head = (await tus.head(path)).expect(200)
+    assert head.headers["Upload-Defer-Length"] == "1" and "Upload-Length" not in head.headers
+    await tus.assert_stored(path, b"")
+
+
+async def test_get_with_malformed_or_multiple_ranges_never_serves_wrong_bytes(tus):
+    # aiohttp refuses Range values it cannot parse with 416 (RFC 9110 would also let it ignore them).
+    data = b"0123456789"
+    path = await tus.upload(data)
+    for range_ in ["bytes=abc", "bytes=5-2", "bytes=0-1,3-4", "items=0-1", "bytes=--1"]:
+        reply = await tus.get(path, {"Range": range_})
+        assert reply.status == 416, range_
+        assert reply.headers["Content-Range"] == "bytes */10", range_
+        assert data not in reply.body

@@ -355,6 +355,7 @@ class TusHandlers:
         offset = protocol.parse_upload_offset(request.headers.get("Upload-Offset"))
         new_length = request.headers.get("Upload-Length")
         length = None if new_length is None else protocol.parse_upload_length(new_length)
+        protocol.parse_checksum(request.headers.get("Upload-Checksum"))  # malformed: refused before any change
         async with self.locker.lock(upload_id, self._release(request)):
             info = await self._load(upload_id)
             if info.concat == "final":
@@ -378,6 +379,10 @@ class TusHandlers:
         if length < info.offset:
             raise TusError(errors.LENGTH_BELOW_OFFSET)
         self._check_size(request, length)
+        # A body that will not fit is refused before the length is saved.
+        content_length = protocol.parse_content_length(request.headers.get("Content-Length"))
+        if content_length is not None and info.offset + content_length > length:
+            raise TusError(errors.EXCEEDS_UPLOAD_LENGTH, f"{length - info.offset} bytes remain")
         assert isinstance(self.store, LengthDeferringStore)
         await self.store.set_length(info, length)
 
