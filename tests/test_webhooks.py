@@ -223,7 +223,7 @@ async def test_only_selected_events_are_sent(aiohttp_client, receiver, tmp_path)
 async def test_an_unreachable_hook_service_refuses_pre_events_with_503_and_never_fails_post_events(
     aiohttp_client, tmp_path, caplog
 ):
-    dead = f"http://127.0.0.1:{free_port()}/hooks"  # nothing listens there
+    dead = f"http://hooks:pw-s3cret@127.0.0.1:{free_port()}/hooks?key=key-s3cret"  # nothing listens there
     store_dir = tmp_path / "uploads"
     client = await aiohttp_client(
         create_app(Config(hooks_url=dead, hooks_events=["pre-create"]), store=FileStore(str(store_dir)))
@@ -233,6 +233,7 @@ async def test_an_unreachable_hook_service_refuses_pre_events_with_503_and_never
     assert resp.headers["Retry-After"] == "5"
     assert await resp.text() == "the hook service did not answer; retry later\n"
     assert not any(store_dir.iterdir())
+    assert "pre-create webhook to http://127.0.0.1:" in caplog.text and "s3cret" not in caplog.text
 
     config = Config(hooks_url=dead, hooks_events=["post-create", "post-finish"], hooks_retries=0)
     client = await aiohttp_client(create_app(config, store=FileStore(str(tmp_path / "other"))))

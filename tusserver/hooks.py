@@ -21,6 +21,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from . import errors, protocol
 from .config import Config
@@ -94,7 +95,8 @@ class HookRequest:
 
 @dataclass(frozen=True)
 class HookEvent:
-    """What a hook receives. `upload` is a copy: change it through `HookResult`."""
+    """What a hook receives. `upload` is a copy: change it through `HookResult`.
+    At pre-create the upload is not stored yet, so `upload.storage` is empty."""
 
     type: str
     upload: UploadInfo
@@ -192,6 +194,7 @@ class Webhook:
     def __init__(self, config: Config) -> None:
         assert config.hooks_url is not None
         self.url = config.hooks_url
+        self.where = str(URL(config.hooks_url).with_user(None).with_query(None))  # for logs: no credentials
         self.events = frozenset(config.hooks_events)
         self.forward_headers = list(config.hooks_forward_headers)
         self.timeout = aiohttp.ClientTimeout(total=config.hooks_timeout)
@@ -227,7 +230,7 @@ class Webhook:
         try:
             status, body = await self._post(event)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
-            log.warning("%s webhook to %s failed: %s", event.type, self.url, exc or type(exc).__name__)
+            log.warning("%s webhook to %s failed: %s", event.type, self.where, exc or type(exc).__name__)
             raise TusError(errors.HOOK_UNAVAILABLE, headers={"Retry-After": "5"}) from None
         document = _json_object(body)
         if not 200 <= status < 300:
