@@ -274,8 +274,8 @@ class TusHandlers:
         return web.Response(status=201, headers=headers)
 
     async def _finish(self, request: web.Request, info: UploadInfo) -> None:
-        # A pre-finish rejection leaves the upload complete but unfinished: a later
-        # (empty) PATCH asks again.
+        # A pre-finish rejection leaves the upload complete but unfinished: a later HEAD
+        # or empty PATCH asks again.
         await self.hooks.pre(PRE_FINISH, request, info)
         await self.store.finish(info)
         await self._post_finish(request, info)
