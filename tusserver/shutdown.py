@@ -53,6 +53,11 @@ class Shutdown:
             if not self._uploads:
                 self._idle.set()
 
+    def stop_uploads(self) -> None:
+        """Stop every upload in flight now; each keeps the bytes it received."""
+        for request in list(self._uploads.values()):
+            stop_body(request, shutting_down())
+
     async def drain(self) -> None:
         """Refuse new uploads, wait for those in flight, then stop and flush the rest.
         Only the first call drains; later ones return at once (a second signal exits)."""
@@ -64,8 +69,7 @@ class Shutdown:
             if await self._wait_idle(self.grace):
                 return
             log.info("shutting down: stopping %d uploads; their bytes are kept", len(self._uploads))
-            for request in list(self._uploads.values()):
-                stop_body(request, shutting_down())
+            self.stop_uploads()
             if not await self._wait_idle(FLUSH_TIMEOUT):
                 log.warning("shutting down: %d uploads did not flush in time", len(self._uploads))
 
@@ -79,21 +83,28 @@ class Shutdown:
 
 def drain_on_signals(app: web.Application, shutdown: Shutdown) -> None:
     """For `web.run_app`: on SIGTERM/SIGINT drain first, while still listening (so that new
-    uploads get their 503), then let aiohttp stop. A second signal exits at once."""
+    uploads get their 503), then let aiohttp stop. A second signal cuts the grace short
+    (uploads stop now, keeping their bytes); a third exits without waiting for them."""
 
     async def install(app: web.Application) -> None:
         loop = asyncio.get_running_loop()
         tasks: set[asyncio.Task] = set()
+        signals = 0
 
         async def drain_then_exit() -> None:
             await shutdown.drain()
             loop.call_soon(_exit)
 
         def on_signal() -> None:
-            if shutdown.draining:
+            nonlocal signals
+            signals += 1
+            if signals == 1:
+                tasks.add(loop.create_task(drain_then_exit()))
+            elif signals == 2:
+                log.info("shutting down now: stopping the uploads in flight")
+                shutdown.stop_uploads()
+            else:
                 _exit()
-            task = loop.create_task(drain_then_exit())
-            tasks.add(task)
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal)  # replaces aiohttp's immediate exit

@@ -1,0 +1,101 @@
+"""A real `python -m tusserver` process for tests that signal or kill the server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+
+from tests.conftest import free_port
+
+MiB = 1 << 20
+
+
+class ServerProcess:
+    """`python -m tusserver` on a free loopback port; its log lines are collected."""
+
+    def __init__(self, *args: str) -> None:
+        self.port = free_port()
+        self.args = ["--host", "127.0.0.1", "--port", str(self.port), "--base-path", "/files/", *args]
+        self.proc: asyncio.subprocess.Process | None = None
+        self.lines: list[str] = []
+        self._reader: asyncio.Task | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/files/"
+
+    async def start(self) -> ServerProcess:
+        self.proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tusserver",
+            *self.args,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self._reader = asyncio.create_task(self._collect())
+        await self.wait_for_log("listening on")
+        return self
+
+    async def _collect(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        async for line in self.proc.stderr:
+            self.lines.append(line.decode(errors="replace"))
+
+    async def wait_for_log(self, text: str, timeout: float = 30.0) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.lines:
+                if text in line:
+                    return line
+            if self.proc is not None and self.proc.returncode is not None and self._reader.done():
+                raise AssertionError(f"server exited ({self.proc.returncode}) without logging {text!r}:\n{self.log}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"server never logged {text!r}:\n{self.log}")
+            await asyncio.sleep(0.01)
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    async def wait(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        code = await asyncio.wait_for(self.proc.wait(), timeout)
+        if self._reader is not None:
+            await self._reader
+        return code
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGKILL)
+            await self.proc.wait()
+        if self._reader is not None:
+            await self._reader
+
+
+def store_args(kind: str, tmp_path, moto_endpoint: str | None = None, bucket: str | None = None) -> list[str]:
+    """Flags for a server on the file store or on S3 (5 MiB parts), over storage that
+    survives a restart."""
+    if kind == "file":
+        return ["--store", "file", "--file-dir", str(tmp_path / "uploads")]
+    return [
+        "--store",
+        "s3",
+        "--s3-bucket",
+        bucket or "",
+        "--s3-endpoint",
+        moto_endpoint or "",
+        "--s3-path-style",
+        "--s3-part-size",
+        str(5 * MiB),
+        "--temp-dir",
+        str(tmp_path / "spool"),
+    ]
