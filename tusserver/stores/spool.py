@@ -101,7 +101,8 @@ class Spool:
 
     def _open(self) -> None:
         os.makedirs(self.temp_dir, exist_ok=True)
-        path = os.path.join(self.temp_dir, f"{TEMP_PREFIX}{os.getpid()}-{secrets.token_hex(8)}")
+        owner = f"{os.getpid()}-{_started(os.getpid())}"
+        path = os.path.join(self.temp_dir, f"{TEMP_PREFIX}{owner}-{secrets.token_hex(8)}")
         self._file = open(path, "xb")
         self._piece = Piece(path)
 
@@ -118,12 +119,25 @@ def remove_stale_spools(temp_dir: str | None) -> int:
     """Remove spool files left by processes that no longer run (a crash)."""
     removed = 0
     for path in glob.glob(os.path.join(temp_dir or tempfile.gettempdir(), TEMP_PREFIX + "*")):
-        pid = os.path.basename(path)[len(TEMP_PREFIX) :].split("-", 1)[0]
-        if pid.isdigit() and _alive(int(pid)):
+        owner = os.path.basename(path)[len(TEMP_PREFIX) :].split("-")
+        pid = owner[0]
+        # A restarted container runs the server under the same pid again (often 1): the
+        # start time tells the crashed process from the live one.
+        if pid.isdigit() and _alive(int(pid)) and (len(owner) < 3 or owner[1] == _started(int(pid))):
             continue
         Piece(path).remove()
         removed += 1
     return removed
+
+
+def _started(pid: int) -> str:
+    """When the process started (clock ticks since boot), or "0" where /proc is missing."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return stat[stat.rindex(b")") + 2 :].split()[19].decode()
+    except (OSError, ValueError, IndexError):
+        return "0"
 
 
 def _alive(pid: int) -> bool:
