@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from tests.hanging import wait_until
 from tests.tus_client import OCTETS, TUS, create, download, head, patch
 from tusserver import Config, FileStore, create_app
 from tusserver.app import HANDLERS_KEY
@@ -72,11 +73,7 @@ async def test_concurrent_uploads_beyond_the_limit_get_503_with_retry_after(serv
     await asyncio.wait_for(started.wait(), PATIENCE)
     # The first PATCH holds the only slot: wait until the server counts it.
     app_handlers = client.app[HANDLERS_KEY]
-    for _ in range(PATIENCE * 100):
-        if app_handlers.uploads.active == 1:
-            break
-        await asyncio.sleep(0.01)
-    assert app_handlers.uploads.active == 1
+    await wait_until(lambda: app_handlers.uploads.active == 1, "the first PATCH to take its slot")
 
     resp = await client.patch(other, data=b"0123456789", headers={**TUS, "Upload-Offset": "0", "Content-Type": OCTETS})
     assert resp.status == 503

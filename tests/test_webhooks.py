@@ -11,6 +11,7 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import free_port
+from tests.hanging import wait_until
 from tests.tus_client import OCTETS, TUS, create, download, patch
 from tusserver import Config, FileStore, create_app
 
@@ -182,10 +183,7 @@ async def test_post_events_give_up_after_the_configured_retries(aiohttp_client, 
     await receiver.wait_for("post-create", 3)
     await patch(client, path, 0, b"x")  # later events still go out
     await receiver.wait_for("post-finish", 1)
-    for _ in range(PATIENCE * 100):
-        if "given up" in caplog.text:
-            break
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: "given up" in caplog.text, "the last retry")
     assert len(receiver.of("post-create")) == 3
     assert f"post-create webhook for {path[1:]} given up" in caplog.text
 

@@ -45,7 +45,10 @@ class Metrics:
             registry=r,
         )
         self.s3_errors = Counter(
-            "tusserver_s3_request_errors", "S3 requests that failed, by operation", ["operation"], registry=r
+            "tusserver_s3_request_errors",
+            "S3 requests that failed (5xx or no answer), by operation",
+            ["operation"],
+            registry=r,
         )
         self.temp_bytes = Gauge(
             "tusserver_temp_bytes", "Bytes in this process's spool files in the temp directory", registry=r
@@ -83,7 +86,8 @@ class Metrics:
         started = context.pop("tusserver_started", None)
         if started is not None:
             self.s3_seconds.labels(model.name).observe(time.monotonic() - started)
-        if http_response is not None and http_response.status_code >= 300:
+        # 4xx answers are part of normal work (a missing .part is a 404); 5xx are failures.
+        if http_response is not None and http_response.status_code >= 500:
             self.s3_errors.labels(model.name).inc()
 
     def _s3_failed(self, context: dict[str, Any], event_name: str = "", **_: Any) -> None:
