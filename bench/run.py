@@ -15,6 +15,7 @@ import asyncio
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -24,6 +25,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -132,6 +134,7 @@ class Monitor:
         self.peak_rss = 0
         self.peak_temp = 0
         self.cpu_seconds = 0.0  # user + system CPU time the process used meanwhile
+        self.sys_seconds = 0.0  # of which in the kernel
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -142,6 +145,7 @@ class Monitor:
         except OSError:
             pass
         self._cpu_start = _cpu_seconds(self.pid)
+        self._sys_start = _cpu_seconds(self.pid, system_only=True)
         self._thread.start()
         return self
 
@@ -152,6 +156,7 @@ class Monitor:
         self.peak_rss = max(self.peak_rss, _status_kib(self.pid, "VmHWM") * KiB)
         end = _cpu_seconds(self.pid)
         self.cpu_seconds = end - self._cpu_start if end else 0.0  # 0: the process is gone
+        self.sys_seconds = _cpu_seconds(self.pid, system_only=True) - self._sys_start if end else 0.0
 
     def _run(self) -> None:
         while not self._done.wait(self.interval):
@@ -173,13 +178,14 @@ def _status_kib(pid: int, key: str) -> int:
     return 0
 
 
-def _cpu_seconds(pid: int) -> float:
+def _cpu_seconds(pid: int, system_only: bool = False) -> float:
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rpartition(")")[2].split()
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+    ticks = int(fields[12]) if system_only else int(fields[11]) + int(fields[12])  # stime, utime + stime
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _dir_bytes(directory: str, mark: str) -> int:
@@ -360,7 +366,7 @@ class Bench:
             os.makedirs(self.args.profile, exist_ok=True)
             out = os.path.join(self.args.profile, f"ours-{store}.txt")
             target.profiler = subprocess.Popen(
-                ["py-spy", "record", "--pid", str(proc.pid), "--rate", "200", "--format", "raw", "-o", out],
+                ["py-spy", "record", "--gil", "--pid", str(proc.pid), "--rate", "200", "--format", "raw", "-o", out],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
@@ -408,8 +414,24 @@ class Bench:
 
     # -- measuring
 
+    def timed_section_over(self) -> None:
+        """Called by each measurement when its clock stops, before it checks what was stored."""
+        self._moto_log_end = os.path.getsize(self.log("moto"))
+
+    def s3_calls(self, bucket: str, start: int) -> dict[str, int]:
+        """The S3 requests moto logged for `bucket` between `start` and the end of the timed section."""
+        with open(self.log("moto"), "rb") as f:
+            f.seek(start)
+            text = f.read(self._moto_log_end - start).decode(errors="replace")
+        calls: Counter[str] = Counter()
+        for match in re.finditer(r'"([A-Z]+) /' + re.escape(bucket) + r'(/[^ ?"]*)?(\?[^ "]*)? HTTP', text):
+            calls[_s3_operation(match.group(1), match.group(2) or "", match.group(3) or "")] += 1
+        return dict(calls.most_common())
+
     async def measure(self, target: Target, scenario: str, run: Callable[[], Awaitable[dict[str, Any]]]) -> dict:
         await target.storage.clear()
+        moto_start = os.path.getsize(self.log("moto"))
+        self._moto_log_end = 0
         if target.proc is None:  # ceiling-s3 monitors its own process
             result = await run()
         else:
@@ -418,6 +440,11 @@ class Bench:
             result["peak_rss_mib"] = round(monitor.peak_rss / MiB, 1)
             result["peak_temp_mib"] = round(monitor.peak_temp / MiB, 1)
             result["cpu_s"] = round(monitor.cpu_seconds, 2)
+            result["cpu_sys_s"] = round(monitor.sys_seconds, 2)
+        if isinstance(target.storage, S3Storage) and self._moto_log_end:
+            calls = self.s3_calls(target.storage.bucket, moto_start)
+            result["s3_calls"] = sum(calls.values())
+            result["s3_call_kinds"] = calls
         await target.storage.clear()
         return {"scenario": scenario, "store": target.store, "target": target.label, **result}
 
@@ -427,6 +454,7 @@ class Bench:
         started = time.perf_counter()
         url = await client.upload(self.source, size, patch)
         seconds = time.perf_counter() - started
+        self.timed_section_over()
         upload_id = url.rstrip("/").rsplit("/", 1)[-1]
         await self.verify(target, upload_id, size)
         return {"seconds": round(seconds, 3), "MiB/s": round(size / MiB / seconds, 1), "verified": True}
@@ -451,6 +479,7 @@ class Bench:
         if proc.returncode != 0:
             raise RuntimeError("ceiling-s3 failed")
         seconds = json.loads(out)["seconds"]
+        self.timed_section_over()
         await self.verify(target, key, size)
         return {
             "seconds": round(seconds, 3),
@@ -482,6 +511,7 @@ class Bench:
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(sizes.parallel)))
         seconds = time.perf_counter() - started
+        self.timed_section_over()
         for url in urls:
             stored = await target.storage.size(url.rstrip("/").rsplit("/", 1)[-1])
             if stored != sizes.s4_size:
@@ -512,11 +542,17 @@ class Bench:
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(sizes.parallel)))
         seconds = time.perf_counter() - started
+        self.timed_section_over()
         return {"req/s": round(answered / seconds, 1), "verified": True}
 
     async def run_store(self, store: str, s3: Any, scenarios: list[str]) -> None:
-        targets = [self.start_ceiling(store, s3), self.start_ours(store, s3)]
-        if not self.args.no_tus_node:
+        wanted = self.args.targets.split(",")
+        targets: list[Target] = []
+        if "ceiling" in wanted:
+            targets.append(self.start_ceiling(store, s3))
+        if "ours" in wanted:
+            targets.append(self.start_ours(store, s3))
+        if "tus-node" in wanted:
             node = self.start_tus_node(store, s3)
             if node is not None:
                 targets.append(node)
@@ -529,20 +565,18 @@ class Bench:
             "S5": self.many_heads,
         }
         try:
-            async with tus.session() as session:
-                for scenario in scenarios:
-                    best: dict[str, dict] = {}
-                    for _ in range(sizes.repeat):
-                        for target in targets:
-                            if target.name == "ceiling" and scenario in ("S4", "S5") and target.store == "s3":
-                                continue  # no tus requests to make against S3 itself
-                            client = tus.TusClient(session, target.url)
-                            plan = plans[scenario]
-                            result = await self.measure(target, scenario, lambda p=plan, t=target, c=client: p(t, c))
-                            print(f"  {scenario} {store:4} {target.label:12} {_headline(result)}", flush=True)
-                            if target.label not in best or _score(result) > _score(best[target.label]):
-                                best[target.label] = result
-                    self.results += best.values()
+            for scenario in scenarios:
+                best: dict[str, dict] = {}
+                for _ in range(sizes.repeat):
+                    for target in targets:
+                        if target.name == "ceiling" and scenario in ("S4", "S5") and target.store == "s3":
+                            continue  # no tus requests to make against S3 itself
+                        plan = plans[scenario]
+                        result = await self.measure(target, scenario, lambda p=plan, t=target: _with_client(p, t))
+                        print(f"  {scenario} {store:4} {target.label:12} {_headline(result)}", flush=True)
+                        if target.label not in best or _score(result) > _score(best[target.label]):
+                            best[target.label] = result
+                self.results += best.values()
         finally:
             for target in targets:
                 if target.proc is not None:
@@ -564,6 +598,27 @@ class Bench:
                 await self.run_store(store, s3, scenarios)
 
 
+async def _with_client(plan: Callable[[Target, tus.TusClient], Awaitable[dict]], target: Target) -> dict:
+    async with tus.TusClient(target.url) as client:  # fresh connections for each measurement
+        return await plan(target, client)
+
+
+def _s3_operation(method: str, key: str, query: str) -> str:
+    if method == "PUT":
+        return "UploadPart" if "partNumber=" in query else "PutObject"
+    if method == "POST":
+        if "uploads" in query and "uploadId" not in query:
+            return "CreateMultipartUpload"
+        return "CompleteMultipartUpload" if "uploadId" in query else "POST" + query
+    if method == "GET":
+        if "uploadId" in query:
+            return "ListParts"
+        return "GetObject" if key.strip("/") else "ListObjects"
+    if method == "DELETE":
+        return "AbortMultipartUpload" if "uploadId" in query else "DeleteObject"
+    return "HeadObject" if method == "HEAD" else method
+
+
 def _percentile(ordered: list[float], pct: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered)) - 1))]
 
@@ -582,7 +637,9 @@ def _headline(result: dict) -> str:
         text += f"  p50 {result['p50_ms']} ms  p99 {result['p99_ms']} ms"
     if "peak_rss_mib" in result:
         text += f"  rss {result['peak_rss_mib']} MiB  temp {result['peak_temp_mib']} MiB"
-        text += f"  cpu {result.get('cpu_s', '-')} s"
+        text += f"  cpu {result.get('cpu_s', '-')} s (sys {result.get('cpu_sys_s', '-')})"
+    if "s3_calls" in result:
+        text += f"  s3 calls {result['s3_calls']}"
     return text
 
 
@@ -619,7 +676,7 @@ def print_table(results: list[dict], sizes: Sizes) -> None:
         lat = f"{r['p50_ms']} / {r['p99_ms']}" if "p50_ms" in r else ""
         print(
             f"| {r['scenario']} {what[r['scenario']]} | {r['store']} | {r['target']} | {r[metric]} {metric} | {lat} "
-            f"| {r.get('peak_rss_mib', '')} | {r.get('peak_temp_mib', '')} |"
+            f"| {r.get('peak_rss_mib', '')} | {r.get('peak_temp_mib', '')} | {r.get('cpu_s', '')} |"
         )
     print()
     print("| scenario | store | ours/ceiling | ours/tus-node |")
@@ -636,6 +693,14 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
+def _parse_size(text: str) -> int:
+    units = {"KiB": KiB, "MiB": MiB, "GiB": GiB}
+    for unit, scale in units.items():
+        if text.endswith(unit):
+            return int(float(text[: -len(unit)]) * scale)
+    return int(text)
+
+
 def _load() -> float:
     return os.getloadavg()[0]
 
@@ -650,7 +715,10 @@ def main() -> int:
     parser.add_argument("--out", default=os.path.join(BENCH, "results.json"), help="JSON results file")
     parser.add_argument("--repeat", type=int, help="measure each this many times (best counts)")
     parser.add_argument("--part-size", type=int, help="S3 part size for ours, ceiling-s3 and tus-node")
-    parser.add_argument("--no-tus-node", action="store_true", help="leave @tus/server out")
+    parser.add_argument(
+        "--targets", default="ceiling,ours,tus-node", help="comma-separated subset of ceiling, ours, tus-node"
+    )
+    parser.add_argument("--s1-size", type=_parse_size, help="S1 size instead of the mode's, e.g. 4GiB")
     parser.add_argument("--log-level", default="warning", help="our server's log level (warning: no access log)")
     parser.add_argument("--ours-arg", action="append", default=[], help="extra flag for our server (repeatable)")
     parser.add_argument("--profile", metavar="DIR", help="record our server with py-spy into DIR/ours-<store>.txt")
@@ -662,6 +730,8 @@ def main() -> int:
     sizes = FULL if args.mode == "full" else QUICK
     if args.repeat:
         sizes = Sizes(**{**sizes.__dict__, "repeat": args.repeat})
+    if args.s1_size:
+        sizes = Sizes(**{**sizes.__dict__, "s1": args.s1_size})
     work = tempfile.mkdtemp(prefix="tusbench-")
     bench = Bench(args, sizes, work)
     load_before = _load()
