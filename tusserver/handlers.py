@@ -31,6 +31,7 @@ from .hooks import (
 from .info import UploadInfo
 from .limits import UploadSlots, check_metadata
 from .locks import Locker
+from .metrics import Metrics
 from .stores.base import (
     ConcatenatingStore,
     FileDownload,
@@ -53,7 +54,7 @@ class TusHandlers:
         locker: Locker,
         hooks: HookRunner | None = None,
         *,
-        metrics=None,
+        metrics: Metrics | None = None,
         max_size_for: Callable[[web.Request], int | None] | None = None,
     ) -> None:
         self.config = config

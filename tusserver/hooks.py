@@ -27,6 +27,7 @@ from . import errors, protocol
 from .config import Config
 from .errors import TusError
 from .info import UploadInfo
+from .metrics import Metrics
 
 log = logging.getLogger("tusserver.hooks")
 
@@ -286,7 +287,7 @@ def result_from_json(document: dict[str, Any]) -> HookResult:
 class HookRunner:
     """Runs an event through the Python callbacks, then the webhook; counts both."""
 
-    def __init__(self, hooks: Hooks | None, webhook: Webhook | None, metrics: Any = None) -> None:
+    def __init__(self, hooks: Hooks | None, webhook: Webhook | None, metrics: Metrics | None = None) -> None:
         self.hooks = hooks or Hooks()
         self.webhook = webhook
         self.metrics = metrics
@@ -303,16 +304,7 @@ class HookRunner:
         if not self.wants(name):
             return result
         event = self._event(name, request, info)
-        for callback in self.hooks.callbacks(name):
-            self._count(name, "python")
-            try:
-                result.merge(_checked(await _call(callback, event)))
-            except TusError:
-                raise
-            except Exception:
-                self._count_error(name, "python")
-                log.exception("%s hook %s failed", name, _name(callback))
-                raise TusError(errors.HOOK_FAILED) from None
+        await self._run_callbacks(event, result, pre=True)
         if self.webhook is not None and name in self.webhook.events:
             self._count(name, "http")
             try:
@@ -332,17 +324,26 @@ class HookRunner:
         if not self.wants(name):
             return result
         event = self._event(name, request, info)
-        for callback in self.hooks.callbacks(name):
-            self._count(name, "python")
-            try:
-                result.merge(_checked(await _call(callback, event)))
-            except Exception:
-                self._count_error(name, "python")
-                log.exception("%s hook %s failed", name, _name(callback))
+        await self._run_callbacks(event, result, pre=False)
         if self.webhook is not None and name in self.webhook.events:
             self._count(name, "http")
             self.webhook.notify(event, lambda: self._count_error(name, "http"))
         return result
+
+    async def _run_callbacks(self, event: HookEvent, result: HookResult, *, pre: bool) -> None:
+        """The Python callbacks, in order. A pre-* callback's TusError (a rejection) or
+        failure stops the request; a post-* callback's failure is only logged."""
+        for callback in self.hooks.callbacks(event.type):
+            self._count(event.type, "python")
+            try:
+                result.merge(_checked(await _call(callback, event)))
+            except Exception as exc:
+                if pre and isinstance(exc, TusError):
+                    raise  # the hook's decision, not its failure
+                self._count_error(event.type, "python")
+                log.exception("%s hook %s failed", event.type, _name(callback))
+                if pre:
+                    raise TusError(errors.HOOK_FAILED) from None
 
     def _count(self, event: str, source: str) -> None:
         if self.metrics is not None:
