@@ -162,6 +162,9 @@ class S3Store:
         # id -> S3 UploadId. It never changes while the upload is unfinished, so it is
         # safe to remember; it lets get_info list parts while .info is still loading.
         self._upload_ids: OrderedDict[str, str] = OrderedDict()
+        # id -> (the UploadInfo get_info() returned, the state it read), for the append()
+        # that follows in the same request; see _kept_state().
+        self._states: OrderedDict[str, tuple[UploadInfo, _State]] = OrderedDict()
 
     @classmethod
     def from_config(cls, config: Config) -> S3Store:
@@ -302,6 +305,15 @@ class S3Store:
         listed, tail = await asyncio.gather(self._list_parts(info), self._head_tail(info.id))
         return self._state(info, listed, tail)
 
+    def _kept_state(self, info: UploadInfo) -> _State | None:
+        """The state get_info() read for this very `info` object, once. The handler holds the
+        upload's lock from get_info() to append(), so S3 cannot have changed in between;
+        this saves a ListParts and a HEAD of `.part` on every PATCH."""
+        kept = self._states.pop(info.id, None)
+        if kept is None or kept[0] is not info or kept[1].offset != info.offset:
+            return None
+        return kept[1]
+
     def _remember(self, upload_id: str, s3_upload_id: str) -> None:
         self._upload_ids[upload_id] = s3_upload_id
         self._upload_ids.move_to_end(upload_id)
@@ -350,7 +362,12 @@ class S3Store:
             except ClientError:
                 return await self._recover_completed(info)
         self._remember(upload_id, info.storage["upload_id"])
-        info.offset = self._state(info, listed, tail).offset
+        state = self._state(info, listed, tail)
+        info.offset = state.offset
+        self._states[upload_id] = (info, state)
+        self._states.move_to_end(upload_id)
+        while len(self._states) > UPLOAD_ID_CACHE:
+            self._states.popitem(last=False)
         return info
 
     async def _recover_completed(self, info: UploadInfo) -> UploadInfo:
@@ -368,10 +385,12 @@ class S3Store:
         return info
 
     async def append(self, info: UploadInfo, body: AsyncIterable[bytes], *, atomic: bool = False) -> int:
-        try:
-            state = await self._read_state(info)
-        except ClientError:
-            raise TusError(errors.NOT_FOUND) from None
+        state = self._kept_state(info)
+        if state is None:
+            try:
+                state = await self._read_state(info)
+            except ClientError:
+                raise TusError(errors.NOT_FOUND) from None
         if state.offset != info.offset:
             raise TusError(errors.MISMATCHED_OFFSET, f"upload is at {state.offset}")
         writer = _PartWriter(self, info, state, atomic)
