@@ -55,10 +55,12 @@ async def tus_middleware(request: web.Request, handler: Handler) -> web.StreamRe
         return response
     except TusError as exc:
         status = exc.status
-        return error_response(exc)
+        return await _close_if_stopped(request, error_response(exc))
     except ReleaseRequested:
         status = 400
-        return error_response(TusError(errors.LOCKED, "interrupted by a newer request", status=400))
+        return await _close_if_stopped(
+            request, error_response(TusError(errors.LOCKED, "interrupted by a newer request", status=400))
+        )
     except ClientGone as exc:
         status = 400
         log.info("client went away mid-body: %s", exc)
@@ -85,6 +87,19 @@ async def tus_middleware(request: web.Request, handler: Handler) -> web.StreamRe
             (time.monotonic() - started) * 1000,
             request.get("upload_id", "-"),
         )
+
+
+async def _close_if_stopped(request: web.Request, response: web.Response) -> web.Response:
+    """A body stopped half way (lock release, read timeout, shutdown) keeps its stop reason
+    set on the request stream: aiohttp would then linger to read the rest, meet the reason
+    and log it as an unhandled error. Answer, then close the connection instead."""
+    body = request.get("body")
+    if body is None or body.stop_reason is None:
+        return response
+    await response.prepare(request)
+    await response.write_eof()
+    request.protocol.force_close()
+    return response
 
 
 async def _add_tus_resumable(request: web.Request, response: web.StreamResponse) -> None:
