@@ -34,7 +34,7 @@ from ..errors import TusError
 from ..info import UploadInfo
 from ..protocol import download_headers, is_valid_upload_id
 from .base import Download, RedirectDownload, StreamDownload
-from .spool import Piece, Spool, remove_stale_spools
+from .spool import Piece, Spool, check_writable, remove_stale_spools
 
 log = logging.getLogger("tusserver.s3")
 
@@ -100,6 +100,10 @@ def _code(exc: BaseException) -> str:
 
 
 def _unavailable(exc: BaseException) -> TusError:
+    local = errors.storage_error(exc) if isinstance(exc, OSError) else None
+    if local is not None:  # the temp dir, not S3: full, or not writable
+        log.error("spooling failed: %s", exc)
+        return local
     log.warning("S3 request failed: %s", exc)
     return TusError(errors.STORAGE_UNAVAILABLE)
 
@@ -189,6 +193,7 @@ class S3Store:
     # -- lifecycle -------------------------------------------------------------
 
     async def start(self) -> None:
+        check_writable(self.temp_dir)
         removed = remove_stale_spools(self.temp_dir)
         if removed:
             log.info("removed %d stale spool files", removed)
