@@ -140,11 +140,10 @@ async def test_zero_byte_file(make_target, tmp_path):
     await target.check_bytes(url, digest, 0)
 
 
-async def test_parallel_uploads_concatenate(make_target, tmp_path, request):
+async def test_parallel_uploads_concatenate(make_target, tmp_path):
     target = await make_target()
     options = await target.options()
-    if "concatenation" not in options.headers.get("Tus-Extension", "").split(","):
-        request.applymarker(pytest.mark.xfail(strict=True, reason="this store does not offer concatenation yet"))
+    assert "concatenation" in options.headers["Tus-Extension"].split(",")
     path, digest = make_file(tmp_path, "five.bin", SIZE, seed=7)
     result = await tus_js(endpoint=target.endpoint, file=str(path), parallelUploads=3, metadata={"filename": NAME})
     url = result["url"]
