@@ -661,29 +661,47 @@ def ratios(results: list[dict]) -> list[dict]:
 
 
 def print_table(results: list[dict], sizes: Sizes) -> None:
+    """One row per scenario and store: the three targets side by side, the ratios, and
+    what our server used (peak RSS, peak temp disk, CPU, S3 calls)."""
     what = {
-        "S1": f"{_size(sizes.s1)} in 1 PATCH",
+        "S1": f"{_size(sizes.s1)}, 1 PATCH",
         "S2": f"{_size(sizes.s2)} in {_size(sizes.s2_patch)} PATCHes",
         "S3": f"{_size(sizes.s3)} in {_size(sizes.s3_patch)} PATCHes",
         "S4": f"{sizes.s4_count} x {_size(sizes.s4_size)}, {sizes.parallel} at a time",
         "S5": f"{sizes.s5_count} HEADs, {sizes.parallel} at a time",
     }
+    by = {(r["scenario"], r["store"], r["target"]): r for r in results}
+    by_ratio = {(r["scenario"], r["store"]): r for r in ratios(results)}
     print()
-    print("| scenario | store | target | result | p50 / p99 ms | peak RSS MiB | peak temp MiB | server CPU s |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in results:
-        metric = METRICS[r["scenario"]]
-        lat = f"{r['p50_ms']} / {r['p99_ms']}" if "p50_ms" in r else ""
-        print(
-            f"| {r['scenario']} {what[r['scenario']]} | {r['store']} | {r['target']} | {r[metric]} {metric} | {lat} "
-            f"| {r.get('peak_rss_mib', '')} | {r.get('peak_temp_mib', '')} | {r.get('cpu_s', '')} |"
-        )
-    print()
-    print("| scenario | store | ours/ceiling | ours/tus-node |")
-    print("|---|---|---|---|")
-    for row in ratios(results):
-        ceiling, node = row.get("ours/ceiling", ""), row.get("ours/tus-node", "")
-        print(f"| {row['scenario']} | {row['store']} | {ceiling} | {node} |")
+    print(
+        "| scenario | store | ceiling | ours | @tus/server | ours/ceiling | ours/@tus/server "
+        "| ours: peak RSS MiB | ours: peak temp MiB | ours: CPU s | S3 calls ours / @tus/server |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for store in ("file", "s3"):
+        for scenario in METRICS:
+            ours = by.get((scenario, store, "ours"))
+            if ours is None:
+                continue
+            ceiling = by.get((scenario, store, "ceiling-disk" if store == "file" else "ceiling-s3"))
+            node = by.get((scenario, store, "tus-node"))
+            ratio = by_ratio.get((scenario, store), {})
+            calls = f"{ours.get('s3_calls', '')} / {node.get('s3_calls', '') if node else '-'}" if store == "s3" else ""
+            print(
+                f"| {scenario} {what[scenario]} | {'disk' if store == 'file' else 's3'} | {_value(ceiling)} "
+                f"| {_value(ours)} | {_value(node)} | {ratio.get('ours/ceiling', '-')} "
+                f"| {ratio.get('ours/tus-node', '-')} | {ours.get('peak_rss_mib', '')} "
+                f"| {ours.get('peak_temp_mib', '')} | {ours.get('cpu_s', '')} | {calls} |"
+            )
+
+
+def _value(result: dict | None) -> str:
+    if result is None:
+        return "-"
+    text = f"{result[METRICS[result['scenario']]]:g} {METRICS[result['scenario']]}"
+    if "p50_ms" in result:
+        text += f" (p50 {result['p50_ms']:g} / p99 {result['p99_ms']:g} ms)"
+    return text
 
 
 def _size(n: int) -> str:
