@@ -16,9 +16,9 @@ import time
 import boto3
 import pytest
 from aiohttp import ClientSession, web
-from conftest import make_bucket, start_moto, stop_process
 from yarl import URL
 
+from tests.conftest import make_bucket, start_moto, stop_process
 from tusserver import Config, create_app
 from tusserver.info import UploadInfo
 from tusserver.protocol import new_upload_id
