@@ -764,6 +764,7 @@ def main() -> int:
     work = tempfile.mkdtemp(prefix="tusbench-")
     bench = Bench(args, sizes, work)
     load_before = _load()
+    commit = _commit() if os.path.abspath(args.tusserver) == ROOT else f"tree in {args.tusserver}"
     started = time.monotonic()
     try:
         bench.make_source()
@@ -788,7 +789,7 @@ def main() -> int:
         "seconds": round(elapsed, 1),
         "load_average": [round(load_before, 2), round(_load(), 2)],
         "cpus": os.cpu_count(),
-        "commit": _commit(),
+        "commit": commit,
         "results": bench.results,
         "ratios": ratios(bench.results),
         "note": "each result is the best of `repeat` interleaved rounds (all in `rounds`); "
