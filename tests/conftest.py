@@ -112,3 +112,14 @@ def store_factory(store_kind, tmp_path, request):
     build.endpoint = endpoint  # type: ignore[attr-defined]
     build.temp_dir = str(spool)  # type: ignore[attr-defined]
     return build
+
+
+@pytest.fixture
+def server_args(store_kind, tmp_path, request) -> list[str]:
+    """Flags for a real `python -m tusserver` process over storage that survives a restart."""
+    from tests.serverproc import store_args
+
+    if store_kind == "file":
+        return store_args("file", tmp_path)
+    endpoint = request.getfixturevalue("moto_endpoint")
+    return store_args("s3", tmp_path, endpoint, request.getfixturevalue("bucket"))

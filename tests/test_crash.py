@@ -11,10 +11,9 @@ import signal
 from types import SimpleNamespace
 
 import aiohttp
-import pytest
 
 from tests.hanging import HangingPatch
-from tests.serverproc import ServerProcess, store_args
+from tests.serverproc import ServerProcess
 from tests.stored import assert_store_holds
 from tests.test_shutdown import stored_at_least
 from tests.tus_client import OCTETS, TUS, sha256
@@ -22,22 +21,9 @@ from tests.tus_client import OCTETS, TUS, sha256
 MiB = 1 << 20
 
 
-@pytest.fixture(params=["file", "s3"])
-def kind(request) -> str:
-    return request.param
-
-
-@pytest.fixture
-def args(kind, tmp_path, request) -> list[str]:
-    if kind == "file":
-        return store_args(kind, tmp_path)
-    endpoint = request.getfixturevalue("moto_endpoint")
-    return store_args(kind, tmp_path, endpoint, request.getfixturevalue("bucket"))
-
-
-async def direct_store(kind: str, tmp_path, request):
+async def direct_store(store_kind: str, tmp_path, request):
     """A store over the server's storage, to read what it holds without the server."""
-    if kind == "file":
+    if store_kind == "file":
         from tusserver.stores.file import FileStore
 
         return FileStore(str(tmp_path / "uploads")), None
@@ -49,10 +35,10 @@ async def direct_store(kind: str, tmp_path, request):
     return store, SimpleNamespace(endpoint=endpoint)
 
 
-async def test_sigkill_mid_patch_then_restart_resumes_byte_exact(args, kind, tmp_path, request):
+async def test_sigkill_mid_patch_then_restart_resumes_byte_exact(server_args, store_kind, tmp_path, request):
     data = os.urandom(13 * MiB + 5)
     sent = 11 * MiB + 321
-    server = await ServerProcess(*args).start()
+    server = await ServerProcess(*server_args).start()
     try:
         async with aiohttp.ClientSession() as session:
             async with session.post(server.url, headers={**TUS, "Upload-Length": str(len(data))}) as resp:
@@ -60,19 +46,21 @@ async def test_sigkill_mid_patch_then_restart_resumes_byte_exact(args, kind, tmp
         patch = await HangingPatch.start("127.0.0.1", server.port, "/files/" + upload_id, 0, len(data))
         await patch.send(data[:sent])
         # Kill while bytes are stored and more are on their way: two parts on S3.
-        await stored_at_least(kind, tmp_path, server.url + upload_id, 10 * MiB if kind == "s3" else 8 * MiB, request)
+        await stored_at_least(
+            store_kind, tmp_path, server.url + upload_id, 10 * MiB if store_kind == "s3" else 8 * MiB, request
+        )
         server.signal(signal.SIGKILL)
         await server.wait()
         patch.close()
-        if kind == "s3":  # the piece being spooled when the process died
+        if store_kind == "s3":  # the piece being spooled when the process died
             assert [p for p in os.listdir(tmp_path / "spool") if p.startswith("tusserver-spool-")]
     finally:
         await server.stop()
 
-    restarted = await ServerProcess(*args).start()
-    store, factory = await direct_store(kind, tmp_path, request)
+    restarted = await ServerProcess(*server_args).start()
+    store, factory = await direct_store(store_kind, tmp_path, request)
     try:
-        if kind == "s3":
+        if store_kind == "s3":
             assert [p for p in os.listdir(tmp_path / "spool") if p.startswith("tusserver-spool-")] == []
         async with aiohttp.ClientSession() as session:
             url = restarted.url + upload_id
@@ -80,7 +68,7 @@ async def test_sigkill_mid_patch_then_restart_resumes_byte_exact(args, kind, tmp
                 offset = int(resp.headers["Upload-Offset"])
             # Bytes not yet stored died with the process; what HEAD reports is what is stored.
             assert 8 * MiB <= offset <= sent
-            if kind == "s3":
+            if store_kind == "s3":
                 assert offset % (5 * MiB) == 0  # whole parts only: the tail was never flushed
             await assert_store_holds(store, factory, upload_id, data[:offset])
             headers = {**TUS, "Upload-Offset": str(offset), "Content-Type": OCTETS}
@@ -95,10 +83,12 @@ async def test_sigkill_mid_patch_then_restart_resumes_byte_exact(args, kind, tmp
         await store.close()
 
 
-async def test_sigkill_during_a_checksum_patch_keeps_nothing_of_it_and_cleans_up(args, kind, tmp_path, request):
+async def test_sigkill_during_a_checksum_patch_keeps_nothing_of_it_and_cleans_up(
+    server_args, store_kind, tmp_path, request
+):
     """With Upload-Checksum a PATCH is all or nothing, a crash included."""
     first, rest = os.urandom(MiB + 3), os.urandom(6 * MiB)
-    server = await ServerProcess(*args).start()
+    server = await ServerProcess(*server_args).start()
     try:
         async with aiohttp.ClientSession() as session:
             headers = {**TUS, "Upload-Length": str(len(first) + len(rest))}
@@ -112,8 +102,8 @@ async def test_sigkill_during_a_checksum_patch_keeps_nothing_of_it_and_cleans_up
             "127.0.0.1", server.port, "/files/" + upload_id, len(first), len(rest), Upload_Checksum=checksum
         )
         await patch.send(rest[: 5 * MiB + 1])
-        spool_dir = tmp_path / ("uploads" if kind == "file" else "spool")
-        spool_prefix = upload_id + ".tmp-" if kind == "file" else "tusserver-spool-"
+        spool_dir = tmp_path / ("uploads" if store_kind == "file" else "spool")
+        spool_prefix = upload_id + ".tmp-" if store_kind == "file" else "tusserver-spool-"
 
         def spooled() -> int:
             return sum(p.stat().st_size for p in spool_dir.iterdir() if p.name.startswith(spool_prefix))
@@ -127,8 +117,8 @@ async def test_sigkill_during_a_checksum_patch_keeps_nothing_of_it_and_cleans_up
     finally:
         await server.stop()
 
-    restarted = await ServerProcess(*args).start()
-    store, factory = await direct_store(kind, tmp_path, request)
+    restarted = await ServerProcess(*server_args).start()
+    store, factory = await direct_store(store_kind, tmp_path, request)
     try:
         assert spooled() == 0
         async with aiohttp.ClientSession() as session:

@@ -8,26 +8,12 @@ import os
 import signal
 
 import aiohttp
-import pytest
 
 from tests.hanging import HangingPatch, wait_until
-from tests.serverproc import ServerProcess, store_args
+from tests.serverproc import ServerProcess
 from tests.tus_client import OCTETS, TUS, sha256
 
 MiB = 1 << 20
-
-
-@pytest.fixture(params=["file", "s3"])
-def kind(request) -> str:
-    return request.param
-
-
-@pytest.fixture
-def args(kind, tmp_path, request) -> list[str]:
-    if kind == "file":
-        return store_args(kind, tmp_path)
-    endpoint = request.getfixturevalue("moto_endpoint")
-    return store_args(kind, tmp_path, endpoint, request.getfixturevalue("bucket"))
 
 
 async def create(session: aiohttp.ClientSession, server: ServerProcess, length: int) -> str:
@@ -36,10 +22,10 @@ async def create(session: aiohttp.ClientSession, server: ServerProcess, length: 
         return resp.headers["Location"]
 
 
-async def stored_at_least(kind: str, tmp_path, upload_url: str, count: int, request) -> None:
+async def stored_at_least(store_kind: str, tmp_path, upload_url: str, count: int, request) -> None:
     """Wait until the server has put `count` bytes into storage (read directly)."""
     upload_id = upload_url.rsplit("/", 1)[1]
-    if kind == "file":
+    if store_kind == "file":
         path = tmp_path / "uploads" / upload_id
         await wait_until(lambda: path.stat().st_size >= count, f"{count} bytes on disk")
         return
@@ -59,8 +45,10 @@ async def stored_at_least(kind: str, tmp_path, upload_url: str, count: int, requ
     await wait_until(lambda: in_parts() >= count, f"{count} bytes in parts")
 
 
-async def test_sigterm_refuses_new_uploads_and_lets_the_one_in_flight_finish(args, kind, tmp_path, request):
-    server = await ServerProcess(*args, "--shutdown-grace", "20").start()
+async def test_sigterm_refuses_new_uploads_and_lets_the_one_in_flight_finish(
+    server_args, store_kind, tmp_path, request
+):
+    server = await ServerProcess(*server_args, "--shutdown-grace", "20").start()
     try:
         async with aiohttp.ClientSession() as session:
             data = os.urandom(6 * MiB + 3)
@@ -69,7 +57,7 @@ async def test_sigterm_refuses_new_uploads_and_lets_the_one_in_flight_finish(arg
             path = url[url.index("/files/") :]
             inflight = await HangingPatch.start("127.0.0.1", server.port, path, 0, len(data))
             await inflight.send(data[: 5 * MiB + 10])
-            await stored_at_least(kind, tmp_path, url, 4 * MiB if kind == "file" else 5 * MiB, request)
+            await stored_at_least(store_kind, tmp_path, url, 4 * MiB if store_kind == "file" else 5 * MiB, request)
 
             server.signal(signal.SIGTERM)
             await server.wait_for_log("shutting down: waiting up to 20s for 1 uploads")
@@ -93,7 +81,7 @@ async def test_sigterm_refuses_new_uploads_and_lets_the_one_in_flight_finish(arg
     finally:
         await server.stop()
 
-    restarted = await ServerProcess(*args).start()
+    restarted = await ServerProcess(*server_args).start()
     try:
         async with aiohttp.ClientSession() as session:
             async with session.get(restarted.url + url.rsplit("/", 1)[1]) as resp:
@@ -103,8 +91,8 @@ async def test_sigterm_refuses_new_uploads_and_lets_the_one_in_flight_finish(arg
         await restarted.stop()
 
 
-async def test_sigterm_stops_an_upload_past_the_grace_and_keeps_its_bytes(args, kind, tmp_path, request):
-    server = await ServerProcess(*args, "--shutdown-grace", "0.5").start()
+async def test_sigterm_stops_an_upload_past_the_grace_and_keeps_its_bytes(server_args, store_kind, tmp_path, request):
+    server = await ServerProcess(*server_args, "--shutdown-grace", "0.5").start()
     # On S3 a whole part and a tail: the tail must be flushed to .part on the way out.
     sent = 5 * MiB + 1234
     data = os.urandom(8 * MiB)
@@ -114,7 +102,7 @@ async def test_sigterm_stops_an_upload_past_the_grace_and_keeps_its_bytes(args, 
         path = url[url.index("/files/") :]
         stalled = await HangingPatch.start("127.0.0.1", server.port, path, 0, len(data))
         await stalled.send(data[:sent])
-        await stored_at_least(kind, tmp_path, url, 5 * MiB if kind == "s3" else 4 * MiB, request)
+        await stored_at_least(store_kind, tmp_path, url, 5 * MiB if store_kind == "s3" else 4 * MiB, request)
 
         server.signal(signal.SIGTERM)
         stopped = await stalled.response()
@@ -126,7 +114,7 @@ async def test_sigterm_stops_an_upload_past_the_grace_and_keeps_its_bytes(args, 
     finally:
         await server.stop()
 
-    restarted = await ServerProcess(*args).start()
+    restarted = await ServerProcess(*server_args).start()
     try:
         async with aiohttp.ClientSession() as session:
             async with session.head(url.replace(server.url, restarted.url), headers=TUS) as resp:
@@ -141,8 +129,8 @@ async def test_sigterm_stops_an_upload_past_the_grace_and_keeps_its_bytes(args, 
         await restarted.stop()
 
 
-async def test_a_second_sigterm_cuts_the_grace_short_and_keeps_the_bytes(args, kind, tmp_path, request):
-    server = await ServerProcess(*args, "--shutdown-grace", "600").start()
+async def test_a_second_sigterm_cuts_the_grace_short_and_keeps_the_bytes(server_args, store_kind, tmp_path, request):
+    server = await ServerProcess(*server_args, "--shutdown-grace", "600").start()
     sent = 5 * MiB + 77
     data = os.urandom(6 * MiB)
     try:
@@ -150,7 +138,7 @@ async def test_a_second_sigterm_cuts_the_grace_short_and_keeps_the_bytes(args, k
             url = await create(session, server, len(data))
         stalled = await HangingPatch.start("127.0.0.1", server.port, url[url.index("/files/") :], 0, len(data))
         await stalled.send(data[:sent])
-        await stored_at_least(kind, tmp_path, url, 4 * MiB if kind == "file" else 5 * MiB, request)
+        await stored_at_least(store_kind, tmp_path, url, 4 * MiB if store_kind == "file" else 5 * MiB, request)
         server.signal(signal.SIGTERM)
         await server.wait_for_log("shutting down: waiting up to 600s for 1 uploads")
         server.signal(signal.SIGTERM)
@@ -159,7 +147,7 @@ async def test_a_second_sigterm_cuts_the_grace_short_and_keeps_the_bytes(args, k
         stalled.close()
     finally:
         await server.stop()
-    restarted = await ServerProcess(*args).start()
+    restarted = await ServerProcess(*server_args).start()
     try:
         async with aiohttp.ClientSession() as session:
             async with session.head(restarted.url + url.rsplit("/", 1)[1], headers=TUS) as resp:
