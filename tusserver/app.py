@@ -17,7 +17,8 @@ from .config import Config
 from .cors import install_cors
 from .errors import TusError
 from .handlers import TusHandlers
-from .hooks import HOOK_HEADERS, HookRunner, Hooks, Webhook
+from .hooks import HookRunner, Hooks, Webhook
+from .keys import BODY, BYTES_IN, HOOK_HEADERS, UPLOAD_ID
 from .locks import Locker, locker_from_config
 from .metrics import Metrics
 from .shutdown import UPLOAD_METHODS, Shutdown
@@ -83,9 +84,9 @@ async def tus_middleware(request: web.Request, handler: Handler) -> web.StreamRe
             request.method,
             request.path,
             status,
-            request.get("bytes_in", 0),
+            request.get(BYTES_IN, 0),
             (time.monotonic() - started) * 1000,
-            request.get("upload_id", "-"),
+            request.get(UPLOAD_ID, "-"),
         )
 
 
@@ -93,7 +94,7 @@ async def _close_if_stopped(request: web.Request, response: web.Response) -> web
     """A body stopped half way (lock release, read timeout, shutdown) keeps its stop reason
     set on the request stream: aiohttp would then linger to read the rest, meet the reason
     and log it as an unhandled error. Answer, then close the connection instead."""
-    body = request.get("body")
+    body = request.get(BODY)
     if body is None or body.stop_reason is None:
         return response
     await response.prepare(request)

@@ -21,6 +21,7 @@ from aiohttp import web
 
 from . import errors
 from .errors import TusError
+from .keys import AUTH_SUBJECT
 
 SCOPES = ("upload", "download")
 _CHALLENGE = 'Bearer realm="tus"'
@@ -120,4 +121,4 @@ class BearerAuth:
                 f"{needed} is not in the token's scope",
                 headers={"WWW-Authenticate": f'{_CHALLENGE}, error="insufficient_scope", scope="{needed}"'},
             )
-        request["auth_subject"] = claims.subject
+        request[AUTH_SUBJECT] = claims.subject

@@ -16,7 +16,6 @@ from .body import Body, ReleaseRequested
 from .config import Config
 from .errors import TusError
 from .hooks import (
-    HOOK_HEADERS,
     POST_CREATE,
     POST_FINISH,
     POST_RECEIVE,
@@ -29,6 +28,7 @@ from .hooks import (
     checked_changes,
 )
 from .info import UploadInfo
+from .keys import BODY, BYTES_IN, HOOK_HEADERS, MAX_SIZE, STOP_REASON, UPLOAD_ID
 from .limits import UploadSlots, check_metadata
 from .locks import Locker
 from .metrics import Metrics
@@ -76,7 +76,7 @@ class TusHandlers:
         upload_id = request.match_info["upload_id"]
         if not protocol.is_valid_upload_id(upload_id):
             raise TusError(errors.NOT_FOUND)
-        request["upload_id"] = upload_id
+        request[UPLOAD_ID] = upload_id
         return upload_id
 
     async def _load(self, upload_id: str) -> UploadInfo:
@@ -93,10 +93,10 @@ class TusHandlers:
 
     def _max_size(self, request: web.Request) -> int | None:
         """The smaller of `max_size` and the embedder's `max_size_for(request)`."""
-        if "max_size" not in request:
+        if MAX_SIZE not in request:
             limits = [self.config.max_size, self.max_size_for(request) if self.max_size_for else None]
-            request["max_size"] = min((n for n in limits if n is not None), default=None)
-        return request["max_size"]
+            request[MAX_SIZE] = min((n for n in limits if n is not None), default=None)
+        return request[MAX_SIZE]
 
     def _check_size(self, request: web.Request, length: int | None) -> None:
         max_size = self._max_size(request)
@@ -118,14 +118,14 @@ class TusHandlers:
         if content_length is not None and limit is not None and content_length > limit:
             raise TusError(errors.EXCEEDS_UPLOAD_LENGTH, f"{limit} bytes remain")
         body = Body(request.content, limit, checksum, self.config.read_timeout)
-        request["body"] = body
-        if "stop_reason" in request:  # asked to let go before the body started
-            body.stop(request["stop_reason"])
+        request[BODY] = body
+        if STOP_REASON in request:  # asked to let go before the body started
+            body.stop(request[STOP_REASON])
         progress = self._report_progress(request, info, body)
         try:
             info.offset = await self.store.append(info, body, atomic=checksum is not None)
         finally:
-            request["bytes_in"] = body.received
+            request[BYTES_IN] = body.received
             if progress is not None:
                 progress.cancel()
         if body.received and self.hooks.wants(POST_RECEIVE):
@@ -234,13 +234,13 @@ class TusHandlers:
                     raise
             else:
                 raise TusError(errors.UPLOAD_ID_TAKEN)
-            info.id = request["upload_id"] = changes.upload_id
+            info.id = request[UPLOAD_ID] = changes.upload_id
 
     def _new_info(self, request: web.Request, length: int | None, metadata: protocol.Metadata) -> UploadInfo:
         info = UploadInfo(id=protocol.new_upload_id(), length=length, metadata=metadata)
         if self.config.expire_after is not None:
             info.expires = time.time() + self.config.expire_after
-        request["upload_id"] = info.id
+        request[UPLOAD_ID] = info.id
         return info
 
     async def _create_final(
@@ -420,8 +420,8 @@ class TusHandlers:
 def stop_body(request: web.Request, reason: Exception) -> None:
     """Stop receiving the request's body now, or as soon as it starts; the bytes
     received are kept and the request answers as `reason` says."""
-    request.setdefault("stop_reason", reason)
-    body = request.get("body")
+    request.setdefault(STOP_REASON, reason)
+    body = request.get(BODY)
     if body is not None:
         body.stop(reason)
 

@@ -27,6 +27,7 @@ from . import errors, protocol
 from .config import Config
 from .errors import TusError
 from .info import UploadInfo
+from .keys import AUTH_SUBJECT
 from .metrics import Metrics
 
 log = logging.getLogger("tusserver.hooks")
@@ -41,8 +42,6 @@ POST_TERMINATE = "post-terminate"
 PRE_GET = "pre-get"
 EVENTS = (PRE_CREATE, POST_CREATE, POST_RECEIVE, PRE_FINISH, POST_FINISH, PRE_TERMINATE, POST_TERMINATE, PRE_GET)
 
-# request[HOOK_HEADERS]: response headers that post-finish hooks asked for (2xx responses only).
-HOOK_HEADERS = "tus_hook_headers"
 MAX_MESSAGE = 200  # characters of a rejection message that reach the client
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 
@@ -90,7 +89,7 @@ class HookRequest:
             uri=str(request.rel_url),
             remote_addr=request.remote,
             headers=request.headers,
-            subject=request.get("auth_subject"),
+            subject=request.get(AUTH_SUBJECT),
         )
 
 

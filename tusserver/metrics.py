@@ -13,10 +13,9 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from .keys import BYTES_IN, OPS_REQUEST
 from .stores.spool import TEMP_PREFIX
 
-# request[OPS_REQUEST]: a /metrics, /healthz or /readyz request, left out of the request counts.
-OPS_REQUEST = "tus_ops_request"
 _METHODS = frozenset({"OPTIONS", "POST", "HEAD", "PATCH", "DELETE", "GET"})
 _UPLOAD_COUNTERS = {"post-create": "created", "post-finish": "finished", "post-terminate": "terminated"}
 _S3_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -116,7 +115,7 @@ class Metrics:
     def _count(self, request: web.Request, status: int) -> None:
         method = request.method if request.method in _METHODS else "other"
         self.requests.labels(method, str(status)).inc()
-        received = request.get("bytes_in", 0)
+        received = request.get(BYTES_IN, 0)
         if received:
             self.received_bytes.inc(received)
 

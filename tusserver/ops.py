@@ -9,7 +9,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from .app import METRICS_KEY, STORE_KEY
-from .metrics import OPS_REQUEST
+from .keys import OPS_REQUEST
 from .stores.base import ReadyStore
 
 log = logging.getLogger("tusserver")

@@ -14,6 +14,7 @@ from multidict import CIMultiDict
 
 from tusserver.app import create_app
 from tusserver.config import Config
+from tusserver.keys import BYTES_IN
 
 
 @pytest.fixture(scope="session")
@@ -56,7 +57,7 @@ async def make_target(store_factory, store_kind):
                         request.path,
                         status,
                         CIMultiDict(request.headers),
-                        request.get("bytes_in", 0),
+                        request.get(BYTES_IN, 0),
                     )
                 )
 
