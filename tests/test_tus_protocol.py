@@ -362,6 +362,14 @@ async def test_post_with_body_longer_than_upload_length_is_413_and_creates_nothi
     assert await tus.upload_ids() == set()
 
 
+async def test_chunked_post_body_past_upload_length_is_413_with_the_location_of_what_was_kept(tus):
+    # A chunked body's size is unknown until it overflows; by then the upload exists.
+    reply = (await tus.post({"Upload-Length": "5", "Content-Type": OCTETS}, chunks([b"abc", b"defg"]))).expect(413)
+    path = tus.path_of(reply)
+    assert await tus.upload_ids() == {path.rsplit("/", 1)[1]}
+    await tus.assert_stored(path, b"abcde")
+
+
 async def test_post_with_body_and_deferred_length_over_max_size_is_413_and_creates_nothing(serve):
     tus = await serve(Config(max_size=10))
     (await tus.post({"Upload-Defer-Length": "1", "Content-Type": OCTETS}, payload(11))).expect(413)

@@ -212,8 +212,13 @@ class TusHandlers:
         await self.hooks.post(POST_CREATE, request, info)
         headers = {"Location": upload_location(request, self.config, info.id)}
         if with_body:
-            async with self.locker.lock(info.id, self._release(request)):
-                await self._receive(request, info)
+            try:
+                async with self.locker.lock(info.id, self._release(request)):
+                    await self._receive(request, info)
+            except TusError as exc:
+                # The upload exists and keeps what arrived: the client can resume it.
+                exc.headers.setdefault("Location", headers["Location"])
+                raise
             headers.update(self._state_headers(info))
         elif info.expires is not None:
             headers["Upload-Expires"] = protocol.http_date(info.expires)
