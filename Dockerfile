@@ -9,7 +9,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY tusserver ./tusserver
-RUN pip install . && rm -rf /app
+# uvloop (speed) for throughput, redis-py for several instances sharing locks.
+RUN pip install ".[speed,redis]" && rm -rf /app
 
 RUN useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin tusserver \
     && mkdir /data && chown tusserver:tusserver /data
