@@ -59,13 +59,11 @@ async def tus_middleware(request: web.Request, handler: Handler) -> web.StreamRe
         return await _close_if_stopped(request, error_response(exc))
     except ReleaseRequested:
         status = 400
-        return await _close_if_stopped(
-            request, error_response(TusError(errors.LOCKED, "interrupted by a newer request", status=400))
-        )
+        return await _close_if_stopped(request, error_response(TusError(errors.INTERRUPTED)))
     except ClientGone as exc:
         status = 400
         log.info("client went away mid-body: %s", exc)
-        return error_response(TusError(errors.INVALID_HEADER, "client went away", status=400))
+        return error_response(TusError(errors.CLIENT_GONE))
     except web.HTTPException as exc:
         status = exc.status
         raise

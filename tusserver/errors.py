@@ -61,6 +61,10 @@ NOT_PARTIAL = ErrorKind("ERR_NOT_PARTIAL", 400, "an upload named in Upload-Conca
 MODIFY_FINAL = ErrorKind("ERR_MODIFY_FINAL", 403, "a final concatenated upload cannot be patched")
 UNSUPPORTED_EXTENSION = ErrorKind("ERR_UNSUPPORTED_EXTENSION", 400, "the store does not support this extension")
 LOCKED = ErrorKind("ERR_UPLOAD_LOCKED", 423, "upload is in use by another request; retry shortly")
+INTERRUPTED = ErrorKind(
+    "ERR_UPLOAD_INTERRUPTED", 400, "interrupted by a newer request for this upload; the bytes received are kept"
+)
+CLIENT_GONE = ErrorKind("ERR_CLIENT_GONE", 400, "the request body ended before it was complete")
 SHUTTING_DOWN = ErrorKind("ERR_SHUTTING_DOWN", 503, "server is shutting down; retry on another instance")
 TOO_MANY_UPLOADS = ErrorKind("ERR_TOO_MANY_UPLOADS", 503, "server has too many uploads in progress; retry shortly")
 READ_TIMEOUT = ErrorKind("ERR_READ_TIMEOUT", 408, "request body stalled for longer than the read timeout")
