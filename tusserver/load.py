@@ -268,7 +268,8 @@ def validate(config: Config) -> None:
     if unknown:
         raise ConfigError(f"hooks_events: unknown {', '.join(unknown)}; expected some of {', '.join(EVENTS)}")
     if config.hooks_url is not None and not re.match(r"https?://[^/]+", config.hooks_url):
-        raise ConfigError(f"hooks_url must be an http:// or https:// URL, got {config.hooks_url!r}")
+        # The value is not echoed: a webhook URL may carry credentials.
+        raise ConfigError("hooks_url must be an http:// or https:// URL")
     if config.auth_secret is not None and len(config.auth_secret) < 16:
         raise ConfigError("auth_secret must be at least 16 characters (32 random ones are better)")
     if config.max_concurrent_uploads is not None and config.max_concurrent_uploads < 1:
