@@ -20,20 +20,24 @@ async def assert_store_holds(store, factory, upload_id: str, data: bytes) -> Non
 
 
 async def _assert_s3_holds(factory, info: UploadInfo, data: bytes) -> None:
-    """Finished: the object is `data`. Unfinished: parts 1..n (each checked by its MD5
-    ETag, since S3 cannot read back the parts of an open multipart upload) followed by
-    the `.part` tail tagged for part n+1, together `data`."""
+    """Finished, or written whole without a multipart upload: the object is `data`.
+    Unfinished: parts 1..n of the multipart upload recorded in `.info` (each checked by
+    its MD5 ETag, since S3 cannot read back the parts of an open multipart upload; none
+    while no upload is recorded) followed by the `.part` tail tagged for part n+1,
+    together `data`."""
     from aiobotocore.session import get_session
 
     storage = info.storage
     bucket, key = storage["bucket"], storage["key"]
     async with get_session().create_client("s3", endpoint_url=factory.endpoint, region_name="us-east-1") as s3:
-        if info.finished:
+        if info.finished or storage.get("object_stored") is not None:
             obj = await s3.get_object(Bucket=bucket, Key=key)
             held = await obj["Body"].read()
             assert hashlib.sha256(held).hexdigest() == hashlib.sha256(data).hexdigest(), (len(held), len(data))
             return
-        listed = await s3.list_parts(Bucket=bucket, Key=key, UploadId=storage["upload_id"])
+        listed = {}
+        if storage.get("upload_id"):
+            listed = await s3.list_parts(Bucket=bucket, Key=key, UploadId=storage["upload_id"])
         stale = set(storage.get("stale_parts", []))
         position = 0
         number = 0

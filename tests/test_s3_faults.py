@@ -102,17 +102,17 @@ async def test_a_later_part_failing_for_good_keeps_the_parts_before_it(server, p
 
 
 async def test_list_parts_failing_is_503_and_changes_nothing(server, proxy, factory):
-    data = os.urandom(6 * MiB)
+    data = os.urandom(12 * MiB)
     path = await create(server.client, len(data))
-    await patch(server.client, path, 0, data[: 2 * MiB])
+    await patch(server.client, path, 0, data[: 7 * MiB])  # a part: the multipart upload exists
     server.store._upload_ids.clear()  # as on another instance: no cached UploadId shortcut
     proxy.inject("ListParts", "error", times=None)
     assert (await head(server.client, path)).status == 503
-    await patch(server.client, path, 2 * MiB, data[2 * MiB :], expect=503)
+    await patch(server.client, path, 7 * MiB, data[7 * MiB :], expect=503)
     proxy.clear()
-    assert (await head(server.client, path)).headers["Upload-Offset"] == str(2 * MiB)
-    await assert_store_holds(server.store, factory, upload_id(path), data[: 2 * MiB])
-    await patch(server.client, path, 2 * MiB, data[2 * MiB :])
+    assert (await head(server.client, path)).headers["Upload-Offset"] == str(7 * MiB)
+    await assert_store_holds(server.store, factory, upload_id(path), data[: 7 * MiB])
+    await patch(server.client, path, 7 * MiB, data[7 * MiB :])
     await assert_store_holds(server.store, factory, upload_id(path), data)
 
 

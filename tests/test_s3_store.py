@@ -74,6 +74,8 @@ class Bucket:
 
     def parts(self, upload_id: str) -> list[dict]:
         info = json.loads(self.get(f"{upload_id}.info"))
+        if "upload_id" not in info["storage"]:  # no multipart upload created yet
+            return []
         s3_id, key = info["storage"]["upload_id"], info["storage"]["key"]
         parts, marker = [], 0
         while True:
@@ -530,6 +532,95 @@ async def test_small_upload_in_the_creation_request(serve, s3, spool_dir):
     assert_no_temp_files(spool_dir)
 
 
+def record_calls(store: S3Store) -> list[str]:
+    """The S3 operations `store` makes from now on, in the order they start."""
+    calls: list[str] = []
+    store.client.meta.events.register("before-call.s3", lambda model, **_: calls.append(model.name))
+    return calls
+
+
+async def test_small_upload_in_one_patch_is_one_put_object_without_multipart(serve, s3, spool_dir):
+    data = payload(256 * 1024, seed=30)
+    server = await serve()
+    calls = record_calls(server.store)
+    upload_id = await server.create(
+        len(data), Upload_Metadata=f"filetype {b64('image/png')},filename {b64('café.png')}"
+    )
+    assert calls == ["PutObject"]  # .info only: no multipart upload at creation
+    calls.clear()
+    assert await server.patch(upload_id, 0, data) == len(data)
+    # GET .info and HEAD .part (the state), the object in one PutObject, .info finished.
+    assert sorted(calls) == ["GetObject", "HeadObject", "PutObject", "PutObject"]
+    s3.assert_object(upload_id, data)
+    head = s3.head(upload_id)
+    assert head["ContentType"] == "image/png" and head["Metadata"] == {"filetype": "image/png", "filename": "caf??.png"}
+    info = json.loads(s3.get(f"{upload_id}.info"))
+    assert info["finished"] and "upload_id" not in info["storage"] and "object_stored" not in info["storage"]
+    assert info["storage"]["etag"] == head["ETag"]
+    assert_no_temp_files(spool_dir)
+
+
+async def test_unfinished_upload_without_multipart_costs_two_calls_per_head(serve, s3):
+    data = payload(3 * MiB, seed=31)
+    server = await serve()
+    upload_id = await server.create(len(data))
+    await server.patch(upload_id, 0, data[: MiB + 7])  # kept as .part: no part, no multipart upload
+    assert s3.multipart_uploads() == []
+    calls = record_calls(server.store)
+    assert await server.offset(upload_id) == MiB + 7
+    assert sorted(calls) == ["GetObject", "HeadObject"]
+    calls.clear()
+    assert await server.patch(upload_id, MiB + 7, data[MiB + 7 :]) == len(data)
+    # The tail taken in front of the rest, all in one PutObject; .part deleted after .info.
+    assert sorted(calls) == ["DeleteObject", "GetObject", "GetObject", "HeadObject", "PutObject", "PutObject"]
+    s3.assert_object(upload_id, data)
+
+
+async def test_multipart_upload_is_created_with_the_first_part_and_survives_restarts(serve, s3, spool_dir):
+    data = payload(20 * MiB + 9, seed=32)
+    first = await serve()
+    upload_id = await first.create(len(data))
+    assert await first.patch(upload_id, 0, data[:MiB]) == MiB  # a tail: still no multipart upload
+    assert s3.multipart_uploads() == [] and "upload_id" not in json.loads(s3.get(f"{upload_id}.info"))["storage"]
+    await first.client.close()
+
+    second = await serve()
+    calls = record_calls(second.store)
+    # tail + body: part 1 (6 MiB, the part size here) and a new 2 MiB tail
+    assert await second.patch(upload_id, MiB, data[MiB : 8 * MiB]) == 8 * MiB
+    # Created, then recorded in .info (PutObject), before its first part was sent.
+    created = calls.index("CreateMultipartUpload")
+    assert calls[created + 1] == "PutObject" and calls.index("UploadPart") > created + 1
+    recorded = json.loads(s3.get(f"{upload_id}.info"))["storage"]["upload_id"]
+    assert [(u["Key"], u["UploadId"]) for u in s3.multipart_uploads()] == [(upload_id, recorded)]
+    assert [p["Size"] for p in s3.parts(upload_id)] == [6 * MiB]
+    assert s3.head(f"{upload_id}.part")["ContentLength"] == 2 * MiB
+    await second.client.close()
+
+    third = await serve()  # finds the multipart upload through .info alone
+    assert await third.offset(upload_id) == 8 * MiB
+    calls = record_calls(third.store)
+    assert await third.patch(upload_id, 8 * MiB, data[8 * MiB :]) == len(data)
+    # finish() reuses the parts append() stored: no ListParts after the PATCH's own.
+    assert calls.count("ListParts") == 1 and calls.count("CreateMultipartUpload") == 0
+    s3.assert_object(upload_id, data)
+    assert_no_temp_files(spool_dir)
+
+
+async def test_a_patch_of_full_parts_completes_with_the_parts_it_stored(serve, s3):
+    data = payload(13 * MiB, seed=33)
+    server = await serve()
+    upload_id = await server.create(len(data))
+    calls = record_calls(server.store)
+    assert await server.patch(upload_id, 0, data) == len(data)
+    assert sorted(calls) == sorted(
+        ["GetObject", "HeadObject", "CreateMultipartUpload", "PutObject"]
+        + ["UploadPart"] * 3
+        + ["CompleteMultipartUpload", "PutObject"]
+    )
+    s3.assert_object(upload_id, data)
+
+
 async def test_get_streams_with_range(serve, s3):
     data = payload(7 * MiB + 3, seed=16)
     server = await serve()
@@ -614,11 +705,15 @@ async def test_clean_orphans_aborts_uploads_without_info(moto_endpoint, bucket, 
     try:
         kept = UploadInfo(new_upload_id(), 10)
         await store.create(kept)
+        recorded = await store._start_upload(kept)  # as a PATCH does when its first part is ready
+        # A crash between creating a multipart upload and recording it in `.info`.
+        unrecorded = s3.s3.create_multipart_upload(Bucket=bucket, Key=kept.id)["UploadId"]
         orphan = new_upload_id()
         s3.s3.create_multipart_upload(Bucket=bucket, Key=orphan)
         s3.s3.put_object(Bucket=bucket, Key=f"{orphan}.part", Body=b"x")
-        assert await store.clean_orphans(time.time() + 60) == 2
-        assert [u["Key"] for u in s3.multipart_uploads()] == [kept.id]
+        assert await store.clean_orphans(time.time() + 60) == 3
+        assert [(u["Key"], u["UploadId"]) for u in s3.multipart_uploads()] == [(kept.id, recorded)]
+        assert recorded != unrecorded
         assert s3.keys() == [f"{kept.id}.info"]
         # Younger than the cut-off: kept. (moto reports a fixed Initiated date for
         # multipart uploads, so only the .part object's age can be checked here.)

@@ -282,7 +282,13 @@ class TusHandlers:
     async def _finish(self, request: web.Request, info: UploadInfo) -> None:
         # A pre-finish rejection leaves the upload complete but unfinished: a later HEAD
         # or empty PATCH asks again.
-        await self.hooks.pre(PRE_FINISH, request, info)
+        try:
+            await self.hooks.pre(PRE_FINISH, request, info)
+        except Exception:
+            # `info` may hold what only finish() would have saved (the S3 store's object
+            # written whole, without a multipart upload): save it, or the bytes look lost.
+            await self.store.save_info(info)
+            raise
         await self.store.finish(info)
         await self._post_finish(request, info)
         if info.concat == "partial":

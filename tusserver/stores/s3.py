@@ -1,9 +1,15 @@
 """S3 store: one multipart upload per tus upload, all state in the bucket.
 
 Keys under the prefix:
-  `<id>`       the object, built by the multipart upload created in `create()`
+  `<id>`       the object: one PutObject when every byte arrives before a full part
+               exists, else built by a multipart upload
   `<id>.info`  the UploadInfo JSON (same schema as the disk store)
   `<id>.part`  a tail too short to be a part, while the upload is unfinished
+
+The multipart upload is created when the first part is ready, and its UploadId is
+recorded in `.info` before any part is sent to it; one not recorded is an orphan
+(`clean_orphans`). An upload written whole without one records `object_stored` (the
+object's ETag) in `.info` only if it is not finished in the same request.
 
 The offset is derived on every read: the parts numbered 1..n without gaps, plus
 `.part` when it is tagged as belonging in front of part n+1. The tag makes the
@@ -120,10 +126,11 @@ class _State:
 
     parts: list[dict[str, Any]]  # contiguous from part 1: PartNumber, ETag, Size
     tail: _Tail | None  # a valid .part, or None
+    stored: int = 0  # bytes of an object written whole, without a multipart upload
 
     @property
     def offset(self) -> int:
-        return sum(p["Size"] for p in self.parts) + (self.tail.size if self.tail else 0)
+        return sum(p["Size"] for p in self.parts) + (self.tail.size if self.tail else 0) + self.stored
 
 
 class S3Store:
@@ -169,6 +176,9 @@ class S3Store:
         # id -> (the UploadInfo get_info() returned, the state it read), for the append()
         # that follows in the same request; see _kept_state().
         self._states: OrderedDict[str, tuple[UploadInfo, _State]] = OrderedDict()
+        # id -> (the UploadInfo append() completed, its parts, whether a `.part` may be
+        # left), for the finish() that follows under the same lock; see finish().
+        self._completed: OrderedDict[str, tuple[UploadInfo, list[dict[str, Any]], bool]] = OrderedDict()
 
     @classmethod
     def from_config(cls, config: Config) -> S3Store:
@@ -296,6 +306,8 @@ class S3Store:
             marker = int(response["NextPartNumberMarker"])
 
     def _state(self, info: UploadInfo, listed: list[dict[str, Any]], tail: _Tail | None) -> _State:
+        if info.storage.get("object_stored") is not None:  # every byte is in the object
+            return _State([], None, info.length or 0)
         stale = set(info.storage.get("stale_parts", []))
         parts = []
         for number, part in enumerate(sorted(listed, key=lambda p: p["PartNumber"]), 1):
@@ -307,6 +319,8 @@ class S3Store:
         return _State(parts, tail)
 
     async def _read_state(self, info: UploadInfo) -> _State:
+        if not info.storage.get("upload_id"):
+            return self._state(info, [], await self._head_tail(info.id))
         listed, tail = await asyncio.gather(self._list_parts(info), self._head_tail(info.id))
         return self._state(info, listed, tail)
 
@@ -319,6 +333,34 @@ class S3Store:
             return None
         return kept[1]
 
+    @staticmethod
+    def _keep(cache: OrderedDict, upload_id: str, value: Any) -> None:
+        cache[upload_id] = value
+        cache.move_to_end(upload_id)
+        while len(cache) > UPLOAD_ID_CACHE:
+            cache.popitem(last=False)
+
+    def _object_params(self, info: UploadInfo) -> dict[str, Any]:
+        """What the final object carries besides its bytes: Content-Type and user metadata."""
+        params: dict[str, Any] = {"Key": self._key(info.id), "Metadata": s3_metadata(info.metadata)}
+        content_type = info.metadata.get("filetype")
+        if content_type and _CONTENT_TYPE_RE.fullmatch(content_type):
+            params["ContentType"] = content_type
+        return params
+
+    async def _start_upload(self, info: UploadInfo) -> str:
+        """Create the multipart upload and record it in `.info` before any part goes to it,
+        so that another instance finds it; one that is not recorded is an orphan."""
+        response = await self._call("create_multipart_upload", **self._object_params(info))
+        info.storage["upload_id"] = response["UploadId"]
+        try:
+            await self._put_info(info)
+        except BaseException:
+            del info.storage["upload_id"]
+            raise
+        self._remember(info.id, response["UploadId"])
+        return response["UploadId"]
+
     def _remember(self, upload_id: str, s3_upload_id: str) -> None:
         self._upload_ids[upload_id] = s3_upload_id
         self._upload_ids.move_to_end(upload_id)
@@ -330,17 +372,11 @@ class S3Store:
     async def create(self, info: UploadInfo) -> None:
         if info.length is not None and info.length > MAX_OBJECT_SIZE:
             raise TusError(errors.MAX_SIZE_EXCEEDED, "S3 objects are at most 5 TiB")
-        key = self._key(info.id)
-        params: dict[str, Any] = {"Key": key, "Metadata": s3_metadata(info.metadata)}
-        content_type = info.metadata.get("filetype")
-        if content_type and _CONTENT_TYPE_RE.fullmatch(content_type):
-            params["ContentType"] = content_type
-        response = await self._call("create_multipart_upload", **params)
-        info.storage = {"type": "s3", "bucket": self.bucket, "key": key, "upload_id": response["UploadId"]}
+        # No multipart upload yet: small uploads never need one (see _PartWriter).
+        info.storage = {"type": "s3", "bucket": self.bucket, "key": self._key(info.id)}
         if self.uniform_parts:
             info.storage["part_size"] = uniform_part_size(info.length, self.part_size, self.min_part_size)
         await self._put_info(info)
-        self._remember(info.id, response["UploadId"])
 
     async def get_info(self, upload_id: str) -> UploadInfo:
         self._key(upload_id)
@@ -361,18 +397,19 @@ class S3Store:
         if info.finished:
             info.offset = info.length or 0
             return info
-        if listed is None or known != info.storage["upload_id"]:
+        upload = info.storage.get("upload_id")
+        if not upload:
+            listed = []
+        elif listed is None or known != upload:
             try:
                 listed = await self._list_parts(info)
             except ClientError:
                 return await self._recover_completed(info)
-        self._remember(upload_id, info.storage["upload_id"])
+        if upload:
+            self._remember(upload_id, upload)
         state = self._state(info, listed, tail)
         info.offset = state.offset
-        self._states[upload_id] = (info, state)
-        self._states.move_to_end(upload_id)
-        while len(self._states) > UPLOAD_ID_CACHE:
-            self._states.popitem(last=False)
+        self._keep(self._states, upload_id, (info, state))
         return info
 
     async def _recover_completed(self, info: UploadInfo) -> UploadInfo:
@@ -412,6 +449,11 @@ class S3Store:
         flush = asyncio.ensure_future(writer.flush())
         flush.add_done_callback(_log_failure)
         offset = await asyncio.shield(flush)
+        if error is None and info.length is not None and offset == info.length:
+            tail_left = writer.tail_left or state.stored > 0
+            self._keep(self._completed, info.id, (info, writer.parts(state), tail_left))
+        elif error is not None and info.storage.get("object_stored") is not None:
+            await self._put_info(info)  # no finish() follows: the written object must be known
         if error is not None:
             raise error
         return offset
@@ -425,33 +467,45 @@ class S3Store:
     async def finish(self, info: UploadInfo) -> None:
         if info.finished:
             return
-        try:
-            state = await self._read_state(info)
-        except ClientError:
-            raise TusError(errors.NOT_FOUND) from None
-        if state.tail is not None:  # not reached via append(), which uploads the last part itself
-            writer = _PartWriter(self, info, state, atomic=False)
-            await writer.flush()
-            state = await self._read_state(info)
-        await self._complete(info, state.parts)
-        if state.tail is not None:
-            await self._delete(self._key(info.id, ".part"))
+        # The append() just before, under the same lock, knows every part and ETag.
+        completed = self._completed.pop(info.id, None)
+        if completed is not None and completed[0] is info:
+            parts, tail_left = completed[1], completed[2]
+        else:
+            state = self._kept_state(info)
+            if state is None:
+                try:
+                    state = await self._read_state(info)
+                except ClientError:
+                    raise TusError(errors.NOT_FOUND) from None
+            # A `.part` may be left by a request that wrote the whole object, then failed.
+            tail_left = state.tail is not None or state.stored > 0
+            parts = state.parts
+            if state.tail is not None:  # not reached via append(), which uploads the last part itself
+                writer = _PartWriter(self, info, state, atomic=False)
+                if await writer.flush() != info.length:
+                    raise TusError(errors.STORAGE_UNAVAILABLE)
+                parts = writer.parts(state)
+        stored = info.storage.pop("object_stored", None)
+        if stored is not None:
+            info.storage["etag"] = stored
+        else:
+            await self._complete(info, parts)
         info.finished = True
         info.offset = info.length or 0
         await self._put_info(info)
+        if tail_left:  # after .info: until then, a crash leaves a resumable upload
+            await self._delete(self._key(info.id, ".part"))
         self._upload_ids.pop(info.id, None)
 
     async def _complete(self, info: UploadInfo, parts: list[dict[str, Any]]) -> None:
-        key, upload = info.storage["key"], info.storage["upload_id"]
+        key, upload = info.storage["key"], info.storage.get("upload_id")
         if not parts:
             # S3 cannot complete a multipart upload without parts: write the empty object.
-            with contextlib.suppress(ClientError):
-                await self._call("abort_multipart_upload", Key=key, UploadId=upload)
-            params: dict[str, Any] = {"Key": key, "Body": b"", "Metadata": s3_metadata(info.metadata)}
-            content_type = info.metadata.get("filetype")
-            if content_type and _CONTENT_TYPE_RE.fullmatch(content_type):
-                params["ContentType"] = content_type
-            response = await self._call("put_object", **params)
+            if upload:
+                with contextlib.suppress(ClientError):
+                    await self._call("abort_multipart_upload", Key=key, UploadId=upload)
+            response = await self._call("put_object", Body=b"", **self._object_params(info))
         else:
             response = await self._call(
                 "complete_multipart_upload",
@@ -513,7 +567,8 @@ class S3Store:
     # -- ConcatenatingStore --------------------------------------------------------
 
     async def concatenate(self, final: UploadInfo, partials: list[UploadInfo]) -> None:
-        key, upload = final.storage["key"], final.storage["upload_id"]
+        key = final.storage["key"]
+        upload = final.storage.get("upload_id") or await self._start_upload(final)
         parts: list[dict[str, Any]] = []
         spool = Spool(self.temp_dir, self.part_size)
         try:
@@ -624,8 +679,21 @@ class S3Store:
             return False
         return True
 
+    async def _records(self, upload_id: str, s3_upload_id: str) -> bool:
+        """Whether `.info` exists and names this multipart upload (or cannot be read)."""
+        try:
+            info = await self._read_info(upload_id)
+        except TusError as exc:
+            if exc.kind is errors.NOT_FOUND:
+                return False
+            raise
+        except ValueError:
+            return True  # unreadable: leave it to an operator
+        return info.storage.get("upload_id") == s3_upload_id
+
     async def clean_orphans(self, older_than: float) -> int:
-        """Abort multipart uploads and delete `.part` objects that have no `.info`."""
+        """Abort multipart uploads that no `.info` records (a crash between creating one
+        and recording it, or a deleted upload) and delete `.part` objects without `.info`."""
         removed = 0
         paginator = self._client.get_paginator("list_multipart_uploads")
         try:
@@ -634,7 +702,7 @@ class S3Store:
                     name = upload["Key"][len(self.prefix) :]
                     if not is_valid_upload_id(name) or upload["Initiated"].timestamp() >= older_than:
                         continue
-                    if not await self._has_info(name):
+                    if not await self._records(name, upload["UploadId"]):
                         await self._abort(upload["Key"], upload["UploadId"])
                         removed += 1
             pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix)
@@ -661,7 +729,7 @@ class _PartWriter:
         self.info = info
         self.atomic = atomic
         self.key = info.storage["key"]
-        self.upload = info.storage["upload_id"]
+        self.upload: str | None = info.storage.get("upload_id")  # created with the first part
         self.tail = state.tail  # the .part to take in front of the body, if any
         self.first_part = len(state.parts) + 1
         self.next_part = self.first_part
@@ -675,6 +743,7 @@ class _PartWriter:
         self.short: Piece | None = None  # the tail too short to be a part
         self.tasks: set[asyncio.Task] = set()
         self.sent: set[int] = set()
+        self.stored: dict[int, dict[str, Any]] = {}  # part number -> PartNumber, ETag, Size
         self.failed: int | None = None  # lowest part number that could not be stored
         self.limit = asyncio.Semaphore(store.upload_concurrency)
 
@@ -726,6 +795,13 @@ class _PartWriter:
         if self.failed is not None:
             piece.remove()
             raise TusError(errors.STORAGE_UNAVAILABLE)
+        if self.upload is None:
+            try:
+                self.upload = await self.store._start_upload(self.info)
+            except BaseException:
+                self.failed = number
+                piece.remove()
+                raise
         await self.limit.acquire()
         try:
             await self.store._slots.acquire()
@@ -739,8 +815,10 @@ class _PartWriter:
 
     async def _upload(self, number: int, piece: Piece) -> None:
         try:
-            await self.store._upload_part(self.key, self.upload, number, piece)
+            assert self.upload is not None
+            etag = await self.store._upload_part(self.key, self.upload, number, piece)
             self.sent.add(number)
+            self.stored[number] = {"PartNumber": number, "ETag": etag, "Size": piece.size}
         except Exception as exc:  # recorded: the PATCH fails with 503 once the rest settled
             log.warning("part %d of %s not stored: %s", number, self.info.id, exc)
             self.failed = number if self.failed is None else min(self.failed, number)
@@ -771,9 +849,14 @@ class _PartWriter:
                 if self._complete(size) or (size >= self._sizes()[1] and not self.uniform):
                     piece, self.short = self.short, None
                     number = self.next_part
+                    # Every byte, and no multipart upload yet: the object in one PutObject.
+                    whole = self.upload is None and number == 1 and self._complete(size)
                     self.next_part += 1
                     self.offset += size
-                    await self._send(number, piece)
+                    if whole:
+                        await self._put_whole(piece)
+                    else:
+                        await self._send(number, piece)
         while self.tasks:
             await asyncio.gather(*self.tasks)
         await self._record_stale()
@@ -787,6 +870,30 @@ class _PartWriter:
         if self.tail is not None and self.first_part in self.sent:
             await self.store._delete(self.store._key(self.info.id, ".part"))
         return self.offset
+
+    async def _put_whole(self, piece: Piece) -> None:
+        try:
+            async with self.store._slots:
+                with piece.open() as f:
+                    response = await self.store._call(
+                        "put_object", Body=f, ContentLength=piece.size, **self.store._object_params(self.info)
+                    )
+        except Exception as exc:  # reported by flush(), like a failed part
+            log.warning("object %s not stored: %s", self.info.id, exc)
+            self.failed = 1
+            return
+        finally:
+            piece.remove()
+        self.info.storage["object_stored"] = response.get("ETag") or ""
+
+    def parts(self, state: _State) -> list[dict[str, Any]]:
+        """Every part of the upload after a flush() that stored all it was given."""
+        return state.parts + [self.stored[n] for n in sorted(self.stored)]
+
+    @property
+    def tail_left(self) -> bool:
+        """Whether the `.part` taken in front of this body may still be in S3."""
+        return self.tail is not None and self.first_part not in self.sent
 
     def _complete(self, pending: int) -> bool:
         return self.info.length is not None and self.offset + pending == self.info.length
