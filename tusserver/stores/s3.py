@@ -258,9 +258,6 @@ class S3Store:
             raise _unavailable(exc) from None
 
     async def save_info(self, info: UploadInfo) -> None:
-        await self._put_info(info)
-
-    async def _put_info(self, info: UploadInfo) -> None:
         await self._call(
             "put_object", Key=self._key(info.id, ".info"), Body=info.to_json(), ContentType="application/json"
         )
@@ -354,18 +351,12 @@ class S3Store:
         response = await self._call("create_multipart_upload", **self._object_params(info))
         info.storage["upload_id"] = response["UploadId"]
         try:
-            await self._put_info(info)
+            await self.save_info(info)
         except BaseException:
             del info.storage["upload_id"]
             raise
-        self._remember(info.id, response["UploadId"])
+        self._keep(self._upload_ids, info.id, response["UploadId"])
         return response["UploadId"]
-
-    def _remember(self, upload_id: str, s3_upload_id: str) -> None:
-        self._upload_ids[upload_id] = s3_upload_id
-        self._upload_ids.move_to_end(upload_id)
-        while len(self._upload_ids) > UPLOAD_ID_CACHE:
-            self._upload_ids.popitem(last=False)
 
     # -- Store ---------------------------------------------------------------------
 
@@ -376,7 +367,7 @@ class S3Store:
         info.storage = {"type": "s3", "bucket": self.bucket, "key": self._key(info.id)}
         if self.uniform_parts:
             info.storage["part_size"] = uniform_part_size(info.length, self.part_size, self.min_part_size)
-        await self._put_info(info)
+        await self.save_info(info)
 
     async def get_info(self, upload_id: str) -> UploadInfo:
         self._key(upload_id)
@@ -406,7 +397,7 @@ class S3Store:
             except ClientError:
                 return await self._recover_completed(info)
         if upload:
-            self._remember(upload_id, upload)
+            self._keep(self._upload_ids, upload_id, upload)
         state = self._state(info, listed, tail)
         info.offset = state.offset
         self._keep(self._states, upload_id, (info, state))
@@ -423,7 +414,7 @@ class S3Store:
         info.finished = True
         info.storage["etag"] = head.get("ETag")
         info.offset = info.length
-        await self._put_info(info)
+        await self.save_info(info)
         return info
 
     async def append(self, info: UploadInfo, body: AsyncIterable[bytes], *, atomic: bool = False) -> int:
@@ -453,7 +444,7 @@ class S3Store:
             tail_left = writer.tail_left or state.stored > 0
             self._keep(self._completed, info.id, (info, writer.parts(state), tail_left))
         elif error is not None and info.storage.get("object_stored") is not None:
-            await self._put_info(info)  # no finish() follows: the written object must be known
+            await self.save_info(info)  # no finish() follows: the written object must be known
         if error is not None:
             raise error
         return offset
@@ -462,7 +453,7 @@ class S3Store:
         if length > MAX_OBJECT_SIZE:
             raise TusError(errors.MAX_SIZE_EXCEEDED, "S3 objects are at most 5 TiB")
         info.length = length
-        await self._put_info(info)
+        await self.save_info(info)
 
     async def finish(self, info: UploadInfo) -> None:
         if info.finished:
@@ -493,7 +484,7 @@ class S3Store:
             await self._complete(info, parts)
         info.finished = True
         info.offset = info.length or 0
-        await self._put_info(info)
+        await self.save_info(info)
         if tail_left:  # after .info: until then, a crash leaves a resumable upload
             await self._delete(self._key(info.id, ".part"))
         self._upload_ids.pop(info.id, None)
@@ -597,7 +588,7 @@ class S3Store:
         await self._complete(final, parts)
         final.offset = final.length
         final.finished = True
-        await self._put_info(final)
+        await self.save_info(final)
         self._upload_ids.pop(final.id, None)
 
     # A final created before its partials finished is found from each partial through an
@@ -920,7 +911,7 @@ class _PartWriter:
                 self.info.storage["stale_parts"] = sorted(updated)
             else:
                 self.info.storage.pop("stale_parts", None)
-            await self.store._put_info(self.info)
+            await self.store.save_info(self.info)
 
     def discard(self) -> None:
         """Remove every temp file this writer still holds."""
