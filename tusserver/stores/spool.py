@@ -4,6 +4,7 @@ that whole parts can be sent (and re-sent on retry) without holding them in memo
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob
 import os
 import secrets
@@ -101,8 +102,7 @@ class Spool:
 
     def _open(self) -> None:
         os.makedirs(self.temp_dir, exist_ok=True)
-        owner = f"{os.getpid()}-{_started(os.getpid())}"
-        path = os.path.join(self.temp_dir, f"{TEMP_PREFIX}{owner}-{secrets.token_hex(8)}")
+        path = os.path.join(self.temp_dir, f"{TEMP_PREFIX}{_owner(os.getpid())}-{secrets.token_hex(8)}")
         self._file = open(path, "xb")
         self._piece = Piece(path)
 
@@ -128,6 +128,12 @@ def remove_stale_spools(temp_dir: str | None) -> int:
         Piece(path).remove()
         removed += 1
     return removed
+
+
+@functools.lru_cache(maxsize=4)
+def _owner(pid: int) -> str:
+    """This process's tag in spool file names; keyed by pid so a forked child gets its own."""
+    return f"{pid}-{_started(pid)}"
 
 
 def _started(pid: int) -> str:
