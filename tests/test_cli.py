@@ -24,9 +24,9 @@ PATIENCE = 30
 class Server:
     """`python -m tusserver ...` in a subprocess, with its stderr collected line by line."""
 
-    def __init__(self, cwd: Path, *args: str) -> None:
+    def __init__(self, cwd: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TUSSERVER_")}
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("TUSSERVER_")}, **(env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tusserver", "--port", str(self.port), *args],
             cwd=cwd,
@@ -76,8 +76,8 @@ class Server:
 def servers(tmp_path):
     started: list[Server] = []
 
-    def start(*args: str) -> Server:
-        server = Server(tmp_path, *args)
+    def start(*args: str, env: dict[str, str] | None = None) -> Server:
+        server = Server(tmp_path, *args, env=env)
         started.append(server)
         return server
 
@@ -213,3 +213,33 @@ def test_cleanup_subcommand_runs_once_and_exits(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "cleanup removed 0 expired uploads" in result.stderr
+
+
+def test_starts_in_a_kubernetes_pod_with_service_links(servers, tmp_path):
+    from tests.test_config import SERVICE_LINKS
+
+    # The port comes from the flag; TUSSERVER_PORT=tcp://... is the Service's link, not a port.
+    server = servers("--file-dir", str(tmp_path / "d"), env=SERVICE_LINKS)
+    status, headers, _ = server.request("POST", "/files/", headers={"Upload-Length": "3"})
+    assert status == 201
+    assert server.stop() == 0
+    ignored = [line for line in server.lines if "service-link" in line]
+    assert len(ignored) == 1, server.lines
+    assert f"ignoring {len(SERVICE_LINKS)} Kubernetes service-link variables" in ignored[0]
+    assert "enableServiceLinks: false" in ignored[0]
+
+
+def test_unknown_variable_beside_service_links_still_fails_clearly(tmp_path):
+    from tests.test_config import SERVICE_LINKS
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUSSERVER_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "tusserver", "--file-dir", str(tmp_path / "d")],
+        capture_output=True,
+        text=True,
+        timeout=PATIENCE,
+        env={**env, **SERVICE_LINKS, "TUSSERVER_MAX_SISE": "1GiB"},
+    )
+    assert result.returncode == 2
+    assert "unknown environment variable TUSSERVER_MAX_SISE (did you mean 'TUSSERVER_MAX_SIZE'?)" in result.stderr
+    assert "Traceback" not in result.stderr

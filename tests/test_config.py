@@ -10,7 +10,7 @@ import pytest
 
 from tusserver.cli import build_parser
 from tusserver.config import Config
-from tusserver.load import ConfigError, field_specs, load_config, parse_size
+from tusserver.load import ConfigError, field_specs, load_config, parse_size, service_links
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -207,3 +207,59 @@ def test_wrong_type_of_a_secret_key_does_not_echo_the_value(tmp_path):
     with pytest.raises(ConfigError) as caught:
         load_config(env={}, config_file=path)
     assert "expected a string" in str(caught.value) and "123456789" not in str(caught.value)
+
+
+# What the kubelet injects for a Service "tusserver" (ports 1080 "http" and 9090 "metrics")
+# and a Service "tusserver-redis" (port 6379 "redis", dual-stack IPv6 address).
+SERVICE_LINKS = {
+    "TUSSERVER_SERVICE_HOST": "10.0.0.1",
+    "TUSSERVER_SERVICE_PORT": "1080",
+    "TUSSERVER_SERVICE_PORT_HTTP": "1080",
+    "TUSSERVER_SERVICE_PORT_METRICS": "9090",
+    "TUSSERVER_PORT": "tcp://10.0.0.1:1080",
+    "TUSSERVER_PORT_1080_TCP": "tcp://10.0.0.1:1080",
+    "TUSSERVER_PORT_1080_TCP_PROTO": "tcp",
+    "TUSSERVER_PORT_1080_TCP_PORT": "1080",
+    "TUSSERVER_PORT_1080_TCP_ADDR": "10.0.0.1",
+    "TUSSERVER_PORT_9090_UDP": "udp://10.0.0.1:9090",
+    "TUSSERVER_PORT_9090_UDP_PROTO": "udp",
+    "TUSSERVER_PORT_9090_UDP_PORT": "9090",
+    "TUSSERVER_PORT_9090_UDP_ADDR": "10.0.0.1",
+    "TUSSERVER_REDIS_SERVICE_HOST": "fd00::2",
+    "TUSSERVER_REDIS_SERVICE_PORT": "6379",
+    "TUSSERVER_REDIS_SERVICE_PORT_REDIS": "6379",
+    "TUSSERVER_REDIS_PORT": "tcp://[fd00::2]:6379",
+    "TUSSERVER_REDIS_PORT_6379_TCP": "tcp://[fd00::2]:6379",
+    "TUSSERVER_REDIS_PORT_6379_TCP_PROTO": "tcp",
+    "TUSSERVER_REDIS_PORT_6379_TCP_PORT": "6379",
+    "TUSSERVER_REDIS_PORT_6379_TCP_ADDR": "fd00::2",
+}
+
+
+def test_kubernetes_service_links_are_ignored():
+    assert service_links(SERVICE_LINKS) == sorted(SERVICE_LINKS)
+    assert load_config(env=SERVICE_LINKS) == Config()
+    # Real keys beside them still apply; the port is an integer, a link is a URL.
+    config = load_config(env={**SERVICE_LINKS, "TUSSERVER_HOST": "0.0.0.0", "TUSSERVER_MAX_SIZE": "1GiB"})
+    assert (config.host, config.port, config.max_size) == ("0.0.0.0", 1080, 1 << 30)
+    assert load_config(env={"TUSSERVER_PORT": "2000"}).port == 2000
+    assert service_links({"TUSSERVER_PORT": "2000", "TUSSERVER_HOST": "10.0.0.1"}) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        # Neither a key nor a value the kubelet would write under that name.
+        ("TUSSERVER_PORT", "tcp://tusserver:1080", "TUSSERVER_PORT: expected an integer"),
+        ("TUSSERVER_REDIS_PORT", "6379", "unknown environment variable TUSSERVER_REDIS_PORT"),
+        ("TUSSERVER_PORT_1080_TCP_PORT", "1081", "unknown environment variable"),
+        ("TUSSERVER_PORT_1080_TCP", "udp://10.0.0.1:1080", "unknown environment variable"),
+        ("TUSSERVER_PORT_1080_TCP_PROTO", "udp", "unknown environment variable"),
+        ("TUSSERVER_SERVICE_HOST", "tusserver.default.svc", "unknown environment variable"),
+        ("TUSSERVER_SERVICE_PORT", "http", "unknown environment variable"),
+        ("TUSSERVER_POTR", "1080", "unknown environment variable TUSSERVER_POTR"),
+    ],
+)
+def test_lookalikes_of_service_links_are_still_errors(name, value, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(env={**SERVICE_LINKS, name: value})

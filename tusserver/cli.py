@@ -17,7 +17,7 @@ from . import __version__
 from .app import SHUTDOWN_KEY, create_app
 from .auth import make_token
 from .config import Config
-from .load import CHOICES, CONFIG_ENV, ConfigError, FieldSpec, field_specs, load_config, parse_text
+from .load import CHOICES, CONFIG_ENV, ConfigError, FieldSpec, field_specs, load_config, parse_text, service_links
 from .logs import setup_logging
 from .ops import add_ops_routes
 from .shutdown import drain_on_signals
@@ -201,6 +201,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         parser.error(str(exc))
     setup_logging(config.log_level, config.log_format)
+    links = service_links(os.environ)
+    if links:
+        log.info(
+            "ignoring %d Kubernetes service-link variables (%s); enableServiceLinks: false in the pod spec drops them",
+            len(links),
+            ", ".join(links),
+        )
     try:
         if command == "cleanup":
             return cleanup(config)

@@ -7,6 +7,7 @@ Config dataclass, so a typo or a wrong type stops the server at start-up, naming
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 import sys
 import types
@@ -49,6 +50,55 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "log_format": ("text", "json"),
     "log_level": ("debug", "info", "warning", "error", "critical"),
 }
+
+
+# Kubernetes injects these for every Service in the namespace (unless the pod sets
+# enableServiceLinks: false); a Service whose name starts with "tusserver" puts them in
+# our prefix. Each pattern goes with the exact form of its value, so that only what the
+# kubelet writes is ignored and a typo still stops the server.
+_SVC = r"TUSSERVER(?:_[A-Z0-9_]+)?"
+_LINK_URL = re.compile(r"(tcp|udp|sctp)://(\[[0-9a-fA-F:.]+\]|[0-9.]+):(\d+)")
+_LINK_NAMES = {
+    "url": re.compile(_SVC + r"_PORT(?:_(?P<port>\d+)_(?P<proto>TCP|UDP|SCTP))?"),
+    "port": re.compile(_SVC + r"_(?:SERVICE_PORT(?:_[A-Z0-9_]+)?|PORT_(?P<port>\d+)_(?:TCP|UDP|SCTP)_PORT)"),
+    "proto": re.compile(_SVC + r"_PORT_\d+_(?P<proto>TCP|UDP|SCTP)_PROTO"),
+    "addr": re.compile(_SVC + r"_(?:SERVICE_HOST|PORT_\d+_(?:TCP|UDP|SCTP)_ADDR)"),
+}
+
+
+def is_service_link(name: str, value: str) -> bool:
+    """Whether NAME=value is a variable the kubelet injects for a Service named tusserver*."""
+    kind, port, proto = _link_value(value)
+    match = _LINK_NAMES[kind].fullmatch(name) if kind else None
+    if match is None:
+        return False
+    groups = match.groupdict()
+    return groups.get("port") in (None, port) and groups.get("proto") in (None, proto)
+
+
+def _link_value(value: str) -> tuple[str | None, str | None, str | None]:
+    """(kind of value, port, protocol) of a service-link value, or Nones."""
+    url = _LINK_URL.fullmatch(value)
+    if url is not None:
+        return ("url", url.group(3), url.group(1).upper()) if _is_ip(url.group(2).strip("[]")) else (None, None, None)
+    if value.isdigit() and value.isascii():
+        return "port", value, None
+    if value in ("tcp", "udp", "sctp"):
+        return "proto", None, value.upper()
+    return ("addr", None, None) if _is_ip(value) else (None, None, None)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def service_links(env: Mapping[str, str]) -> list[str]:
+    """The names of the Kubernetes service-link variables in `env`, which load_config ignores."""
+    return sorted(name for name, value in env.items() if is_service_link(name, value))
 
 
 class ConfigError(ValueError):
@@ -212,7 +262,7 @@ def load_config(
 
     by_env = {spec.env: spec for spec in specs.values()}
     for name, text in env.items():
-        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV or is_service_link(name, text):
             continue
         spec = by_env.get(name)
         if spec is None:
