@@ -201,6 +201,35 @@ def test_example_config_documents_every_key_with_its_default():
     assert load_config(env={}, config_file=str(ROOT / "config.example.toml")) == Config()
 
 
+def example_comments() -> dict[str, str]:
+    """Each key of config.example.toml with the comment lines just above it, as one line."""
+    comments: dict[str, str] = {}
+    block: list[str] = []
+    for line in (ROOT / "config.example.toml").read_text().splitlines():
+        key = re.match(r"^#? ?([a-z0-9_]+) = ", line)
+        if key:
+            comments[key.group(1)] = " ".join(" ".join(block).split())
+            block = []
+        elif line.startswith("# ") and not line.startswith("# ---"):
+            block.append(line[2:])
+        else:
+            block = []
+    return comments
+
+
+def test_every_key_has_one_description_shown_by_help_and_in_the_example_file():
+    comments = example_comments()
+    parser = build_parser()
+    flags = {action.dest: action for action in parser._actions}
+    shown = " ".join(parser.format_help().split())
+    for spec in field_specs():
+        described = " ".join(spec.help.split())
+        assert len(described) > 10 and described.endswith("."), spec.name  # a sentence, not a stub
+        assert flags[spec.name].help.startswith(spec.help) and described in shown, spec.name
+        # The example's comment on the key starts with the same description (it may add more).
+        assert comments[spec.name].startswith(described), (spec.name, comments[spec.name])
+
+
 def test_wrong_type_of_a_secret_key_does_not_echo_the_value(tmp_path):
     assert [spec.name for spec in field_specs() if spec.secret] == ["auth_secret"]
     path = write(tmp_path, "auth_secret = 123456789\n")

@@ -67,21 +67,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_flag(parser: argparse.ArgumentParser, spec: FieldSpec) -> None:
-    default = spec.default
+    where = f"default: {_shown_default(spec)}; env {spec.env}"
     if spec.kind is list:
-        default = ",".join(default)
-    help_text = f"default: {default!r}; env {spec.env}"
+        where = "comma-separated; " + where
+    elif spec.size:
+        where = "bytes or e.g. 5MiB, 1GiB; " + where
+    # argparse formats help with %: a literal percent sign must be doubled.
+    help_text = f"{spec.help} ({where})".replace("%", "%%")
     if spec.secret:
-        help_text += " (prefer the environment: flags show in the process list)"
+        help_text += " Prefer the environment: flags show in the process list."
     if spec.kind is bool:
         parser.add_argument(
             spec.flag, dest=spec.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
         )
         return
-    if spec.kind is list:
-        help_text = "comma-separated; " + help_text
-    elif spec.size:
-        help_text = "bytes or e.g. 5MiB, 1GiB; " + help_text
     choices = CHOICES.get(spec.name)
     parser.add_argument(
         spec.flag,
@@ -92,6 +91,17 @@ def _add_flag(parser: argparse.ArgumentParser, spec: FieldSpec) -> None:
         default=argparse.SUPPRESS,
         help=help_text,
     )
+
+
+def _shown_default(spec: FieldSpec) -> str:
+    default = spec.default
+    if default is None:
+        return "unset"
+    if spec.kind is bool:
+        return "true" if default else "false"
+    if spec.kind is list:
+        return repr(",".join(default))
+    return repr(default)
 
 
 def _text_parser(spec: FieldSpec):

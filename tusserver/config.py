@@ -1,73 +1,164 @@
-"""One Config dataclass. Loading it from TOML, environment and CLI lives in load.py."""
+"""One Config dataclass. Loading it from TOML, environment and CLI lives in load.py.
+
+Each key carries its description (`setting(default, help)`): `tusserver --help` shows it,
+and a test checks that config.example.toml's comment on the key says the same.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 MiB = 1 << 20
+
+
+def setting(default: Any, help: str, *, secret: bool = False) -> Any:
+    """A Config field with its description; a secret one never appears in repr() or messages."""
+    metadata = {"help": help}
+    if isinstance(default, list):
+        items = tuple(default)
+        return field(default_factory=lambda: list(items), repr=not secret, metadata=metadata)
+    return field(default=default, repr=not secret, metadata=metadata)
 
 
 @dataclass
 class Config:
     # HTTP
-    host: str = "127.0.0.1"
-    port: int = 1080
-    base_path: str = "/files/"
-    behind_proxy: bool = False  # trust Forwarded / X-Forwarded-* (only behind your own proxy)
-    public_url: str | None = None  # e.g. "https://uploads.example.com"; overrides the request's
-    relative_location: bool = False
-    cors_origins: list[str] = field(default_factory=lambda: ["*"])  # "*", origins, "re:<full-match regex>"
-    cors_credentials: bool = False
-    cors_max_age: int = 86400
-    cors_allow_headers: list[str] = field(default_factory=list)
-    uvloop: bool = True  # run on uvloop when it is installed (pip install tusserver[speed])
-    # Protocol
-    max_size: int | None = None
-    downloads: bool = True
-    expire_after: float | None = None  # seconds an unfinished upload lives after its last PATCH
-    expire_finished: bool = False  # let finished uploads expire too
-    cleanup_interval: float = 60.0
-    lock_timeout: float = 3.0
-    read_timeout: float | None = 60.0  # seconds a PATCH body may stall
-    shutdown_grace: float = 30.0  # seconds in-flight uploads get to finish on SIGTERM/SIGINT
-    # Several instances: locks in Redis (needs tusserver[redis]). The URL may hold a password;
-    # it is never logged.
-    redis_url: str | None = None
-    redis_prefix: str = "tusserver"  # key and channel prefix, to share one Redis
-    lock_lease: float = 10.0  # seconds a crashed holder's Redis lock outlives it
-    # Limits
-    max_metadata_size: int | None = None  # bytes of the Upload-Metadata header
-    max_metadata_count: int | None = None  # keys in Upload-Metadata
-    max_concurrent_uploads: int | None = None  # PATCHes and POSTs with a body in progress; 503 beyond
-    # Access control
-    downloads_require_hook: bool = False  # GET answers 403 unless a pre-get hook approves
-    auth_secret: str | None = field(default=None, repr=False)  # HMAC key of bearer tokens; None: no tokens
-    # Hooks (Python callbacks are passed to create_app; these configure the HTTP webhook)
-    hooks_url: str | None = None  # receives a JSON POST per selected event
-    hooks_events: list[str] = field(
-        default_factory=lambda: ["pre-create", "post-create", "post-finish", "post-terminate"]
+    host: str = setting("127.0.0.1", 'Address to listen on. Use "0.0.0.0" to accept connections from other machines.')
+    port: int = setting(1080, "TCP port to listen on.")
+    base_path: str = setting(
+        "/files/",
+        "Path prefix of the upload collection: uploads are created with POST /files/ (or POST /files) "
+        "and live at /files/<id>.",
     )
-    hooks_forward_headers: list[str] = field(default_factory=list)  # request headers copied into the payload
-    hooks_timeout: float = 5.0  # seconds per webhook attempt
-    hooks_retries: int = 3  # further attempts of a failed post-* webhook, in the background
-    hooks_backoff: float = 1.0  # seconds before the first retry; doubled each time
-    progress_interval: float = 1.0  # seconds between post-receive events during one PATCH
+    behind_proxy: bool = setting(
+        False,
+        "Trust Forwarded / X-Forwarded-Proto / X-Forwarded-Host for the Location URL. Only enable this "
+        "behind your own reverse proxy, which must overwrite those headers.",
+    )
+    public_url: str | None = setting(
+        None, "Fixed scheme://host[:port] for Location URLs, instead of what the request says."
+    )
+    relative_location: bool = setting(False, "Send Location as a path (/files/<id>) instead of an absolute URL.")
+    cors_origins: list[str] = setting(
+        ["*"],
+        'Origins allowed by CORS: "*" (any origin), an exact origin ("https://app.example.com"), or '
+        '"re:<regex>" matched against the whole origin. An empty list allows no origin.',
+    )
+    cors_credentials: bool = setting(
+        False, "Send Access-Control-Allow-Credentials: true (the allowed origin is then echoed back)."
+    )
+    cors_max_age: int = setting(86400, "Seconds a browser may cache a preflight answer.")
+    cors_allow_headers: list[str] = setting(
+        [], 'Request headers to allow in addition to the tus ones (e.g. "Authorization").'
+    )
+    uvloop: bool = setting(
+        True, 'Run on uvloop when it is installed (pip install "tusserver[speed]"); false keeps asyncio\'s loop.'
+    )
+    # Protocol
+    max_size: int | None = setting(None, "Largest upload accepted, advertised as Tus-Max-Size. Unset: no limit.")
+    downloads: bool = setting(True, "Serve finished uploads with GET /files/<id> (Range, ETag, Content-Disposition).")
+    expire_after: float | None = setting(
+        None,
+        "An unfinished upload expires this many seconds after its creation or last PATCH (sent as "
+        "Upload-Expires); expired uploads answer 410 and are cleaned up. Unset: uploads never expire.",
+    )
+    expire_finished: bool = setting(False, "Let finished uploads expire too (for servers that only stage files).")
+    cleanup_interval: float = setting(60.0, "Seconds between background cleanup passes of expired uploads.")
+    lock_timeout: float = setting(
+        3.0,
+        "Seconds a request waits for another request on the same upload to let go of it (the older "
+        "request is asked to stop) before answering 423.",
+    )
+    read_timeout: float | None = setting(
+        60.0,
+        "Seconds a request body may stall before the request is answered 408; the bytes received so far "
+        'are kept. "none" waits forever.',
+    )
+    shutdown_grace: float = setting(
+        30.0, "Seconds uploads in flight get to finish on SIGTERM/SIGINT; new uploads are answered 503 meanwhile."
+    )
+    # Several instances
+    redis_url: str | None = setting(
+        None,
+        "Redis for the per-upload locks of several instances (pip install 'tusserver[redis]'). "
+        "Unset: locks live in this process, which is right for a single instance.",
+    )
+    redis_prefix: str = setting(
+        "tusserver", "Prefix of the lock keys and pub/sub channels, so that several deployments can share one Redis."
+    )
+    lock_lease: float = setting(
+        10.0,
+        "Seconds a Redis lock lives without renewal; the lock of a crashed instance frees itself after "
+        "at most this long.",
+    )
+    # Limits
+    max_metadata_size: int | None = setting(
+        None, "Largest Upload-Metadata header accepted, in bytes (413 beyond). Unset: no limit."
+    )
+    max_metadata_count: int | None = setting(
+        None, "Most keys accepted in Upload-Metadata (400 beyond). Unset: no limit."
+    )
+    max_concurrent_uploads: int | None = setting(
+        None,
+        "Most uploads receiving bytes at once on this instance (PATCHes, and POSTs with a body); beyond it "
+        "requests are answered 503 with Retry-After. Unset: no limit.",
+    )
+    # Access control
+    downloads_require_hook: bool = setting(False, "Downloads (GET) answer 403 unless a pre-get hook approves them.")
+    auth_secret: str | None = setting(
+        None,
+        'Secret that signs bearer tokens. When set, every request but OPTIONS needs "Authorization: '
+        'Bearer <token>"; mint tokens with `tusserver token`.',
+        secret=True,
+    )
+    # Hooks (Python callbacks are passed to create_app; these configure the HTTP webhook)
+    hooks_url: str | None = setting(
+        None, "URL that receives a JSON POST for each event in hooks_events. Unset: no webhook."
+    )
+    hooks_events: list[str] = setting(
+        ["pre-create", "post-create", "post-finish", "post-terminate"],
+        "Events sent to hooks_url: pre-create, post-create, post-receive, pre-finish, post-finish, "
+        "pre-terminate, post-terminate, pre-get.",
+    )
+    hooks_forward_headers: list[str] = setting(
+        [], 'Request headers copied into the webhook payload (e.g. ["Authorization"]).'
+    )
+    hooks_timeout: float = setting(
+        5.0, "Seconds one webhook request may take (a pre-* hook that times out answers 503)."
+    )
+    hooks_retries: int = setting(
+        3, "How often a failed post-* webhook is retried (in the background) after a network error or a 5xx answer."
+    )
+    hooks_backoff: float = setting(1.0, "Seconds before the first retry; each further retry waits twice as long.")
+    progress_interval: float = setting(1.0, "Seconds between post-receive (progress) events while a PATCH is running.")
     # Stores
-    store: str = "file"  # "file" or "s3"
-    file_dir: str = "./data"
-    temp_dir: str | None = None  # spool directory; the system temp dir by default
-    s3_bucket: str | None = None
-    s3_endpoint: str | None = None
-    s3_region: str | None = None
-    s3_prefix: str = ""
-    s3_path_style: bool = False
-    s3_min_part_size: int = 5 * MiB
-    s3_part_size: int = 16 * MiB
-    s3_uniform_parts: bool = False  # every non-final part the same size (Cloudflare R2)
-    s3_upload_concurrency: int = 4  # parts in flight per upload
-    s3_max_concurrency: int = 16  # parts in flight per store
-    s3_presigned_downloads: bool = False  # GET redirects (302) to a presigned S3 URL
-    s3_presign_expiry: float = 3600.0  # seconds a presigned download URL stays valid
+    store: str = setting("file", 'Where uploads are kept: "file" (local disk) or "s3".')
+    file_dir: str = setting(
+        "./data", "Directory of the file store: <id> (the bytes) and <id>.info (the state) per upload."
+    )
+    temp_dir: str | None = setting(
+        None,
+        "Directory for spooling request bodies (checksummed PATCHes, S3 parts). Unset: the system temp directory.",
+    )
+    s3_bucket: str | None = setting(
+        None, "Bucket of the S3 store; checked at start-up (the server refuses to start without access)."
+    )
+    s3_endpoint: str | None = setting(None, "Endpoint for S3-compatible services (MinIO, R2, ...). Unset: AWS.")
+    s3_region: str | None = setting(None, "Region. Unset: from the AWS chain (AWS_DEFAULT_REGION, ~/.aws/config).")
+    s3_prefix: str = setting("", 'Key prefix for every object this server writes (e.g. "uploads/").')
+    s3_path_style: bool = setting(
+        False, "Path-style URLs (endpoint/bucket/key), needed by MinIO and most self-hosted S3."
+    )
+    s3_min_part_size: int = setting(5 * MiB, "Smallest part S3 accepts for every part but the last (5 MiB on AWS).")
+    s3_part_size: int = setting(16 * MiB, "Size of the multipart parts the server uploads.")
+    s3_uniform_parts: bool = setting(False, "Make every part but the last the same size (required by Cloudflare R2).")
+    s3_upload_concurrency: int = setting(4, "Parts uploaded in parallel for one upload.")
+    s3_max_concurrency: int = setting(16, "Parts uploaded in parallel across all uploads of this server.")
+    s3_presigned_downloads: bool = setting(
+        False, "Answer downloads with a 302 redirect to a presigned S3 GET URL (the bytes skip the server)."
+    )
+    s3_presign_expiry: float = setting(3600.0, "Seconds a presigned download URL stays valid.")
     # Logging
-    log_level: str = "info"
-    log_format: str = "text"  # "text" or "json"
+    log_level: str = setting("info", "Log level: debug, info, warning, error or critical.")
+    log_format: str = setting("text", 'Log format: "text" or "json" (one JSON object per line).')

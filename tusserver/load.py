@@ -115,6 +115,7 @@ class FieldSpec:
     size: bool  # an int byte count that accepts suffixes like 5MiB
     default: Any
     secret: bool = False  # field(repr=False): its value never appears in messages
+    help: str = ""  # what the key does, from Config's setting(); --help shows it
 
     @property
     def env(self) -> str:
@@ -136,7 +137,8 @@ def field_specs() -> list[FieldSpec]:
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
         # Byte counts are named *_size by convention; they accept "5MiB".
         size = kind is int and f.name.endswith("_size")
-        specs.append(FieldSpec(f.name, kind, optional, size, default, secret=not f.repr))
+        help_text = f.metadata.get("help", "")
+        specs.append(FieldSpec(f.name, kind, optional, size, default, secret=not f.repr, help=help_text))
     return specs
 
 
