@@ -21,6 +21,7 @@ from .load import CHOICES, CONFIG_ENV, ConfigError, FieldSpec, field_specs, load
 from .logs import setup_logging
 from .ops import add_ops_routes
 from .shutdown import drain_on_signals
+from .stores.base import StoreStartError
 
 log = logging.getLogger("tusserver")
 
@@ -224,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "token":
             return print_token(config, **token_args)
         return serve(config)
-    except OSError as exc:
-        # Typically the port is taken or the data directory is not writable.
+    except (OSError, StoreStartError) as exc:
+        # Typically the port is taken, the data directory is not writable, or S3 refuses us.
         log.error("cannot start: %s", exc)
         return 1

@@ -100,6 +100,10 @@ class ExpiringStore(Protocol):
         """Remove storage debris (e.g. multipart uploads with no .info) older than a timestamp."""
 
 
+class StoreStartError(Exception):
+    """start() found the store unusable as configured; the message tells the operator why."""
+
+
 @runtime_checkable
 class ReadyStore(Protocol):
     async def ready(self) -> bool:

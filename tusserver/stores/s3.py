@@ -32,14 +32,14 @@ from typing import Any
 import aiohttp
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from .. import errors
 from ..config import Config
 from ..errors import TusError
 from ..info import UploadInfo
 from ..protocol import download_headers, is_valid_upload_id
-from .base import Download, RedirectDownload, StreamDownload
+from .base import Download, RedirectDownload, StoreStartError, StreamDownload
 from .spool import Piece, Spool, check_writable, remove_stale_spools
 
 log = logging.getLogger("tusserver.s3")
@@ -223,6 +223,39 @@ class S3Store:
         self._client = await self._exit.enter_async_context(
             session.create_client("s3", endpoint_url=self.endpoint_url, region_name=self.region, config=config)
         )
+        try:
+            await self._check_bucket()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _check_bucket(self) -> None:
+        """Refuse to start without credentials or access to the bucket: a server that
+        starts anyway answers 503 to every upload. Later outages show on /readyz."""
+        where = self.endpoint_url or "AWS"
+        try:
+            await self._client.head_bucket(Bucket=self.bucket)
+        except NoCredentialsError:
+            raise StoreStartError(
+                "S3: no credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+                "or AWS_PROFILE, or give the machine a role"
+            ) from None
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            code = _code(exc)
+            if status == 403 or code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+                message = f"access denied to bucket {self.bucket!r} at {where}: wrong credentials, or no permission"
+            elif status == 404 or code == "NoSuchBucket":
+                message = f"no such bucket {self.bucket!r} at {where}"
+            elif status == 301 or code in ("PermanentRedirect", "AuthorizationHeaderMalformed"):
+                headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+                region = headers.get("x-amz-bucket-region") or "another region"
+                message = f"bucket {self.bucket!r} is in {region}; set s3_region"
+            else:
+                message = f"bucket {self.bucket!r} at {where} answered {status} {code}".rstrip()
+            raise StoreStartError("S3: " + message) from None
+        except (BotoCoreError, aiohttp.ClientError, OSError) as exc:
+            raise StoreStartError(f"S3: endpoint {where} unreachable: {exc}") from None
 
     @property
     def client(self) -> Any:
