@@ -29,6 +29,7 @@ from tusserver.stores.s3 import (
     S3Store,
     part_size_for,
     uniform_part_size,
+    uniform_ranges,
 )
 from tusserver.stores.spool import TEMP_PREFIX, remove_stale_spools
 
@@ -361,9 +362,12 @@ class S3Proxy:
         self.read_ahead: list[int] = []
         self.on_part = None
         self.url = ""
+        self.bytes_up = 0  # request bodies sent to S3
+        self.bytes_down = 0  # response bodies received from S3
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
+        self.bytes_up += len(body)
         is_part = (
             request.method == "PUT"
             and "partNumber" in request.query
@@ -386,6 +390,7 @@ class S3Proxy:
                 request.method, self.upstream + request.path_qs, headers=headers, data=body
             ) as resp:
                 content = await resp.read()
+                self.bytes_down += len(content)
                 skip = ("transfer-encoding", "content-encoding")
                 out = {k: v for k, v in resp.headers.items() if k.lower() not in skip}
                 return web.Response(status=resp.status, body=content, headers=out)
@@ -776,5 +781,116 @@ def test_part_sizes_keep_the_largest_uploads_within_10000_parts():
         5 * MiB,
     )
     assert uniform_part_size(MAX_OBJECT_SIZE, 16 * MiB, 5 * MiB) * MAX_PARTS >= MAX_OBJECT_SIZE
-    assert uniform_part_size(None, 16 * MiB, 5 * MiB) * MAX_PARTS >= MAX_OBJECT_SIZE
+    # Without a length, the preferred size: `.part` (re-read by every PATCH) stays below it.
+    assert uniform_part_size(None, 16 * MiB, 5 * MiB) == 16 * MiB
     assert uniform_part_size(100 * MiB, 16 * MiB, 5 * MiB) == 16 * MiB
+
+
+def test_uniform_ranges_cut_the_concatenation_into_equal_parts():
+    assert uniform_ranges([], 5) == []
+    assert uniform_ranges([0, 0], 5) == []
+    assert uniform_ranges([5], 5) == [[(0, 0, 5)]]
+    assert uniform_ranges([12], 5) == [[(0, 0, 5)], [(0, 5, 10)], [(0, 10, 12)]]
+    assert uniform_ranges([7, 0, 2, 9], 5) == [
+        [(0, 0, 5)],
+        [(0, 5, 7), (2, 0, 2), (3, 0, 1)],
+        [(3, 1, 6)],
+        [(3, 6, 9)],
+    ]
+
+
+# -- uniform parts (Cloudflare R2): concatenation and deferred length ---------------------------
+
+
+def object_part_sizes(s3: Bucket, key: str) -> list[int]:
+    """The size of each part of a completed multipart object (HeadObject with PartNumber)."""
+    count = s3.s3.head_object(Bucket=s3.name, Key=key, PartNumber=1).get("PartsCount", 1)
+    return [s3.s3.head_object(Bucket=s3.name, Key=key, PartNumber=n)["ContentLength"] for n in range(1, count + 1)]
+
+
+async def test_concatenation_with_uniform_parts_is_byte_exact_with_equal_parts(serve, s3, spool_dir):
+    server = await serve(uniform_parts=True, part_size=5 * MiB)
+    calls: list[str] = []
+    for operation in ("UploadPart", "UploadPartCopy"):
+        server.store.client.meta.events.register(
+            f"provide-client-params.s3.{operation}", lambda params, op=operation, **kw: calls.append(op)
+        )
+    # Parts: [A 0-5M) copied; [A 5M-6M+1, B, C 0-4M-3) streamed; [C 4M-3..9M-3) copied from
+    # the middle of C; [C 9M-3..12M, D, E) streamed, the shorter last part.
+    pieces = [payload(6 * MiB + 1, seed=30), b"ab", payload(12 * MiB, seed=31), payload(3, seed=32), b"z"]
+    ids = []
+    for piece in pieces:
+        upload_id = await server.create(len(piece), Upload_Concat="partial")
+        await server.patch(upload_id, 0, piece)
+        ids.append(upload_id)
+    calls.clear()
+    headers = {**TUS, "Upload-Concat": "final;" + " ".join(f"/{i}" for i in ids)}
+    async with server.client.post("/", headers=headers) as resp:
+        assert resp.status == 201, await resp.text()
+        final = URL(resp.headers["Location"]).path.rsplit("/", 1)[1]
+    data = b"".join(pieces)
+    s3.assert_object(final, data)
+    assert object_part_sizes(s3, final) == [5 * MiB, 5 * MiB, 5 * MiB, len(data) - 15 * MiB]
+    assert sorted(calls) == ["UploadPart", "UploadPart", "UploadPartCopy", "UploadPartCopy"]
+    assert_no_temp_files(spool_dir)
+    assert (await server.head(final))["Upload-Length"] == str(len(data))
+
+
+async def test_concatenation_with_uniform_parts_of_partials_smaller_than_a_part(serve, s3, spool_dir):
+    server = await serve(uniform_parts=True, part_size=5 * MiB)
+    pieces = [payload(3 * MiB, seed=33), payload(3 * MiB, seed=34), payload(3 * MiB, seed=35), b""]
+    ids = []
+    for piece in pieces:
+        upload_id = await server.create(len(piece), Upload_Concat="partial")
+        if piece:
+            await server.patch(upload_id, 0, piece)
+        ids.append(upload_id)
+    headers = {**TUS, "Upload-Concat": "final;" + " ".join(f"/{i}" for i in ids)}
+    async with server.client.post("/", headers=headers) as resp:
+        assert resp.status == 201, await resp.text()
+        final = URL(resp.headers["Location"]).path.rsplit("/", 1)[1]
+    s3.assert_object(final, b"".join(pieces))
+    assert object_part_sizes(s3, final) == [5 * MiB, 4 * MiB]
+    assert_no_temp_files(spool_dir)
+
+
+async def test_deferred_length_with_uniform_parts_moves_linear_bytes(serve, proxy, s3, spool_dir):
+    part_size, chunk, patches = 6 * MiB, 5 * MiB, 12
+    data = payload(chunk * patches, seed=36)
+    server = await serve(endpoint=proxy.url, uniform_parts=True, part_size=part_size)
+    upload_id = await server.create(None)
+    proxy.bytes_up = proxy.bytes_down = 0
+    for n in range(patches):
+        extra = {"Upload_Length": str(len(data))} if n == patches - 1 else {}
+        if extra:  # before the last PATCH: every part so far is exactly one part size
+            sizes = [p["Size"] for p in s3.parts(upload_id)]
+            assert sizes and set(sizes) == {part_size}
+        assert await server.patch(upload_id, n * chunk, data[n * chunk : (n + 1) * chunk], **extra) == (n + 1) * chunk
+    s3.assert_object(upload_id, data)
+    moved = proxy.bytes_up + proxy.bytes_down
+    # Each PATCH sends its body and re-reads and re-writes at most one part's worth of
+    # `.part`: linear in the bytes. A part sized for 5 TiB kept every byte in `.part`,
+    # re-read on each PATCH: 12 times the data here (2 times now).
+    assert moved <= len(data) + 2 * part_size * patches, moved / len(data)
+    assert_no_temp_files(spool_dir)
+
+
+async def test_deferred_length_with_uniform_parts_resizes_parts_until_the_first_is_sent(serve, s3):
+    server = await serve(uniform_parts=True, part_size=5 * MiB)
+    upload_id = await server.create(None)
+    assert json.loads(s3.get(f"{upload_id}.info"))["storage"]["part_size"] == 5 * MiB
+    # 60 GiB needs parts of 6,442,451 bytes to stay within 10,000 parts; no part is sent yet.
+    await server.patch(upload_id, 0, b"x" * 100, Upload_Length=str(60 << 30))
+    storage = json.loads(s3.get(f"{upload_id}.info"))["storage"]
+    assert storage["part_size"] == -(-(60 << 30) // MAX_PARTS) == 6_442_451
+    assert await server.offset(upload_id) == 100
+
+    # Once a part is sent, the size stays: a length beyond 10,000 parts of it is refused.
+    other = await server.create(None)
+    data = payload(6 * MiB, seed=37)
+    assert await server.patch(other, 0, data) == len(data)
+    assert [p["Size"] for p in s3.parts(other)] == [5 * MiB]
+    before = s3.get(f"{other}.info")
+    await server.patch(other, len(data), b"", expect=413, Upload_Length=str(5 * MiB * MAX_PARTS + 1))
+    assert s3.get(f"{other}.info") == before
+    assert await server.patch(other, len(data), b"", Upload_Length=str(5 * MiB * MAX_PARTS)) == len(data)

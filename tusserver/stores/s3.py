@@ -78,9 +78,34 @@ def part_size_for(
 
 
 def uniform_part_size(length: int | None, preferred: int, min_part: int) -> int:
-    """The one part size of an upload whose non-final parts must all be equal (R2)."""
-    need = math.ceil((MAX_OBJECT_SIZE if length is None else length) / MAX_PARTS)
+    """The one part size of an upload whose non-final parts must all be equal (R2).
+
+    Without a length it is the preferred size: `.part` holds less than one part and is
+    re-read by every PATCH, so a part sized for 5 TiB would make a deferred upload
+    quadratic. Such an upload holds at most MAX_PARTS parts of it (see set_length)."""
+    need = 0 if length is None else math.ceil(length / MAX_PARTS)
     return min(max(preferred, min_part, need), MAX_PART_SIZE)
+
+
+def uniform_ranges(sizes: list[int], part_size: int) -> list[list[tuple[int, int, int]]]:
+    """Cut the concatenation of objects of `sizes` into parts of `part_size` bytes (the
+    last one shorter): per part, the (object index, start, end) ranges it is made of."""
+    parts: list[list[tuple[int, int, int]]] = []
+    current: list[tuple[int, int, int]] = []
+    room = part_size
+    for index, size in enumerate(sizes):
+        start = 0
+        while start < size:
+            end = start + min(room, size - start)
+            current.append((index, start, end))
+            room -= end - start
+            start = end
+            if room == 0:
+                parts.append(current)
+                current, room = [], part_size
+    if current:
+        parts.append(current)
+    return parts
 
 
 def s3_metadata(metadata: dict[str, str | None]) -> dict[str, str]:
@@ -485,6 +510,16 @@ class S3Store:
     async def set_length(self, info: UploadInfo, length: int) -> None:
         if length > MAX_OBJECT_SIZE:
             raise TusError(errors.MAX_SIZE_EXCEEDED, "S3 objects are at most 5 TiB")
+        part_size = info.storage.get("part_size")
+        if part_size:
+            if not info.storage.get("upload_id") and info.storage.get("object_stored") is None:
+                # No part sent yet: the parts may still take the size this length needs.
+                part_size = info.storage["part_size"] = uniform_part_size(length, self.part_size, self.min_part_size)
+            elif length > part_size * MAX_PARTS:
+                raise TusError(
+                    errors.MAX_SIZE_EXCEEDED,
+                    f"with parts of {part_size} bytes this upload holds at most {part_size * MAX_PARTS} bytes",
+                )
         info.length = length
         await self.save_info(info)
 
@@ -592,7 +627,28 @@ class S3Store:
 
     async def concatenate(self, final: UploadInfo, partials: list[UploadInfo]) -> None:
         key = final.storage["key"]
+        total = sum(p.length or 0 for p in partials)
+        uniform = self.uniform_parts or bool(final.storage.get("part_size"))
+        if uniform:
+            # The length is known now: size the parts for it (saved with the upload id).
+            final.storage["part_size"] = uniform_part_size(total, self.part_size, self.min_part_size)
         upload = final.storage.get("upload_id") or await self._start_upload(final)
+        try:
+            if uniform:
+                parts = await self._concatenate_uniform(key, upload, partials, final.storage["part_size"])
+            else:
+                parts = await self._concatenate_parts(key, upload, partials)
+        except _STORAGE_ERRORS as exc:
+            raise _unavailable(exc) from None
+        final.length = total
+        await self._complete(final, parts)
+        final.offset = final.length
+        final.finished = True
+        await self.save_info(final)
+        self._upload_ids.pop(final.id, None)
+
+    async def _concatenate_parts(self, key: str, upload: str, partials: list[UploadInfo]) -> list[dict[str, Any]]:
+        """Each partial of at least the minimum size as parts copied whole; smaller ones streamed."""
         parts: list[dict[str, Any]] = []
         spool = Spool(self.temp_dir, self.part_size)
         try:
@@ -613,16 +669,67 @@ class S3Store:
                     piece = spool.cut()
                     assert piece is not None
                     await self._send_piece(key, upload, piece, parts)
-        except _STORAGE_ERRORS as exc:
-            raise _unavailable(exc) from None
         finally:
             spool.discard()
-        final.length = sum(p.length or 0 for p in partials)
-        await self._complete(final, parts)
-        final.offset = final.length
-        final.finished = True
-        await self.save_info(final)
-        self._upload_ids.pop(final.id, None)
+        return parts
+
+    async def _concatenate_uniform(
+        self, key: str, upload: str, partials: list[UploadInfo], part_size: int
+    ) -> list[dict[str, Any]]:
+        """Every part but the last exactly `part_size` bytes (R2): a part within one partial
+        is a ranged UploadPartCopy; one spanning partials is streamed through a temp file.
+        At most `upload_concurrency` parts, so as many temp files, are in flight."""
+        plan = uniform_ranges([p.length or 0 for p in partials], part_size)
+        limit = asyncio.Semaphore(self.upload_concurrency)
+
+        async def make(number: int, ranges: list[tuple[int, int, int]]) -> dict[str, Any]:
+            size = sum(end - start for _, start, end in ranges)
+            async with limit:
+                if len(ranges) == 1:
+                    index, start, end = ranges[0]
+                    async with self._slots:
+                        response = await self._call(
+                            "upload_part_copy",
+                            Key=key,
+                            UploadId=upload,
+                            PartNumber=number,
+                            CopySource={"Bucket": self.bucket, "Key": partials[index].storage["key"]},
+                            CopySourceRange=f"bytes={start}-{end - 1}",
+                        )
+                    etag = response["CopyPartResult"]["ETag"]
+                else:
+                    piece = await self._spool_ranges([(partials[i].storage["key"], s, e) for i, s, e in ranges])
+                    try:
+                        if piece.size != size:  # a body cut short must not become a part
+                            raise TusError(errors.STORAGE_UNAVAILABLE)
+                        async with self._slots:
+                            etag = await self._upload_part(key, upload, number, piece)
+                    finally:
+                        piece.remove()
+            return {"PartNumber": number, "ETag": etag, "Size": size}
+
+        tasks = [asyncio.ensure_future(make(n, ranges)) for n, ranges in enumerate(plan, 1)]
+        try:
+            return list(await asyncio.gather(*tasks))
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)  # their temp files are removed
+
+    async def _spool_ranges(self, ranges: list[tuple[str, int, int]]) -> Piece:
+        """The bytes of (key, start, end) ranges, in order, in one temp file."""
+        spool = Spool(self.temp_dir, MAX_PART_SIZE + 1)  # never cut: one piece
+        try:
+            for source, start, end in ranges:
+                response = await self._call("get_object", Key=source, Range=f"bytes={start}-{end - 1}")
+                async with response["Body"] as stream:
+                    async for chunk in stream.iter_chunks(READ_CHUNK):
+                        spool.write(chunk)
+            piece = spool.cut()
+        finally:
+            spool.discard()
+        assert piece is not None  # every range holds at least one byte
+        return piece
 
     # A final created before its partials finished is found from each partial through an
     # empty `<partial>.finals/<final>` object.
