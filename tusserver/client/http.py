@@ -156,8 +156,13 @@ class HttpClient:
                 position, end = body.start, body.start + body.size
                 while position < end:
                     step = min(SLICE, end - position)
+                    if writer.transport.is_closing():
+                        raise ConnectionResetError("the connection closed while the body was being sent")
                     # sendfile waits for the headers (and anything before) to leave first.
-                    await self._wait(loop.sendfile(writer.transport, f, position, step))
+                    try:
+                        await self._wait(loop.sendfile(writer.transport, f, position, step))
+                    except RuntimeError as exc:  # asyncio's "Transport is closing", lost mid-call
+                        raise ConnectionResetError(str(exc)) from None
                     position += step
                     if on_sent is not None:
                         on_sent(step)
