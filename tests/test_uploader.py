@@ -87,6 +87,7 @@ async def test_sigkill_mid_file_then_same_command_resumes(server, tmp_path):
         assert await again.run() == 0, again.err
         url = again.out.strip()
         received = await received_bytes(server.url)
+        print(f"resume after SIGKILL: the server received {received / size:.3f}x the file")
         assert received < 1.2 * size, f"the server received {received / size:.2f}x the file"
         assert await stored_sha256(url) == sha
         assert remembered(tmp_path / "cache") == {}
