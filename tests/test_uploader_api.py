@@ -119,3 +119,16 @@ def test_damaged_resume_store_starts_afresh(tmp_path):
     assert store.get("k") is None
     store.put("k", {"urls": ["u"]})
     assert store.get("k")["urls"] == ["u"]
+
+
+def test_off_a_terminal_progress_is_a_line_with_bytes_rate_and_eta():
+    from tusserver.client.progress import LineProgress, make_progress
+
+    out = io.StringIO()
+    assert isinstance(make_progress(False, 10, out), LineProgress)  # StringIO is not a TTY
+    watcher = LineProgress(out, every=0.0).add_file("a.bin", 4 * MiB)
+    watcher.update(0)
+    watcher.update(MiB)
+    line = out.getvalue().splitlines()[-1]
+    assert line.startswith("a.bin: 1.0 MiB of 4.0 MiB (25%), ") and line.endswith(" left")
+    assert make_progress(True, 10, out).add_file("a", 1).update(1) is None  # --quiet: silent
