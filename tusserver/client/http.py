@@ -115,7 +115,10 @@ class HttpClient:
                     raise exc
                 connection.close()
                 return response
-            response, keep = await self._read_response(connection.reader, method)
+            try:
+                response, keep = await self._read_response(connection.reader, method)
+            except ValueError as exc:  # a number that is not one, in the status line or a length
+                raise ConnectionError(f"unreadable answer: {exc}") from None
         except BaseException:
             connection.close()
             raise

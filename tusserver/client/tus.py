@@ -121,6 +121,8 @@ class Tus1:
             response = await self.http.request(method, url, {**self.headers, **(headers or {})}, body, on_sent)
         except OSError as exc:
             raise Retry(f"{method} failed: {exc or type(exc).__name__}") from None
+        except ValueError as exc:  # e.g. a Location that is not an http(s) URL
+            raise Rejected(f"{method} {url[:200]}: {exc}") from None
         if response.status >= 500 or response.status in RETRY_STATUSES:
             wait = parse_retry_after(response.header("retry-after"))
             raise Retry(f"{method} answered {server_message(response)}", wait)
