@@ -8,6 +8,7 @@ import importlib
 import inspect
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -202,6 +203,11 @@ def print_token(config: Config, ttl: float, subject: str | None, scope: str | No
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["upload"]:  # the client has its own flags, none of the server's
+        from .client.cli import main as upload
+
+        return upload(argv[1:])
     parser = build_parser()
     args = vars(parser.parse_args(argv))
     command = args.pop("command", None)
