@@ -132,3 +132,13 @@ def test_off_a_terminal_progress_is_a_line_with_bytes_rate_and_eta():
     line = out.getvalue().splitlines()[-1]
     assert line.startswith("a.bin: 1.0 MiB of 4.0 MiB (25%), ") and line.endswith(" left")
     assert make_progress(True, 10, out).add_file("a", 1).update(1) is None  # --quiet: silent
+
+
+def test_the_client_loads_without_the_server_side():
+    import subprocess
+    import sys
+
+    server_side = ("aiohttp.web", "tusserver.stores", "tusserver.app")
+    probe = f"import sys, tusserver.client; print(sorted(m for m in sys.modules if m in {server_side!r}))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

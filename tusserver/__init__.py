@@ -1,14 +1,38 @@
 """tusserver: a tus 1.0.0 resumable-upload server on aiohttp, for disk and S3."""
 
-from .app import create_app
-from .auth import make_token
-from .config import Config
-from .errors import TusError
-from .hooks import HookEvent, HookRejected, HookResult, Hooks
-from .info import UploadInfo
-from .locks import MemoryLocker
-from .ops import add_ops_routes
-from .stores import FileStore, Store
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Imported on first use, so that `tusserver.client` (the uploader) and `tusserver.protocol`
+# load without the server side (aiohttp.web, the stores).
+_EXPORTS = {
+    "Config": ".config",
+    "FileStore": ".stores",
+    "HookEvent": ".hooks",
+    "HookRejected": ".hooks",
+    "HookResult": ".hooks",
+    "Hooks": ".hooks",
+    "MemoryLocker": ".locks",
+    "Store": ".stores",
+    "TusError": ".errors",
+    "UploadInfo": ".info",
+    "add_ops_routes": ".ops",
+    "create_app": ".app",
+    "make_token": ".auth",
+}
+
+if TYPE_CHECKING:
+    from .app import create_app
+    from .auth import make_token
+    from .config import Config
+    from .errors import TusError
+    from .hooks import HookEvent, HookRejected, HookResult, Hooks
+    from .info import UploadInfo
+    from .locks import MemoryLocker
+    from .ops import add_ops_routes
+    from .stores import FileStore, Store
 
 __all__ = [
     "Config",
@@ -26,3 +50,12 @@ __all__ = [
     "make_token",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'tusserver' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value

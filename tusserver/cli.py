@@ -41,13 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="tusserver",
-        usage="%(prog)s [options] [cleanup | token]",
+        usage="%(prog)s [options] [cleanup | token | upload]",
         parents=[common],
         description="A tus 1.0.0 resumable-upload server. Settings: CLI flags > TUSSERVER_* environment "
         "> --config file > defaults.",
     )
     parser.add_argument("--version", action="version", version=f"tusserver {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="{cleanup,token}")
+    commands = parser.add_subparsers(dest="command", metavar="{cleanup,token,upload}")
     commands.add_parser(
         "cleanup",
         parents=[common],
@@ -64,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--subject", dest="token_subject", help="who it is for (the 'sub' claim)")
     token.add_argument(
         "--scope", dest="token_scope", choices=("upload", "download", "upload download"), help="default: both"
+    )
+    # Listed for --help only: main() hands `upload ...` to the client before this parser runs.
+    commands.add_parser(
+        "upload",
+        help="upload files to any tus server, resuming across runs (tusserver upload --help)",
+        add_help=False,
     )
     return parser
 
