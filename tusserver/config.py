@@ -42,6 +42,13 @@ class Config:
     # Access control
     downloads_require_hook: bool = False  # GET answers 403 unless a pre-get hook approves
     auth_secret: str | None = field(default=None, repr=False)  # HMAC key of bearer tokens; None: no tokens
+    auth_jwks_url: str | None = None  # JWKS of an identity provider; RS256/ES256/EdDSA tokens verify against it
+    auth_issuer: str | None = None  # when set, tokens must carry this `iss`
+    auth_audience: str | None = None  # when set, tokens must carry this `aud`
+    auth_leeway: float = 30.0  # seconds of clock skew allowed on exp, nbf and iat (at most 300)
+    auth_max_ttl: float = 30 * 86400.0  # tokens that expire further in the future are refused
+    ops_host: str | None = None  # address of the ops listener (ops_port); default: host
+    ops_port: int | None = None  # serve /metrics, /healthz, /readyz on this port only; None: on the main one
     # Hooks (Python callbacks are passed to create_app; these configure the HTTP webhook)
     hooks_url: str | None = None  # receives a JSON POST per selected event
     hooks_events: list[str] = field(
