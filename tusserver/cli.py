@@ -11,10 +11,10 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from aiohttp import web
+from aiohttp import web, web_response
 
 from . import __version__
-from .app import SHUTDOWN_KEY, create_app, server_headers
+from .app import SERVER_NAME, SHUTDOWN_KEY, create_app, server_headers
 from .auth import make_token
 from .config import Config
 from .load import CHOICES, CONFIG_ENV, ConfigError, FieldSpec, field_specs, load_config, parse_text
@@ -172,6 +172,9 @@ def serve(config: Config) -> int:
         log.error("invalid configuration: %s", exc)
         return 2
     drain_on_signals(app, app[SHUTDOWN_KEY])
+    # Answers aiohttp gives before any app sees the request (a malformed request line: 400)
+    # skip on_response_prepare; in our own process, its default Server value can change too.
+    web_response.SERVER_SOFTWARE = SERVER_NAME
     url = f"http://{_url_host(config.host)}:{config.port}{config.base_path}"
     where = config.file_dir if config.store == "file" else f"s3://{config.s3_bucket}/{config.s3_prefix}"
 
