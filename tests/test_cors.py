@@ -9,6 +9,7 @@ from aiohttp import web
 from tusserver.app import create_app
 from tusserver.config import Config
 from tusserver.cors import OriginPolicy
+from tusserver.load import ConfigError
 from tusserver.stores.file import FileStore
 
 ORIGIN = "https://app.example.com"
@@ -167,8 +168,23 @@ async def test_regex_origins_match_the_whole_origin(make_client):
         assert cors_headers(response) == {}
 
 
-async def test_credentials_echo_the_origin_even_for_star(make_client):
-    client = await make_client(cors_credentials=True)
+@pytest.mark.parametrize("origins", [["*"], [ORIGIN, "*"]])
+def test_star_with_credentials_is_refused_at_start_up(origins):
+    # It would grant every website the user's cookies: a ConfigError naming both keys.
+    with pytest.raises(ConfigError) as caught:
+        create_app(Config(cors_origins=origins, cors_credentials=True), store=FileStore("/nonexistent"))
+    assert "cors_origins" in str(caught.value) and "cors_credentials" in str(caught.value)
+
+
+def test_the_cli_refuses_star_with_credentials(tmp_path, caplog):
+    from tusserver.cli import serve
+
+    assert serve(Config(cors_credentials=True, file_dir=str(tmp_path), port=0)) == 2
+    assert "cors_credentials" in caplog.text
+
+
+async def test_credentials_echo_a_listed_origin(make_client):
+    client = await make_client(cors_origins=[ORIGIN], cors_credentials=True)
     response = await client.options("/", headers=preflight())
     assert response.headers["Access-Control-Allow-Origin"] == ORIGIN
     assert response.headers["Access-Control-Allow-Credentials"] == "true"

@@ -51,7 +51,7 @@ async def test_get_redirects_to_a_presigned_url_that_serves_the_exact_bytes(aioh
     expected = download_headers({"filename": "отчёт 2024.pdf", "filetype": "application/pdf"})
     assert query["response-content-disposition"] == [expected["Content-Disposition"]]
     assert "filename*=UTF-8''%D0%BE%D1%82%D1%87%D1%91%D1%82%202024.pdf" in expected["Content-Disposition"]
-    assert query["response-content-type"] == ["application/pdf"]
+    assert query["response-content-type"] == ["application/octet-stream"]  # PDFs are attachments
 
     async with aiohttp.ClientSession() as s3, s3.get(location) as fetched:
         assert fetched.status == 200

@@ -417,14 +417,16 @@ def test_invalid_upload_ids(value):
 
 # -- GET download headers ----------------------------------------------------------------
 
+SAFE = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": "sandbox", "Referrer-Policy": "no-referrer"}
+
 
 @pytest.mark.parametrize(
     "filetype",
-    ["image/png", "image/jpeg", "IMAGE/GIF", "video/mp4", "audio/mpeg", "application/pdf", "text/plain"],
+    ["image/png", "image/jpeg", "IMAGE/GIF", "video/mp4", "audio/mpeg", "text/plain"],
 )
 def test_download_inline_for_allow_listed_types(filetype):
     headers = protocol.download_headers({"filetype": filetype})
-    assert headers == {"Content-Type": filetype.lower(), "Content-Disposition": "inline"}
+    assert headers == {"Content-Type": filetype.lower(), "Content-Disposition": "inline", **SAFE}
 
 
 @pytest.mark.parametrize(
@@ -440,12 +442,17 @@ def test_download_inline_for_allow_listed_types(filetype):
         "text/plain; charset=utf-8",
         "image/png\r\nX-Evil: 1",
         "text/html, image/png",
+        "application/pdf",  # PDFs carry scripts; Chromium will not render one under CSP sandbox anyway
+        "application/xml",
+        "image/svg",
+        "text/javascript",
+        "application/x-shockwave-flash",
     ],
 )
 def test_download_attachment_for_everything_else(filetype):
     metadata = {} if filetype is None else {"filetype": filetype}
     headers = protocol.download_headers(metadata)
-    assert headers == {"Content-Type": "application/octet-stream", "Content-Disposition": "attachment"}
+    assert headers == {"Content-Type": "application/octet-stream", "Content-Disposition": "attachment", **SAFE}
 
 
 def test_download_filename_ascii():
@@ -456,7 +463,7 @@ def test_download_filename_ascii():
 def test_download_filename_non_ascii_uses_rfc_6266_filename_star():
     headers = protocol.download_headers({"filename": "naïve 📄.pdf", "filetype": "application/pdf"})
     assert headers["Content-Disposition"] == (
-        "inline; filename=\"na_ve _.pdf\"; filename*=UTF-8''na%C3%AFve%20%F0%9F%93%84.pdf"
+        "attachment; filename=\"na_ve _.pdf\"; filename*=UTF-8''na%C3%AFve%20%F0%9F%93%84.pdf"
     )
 
 

@@ -737,9 +737,9 @@ async def test_get_other_filetype_is_an_octet_stream_attachment(tus):
 async def test_get_non_ascii_filename_uses_filename_star(tus):
     path = await tus.upload(b"%PDF-1.4", f"filename {b64('résumé 📄.pdf')},filetype {b64('application/pdf')}")
     reply = (await tus.get(path)).expect(200)
-    assert reply.headers["Content-Type"] == "application/pdf"
+    assert reply.headers["Content-Type"] == "application/octet-stream"
     assert reply.headers["Content-Disposition"] == (
-        "inline; filename=\"r_sum_ _.pdf\"; filename*=UTF-8''r%C3%A9sum%C3%A9%20%F0%9F%93%84.pdf"
+        "attachment; filename=\"r_sum_ _.pdf\"; filename*=UTF-8''r%C3%A9sum%C3%A9%20%F0%9F%93%84.pdf"
     )
 
 

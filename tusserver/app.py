@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from . import errors, protocol
-from .auth import BearerAuth
+from .auth import BearerAuth, auth_enabled
 from .body import ClientGone, ReleaseRequested
 from .cleanup import clean_periodically
 from .config import Config
@@ -31,6 +31,8 @@ HANDLERS_KEY = web.AppKey("tus_handlers", TusHandlers)
 STORE_KEY = web.AppKey("tus_store", object)
 METRICS_KEY = web.AppKey("tus_metrics", Metrics)
 SHUTDOWN_KEY = web.AppKey("tus_shutdown", Shutdown)
+AUTH_KEY = web.AppKey("tus_auth", object)  # the BearerAuth, or None without tokens
+SERVER_NAME = "tusserver"  # the Server header: no versions
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -107,6 +109,13 @@ async def _add_tus_resumable(request: web.Request, response: web.StreamResponse)
         response.headers.update(request.get(HOOK_HEADERS, {}))
 
 
+async def server_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """on_response_prepare: a Server header without versions (aiohttp's names Python's and its
+    own), and no content sniffing of any body, errors included."""
+    response.headers["Server"] = SERVER_NAME
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+
+
 def _effective_method(request: web.Request) -> str:
     override = request.headers.get("X-HTTP-Method-Override")
     if request.method == "POST" and override:
@@ -138,7 +147,7 @@ def create_app(
     handlers = TusHandlers(
         config, store, locker or locker_from_config(config), runner, metrics=metrics, max_size_for=max_size_for
     )
-    auth = BearerAuth(config.auth_secret) if config.auth_secret else None
+    auth = BearerAuth(config) if auth_enabled(config) else None
     shutdown = Shutdown(config.shutdown_grace)
 
     collection: dict[str, Handler] = {"OPTIONS": handlers.options, "POST": handlers.post}
@@ -154,7 +163,7 @@ def create_app(
         async def route(request: web.Request) -> web.StreamResponse:
             method = _effective_method(request)
             if auth is not None:
-                auth.check(request, method)
+                await auth.check(request, method)
             handler = table.get(method)
             if handler is None:
                 raise TusError(errors.METHOD_NOT_ALLOWED, headers={"Allow": ", ".join(table)})
@@ -170,9 +179,11 @@ def create_app(
     app[STORE_KEY] = store
     app[METRICS_KEY] = metrics
     app[SHUTDOWN_KEY] = shutdown
+    app[AUTH_KEY] = auth
     app.router.add_route("*", "/", dispatch(collection))
     app.router.add_route("*", "/{upload_id}", dispatch(upload))
     app.on_response_prepare.append(_add_tus_resumable)
+    app.on_response_prepare.append(server_headers)
     install_cors(app, config)
     app.middlewares.insert(0, metrics.middleware)  # outermost: counts preflights and errors too
 
@@ -197,6 +208,8 @@ def create_app(
             cleaner.cancel()
         if webhook is not None:
             await webhook.close(config.hooks_timeout)
+        if auth is not None:
+            await auth.close()
         await handlers.locker.close()
         await store.close()
 

@@ -12,10 +12,10 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from aiohttp import web
+from aiohttp import web, web_response
 
 from . import __version__
-from .app import SHUTDOWN_KEY, create_app
+from .app import SERVER_NAME, SHUTDOWN_KEY, create_app, server_headers
 from .auth import make_token
 from .config import Config
 from .load import CHOICES, CONFIG_ENV, ConfigError, FieldSpec, field_specs, load_config, parse_text, service_links
@@ -57,13 +57,23 @@ def build_parser() -> argparse.ArgumentParser:
     token = commands.add_parser(
         "token",
         parents=[common],
-        help="print a bearer token signed with auth_secret",
-        description="Print a bearer token signed with auth_secret (see README.md for its format).",
+        help="print a bearer token (a JWT signed with auth_secret)",
+        description="Print a bearer token: a JWT signed with auth_secret (HS256); see README.md.",
     )
     token.add_argument("--ttl", dest="token_ttl", type=float, default=3600.0, help="seconds it is valid (3600)")
     token.add_argument("--subject", dest="token_subject", help="who it is for (the 'sub' claim)")
     token.add_argument(
-        "--scope", dest="token_scope", choices=("upload", "download", "upload download"), help="default: both"
+        "--scope",
+        dest="token_scope",
+        action="append",
+        metavar="SCOPE",
+        help="upload, download or admin; repeat or space-separate for several (default: upload download)",
+    )
+    token.add_argument(
+        "--upload",
+        dest="token_upload",
+        metavar="ID",
+        help="valid for this one upload only (the 'upl' claim), e.g. a download link: --scope download",
     )
     # Listed for --help only: main() hands `upload ...` to the client before this parser runs.
     commands.add_parser(
@@ -124,10 +134,17 @@ def _text_parser(spec: FieldSpec):
 
 
 def build_app(config: Config) -> web.Application:
-    """The tus app mounted at `config.base_path`, which also answers without its trailing slash."""
+    """The tus app mounted at `config.base_path`, which also answers without its trailing slash;
+    the ops endpoints beside it, or on their own listener when `ops_port` is set."""
+    if config.ops_port is not None and config.ops_port > 65535:
+        raise ConfigError(f"ops_port must be 0..65535, got {config.ops_port}")
     tus = create_app(config)
+    ops_apart = config.ops_port is not None
     if config.base_path == "/":
-        add_ops_routes(tus, tus)  # plain paths win over /{upload_id} in aiohttp's router
+        if not ops_apart:
+            add_ops_routes(tus, tus)  # plain paths win over /{upload_id} in aiohttp's router
+        else:
+            tus.cleanup_ctx.append(_ops_listener(config, tus))
         return tus
     # "/files" must reach the collection too (POST /files like POST /files/). An empty
     # sub-app path becomes exactly the prefix once mounted.
@@ -135,10 +152,35 @@ def build_app(config: Config) -> web.Application:
     for route in list(collection):
         tus.router.add_route(route.method, "", route.handler)
     root = web.Application()
-    add_ops_routes(root, tus)
+    if not ops_apart:
+        add_ops_routes(root, tus)
+    else:
+        root.cleanup_ctx.append(_ops_listener(config, tus))
     root.add_subapp(config.base_path, tus)
+    root.on_response_prepare.append(server_headers)  # the root's own answers (404s) too
     root[SHUTDOWN_KEY] = tus[SHUTDOWN_KEY]
     return root
+
+
+def _ops_listener(config: Config, tus: web.Application):
+    """A cleanup context that serves /metrics, /healthz and /readyz on ops_host:ops_port
+    while the main app runs; they stay off the public listener."""
+
+    async def listen(app: web.Application):
+        ops = web.Application()
+        add_ops_routes(ops, tus)
+        ops.on_response_prepare.append(server_headers)
+        runner = web.AppRunner(ops, access_log=None, handle_signals=False)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, config.ops_host or config.host, config.ops_port).start()
+            host, port = runner.addresses[0][:2]
+            log.info("ops endpoints on http://%s:%d/ (/metrics, /healthz, /readyz)", _url_host(host), port)
+            yield
+        finally:
+            await runner.cleanup()
+
+    return listen
 
 
 def serve(config: Config) -> int:
@@ -148,6 +190,9 @@ def serve(config: Config) -> int:
         log.error("invalid configuration: %s", exc)
         return 2
     drain_on_signals(app, app[SHUTDOWN_KEY])
+    # Answers aiohttp gives before any app sees the request (a malformed request line: 400)
+    # skip on_response_prepare; in our own process, its default Server value can change too.
+    web_response.SERVER_SOFTWARE = SERVER_NAME
     url = f"http://{_url_host(config.host)}:{config.port}{config.base_path}"
     where = config.file_dir if config.store == "file" else f"s3://{config.s3_bucket}/{config.s3_prefix}"
 
@@ -200,11 +245,30 @@ def cleanup(config: Config) -> int:
     return 0
 
 
-def print_token(config: Config, ttl: float, subject: str | None, scope: str | None) -> int:
+def print_token(
+    config: Config, ttl: float, subject: str | None, scope: list[str] | None, upload: str | None
+) -> int:
     if not config.auth_secret:
         log.error("token: set auth_secret (TUSSERVER_AUTH_SECRET or the config file) first")
         return 2
-    print(make_token(config.auth_secret, ttl, subject=subject, scope=scope))
+    if not 0 < ttl <= config.auth_max_ttl:
+        # The server would refuse it: an expiry further away than auth_max_ttl counts as absurd.
+        log.error("token: --ttl must be more than 0 and at most auth_max_ttl (%g seconds)", config.auth_max_ttl)
+        return 2
+    try:
+        token = make_token(
+            config.auth_secret,
+            ttl,
+            subject=subject,
+            scope=" ".join(scope) if scope else None,
+            upload=upload,
+            issuer=config.auth_issuer,
+            audience=config.auth_audience,
+        )
+    except ValueError as exc:
+        log.error("token: %s", exc)
+        return 2
+    print(token)
     return 0
 
 

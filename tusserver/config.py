@@ -112,6 +112,27 @@ class Config:
         'Bearer <token>"; mint tokens with `tusserver token`.',
         secret=True,
     )
+    auth_jwks_url: str | None = setting(
+        None,
+        "URL of an identity provider's JWKS: RS256, ES256 (P-256) and EdDSA (Ed25519) tokens are checked "
+        "against the keys it publishes. Either this or auth_secret, or both, turns tokens on.",
+    )
+    auth_issuer: str | None = setting(None, "When set, a token must carry this issuer (iss).")
+    auth_audience: str | None = setting(
+        None, "When set, a token must carry this audience (aud); a token with an aud is refused while unset."
+    )
+    auth_leeway: float = setting(30.0, "Seconds of clock skew allowed on exp, nbf and iat (0 to 300).")
+    auth_max_ttl: float = setting(
+        30 * 86400.0,
+        "Tokens that expire more than this many seconds from now are refused, and `tusserver token --ttl` "
+        "cannot exceed it.",
+    )
+    ops_host: str | None = setting(None, "Address of the ops listener (with ops_port). Unset: host.")
+    ops_port: int | None = setting(
+        None,
+        "Serve /metrics, /healthz and /readyz on this port only, not on the main listener. Unset: on the "
+        "main listener.",
+    )
     # Hooks (Python callbacks are passed to create_app; these configure the HTTP webhook)
     hooks_url: str | None = setting(
         None, "URL that receives a JSON POST for each event in hooks_events. Unset: no webhook."

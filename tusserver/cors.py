@@ -17,7 +17,9 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from .auth import auth_enabled
 from .config import Config
+from .load import ConfigError
 
 ALLOWED_METHODS = ("POST", "GET", "HEAD", "PATCH", "DELETE", "OPTIONS")
 
@@ -81,14 +83,22 @@ class Cors:
     adds the grant to every response."""
 
     def __init__(self, config: Config) -> None:
+        if "*" in config.cors_origins and config.cors_credentials:
+            # The grant would then echo any origin with credentials: every site could read
+            # what a logged-in user can.
+            raise ConfigError(
+                "cors_origins '*' cannot be combined with cors_credentials = true; list the allowed origins"
+            )
         self.policy = OriginPolicy(config.cors_origins)
         self.credentials = config.cors_credentials
         self.echo_origin = config.cors_credentials or not self.policy.any
         self.preflight_headers = {
             "Access-Control-Allow-Methods": ", ".join(ALLOWED_METHODS),
             "Access-Control-Allow-Headers": ", ".join(
-                # Bearer tokens (auth_secret) travel in Authorization, which browsers must be allowed to send.
-                _unique(TUS_REQUEST_HEADERS, ["Authorization"] if config.auth_secret else [], config.cors_allow_headers)
+                # Bearer tokens travel in Authorization, which browsers must be allowed to send.
+                _unique(
+                    TUS_REQUEST_HEADERS, ["Authorization"] if auth_enabled(config) else [], config.cors_allow_headers
+                )
             ),
             "Access-Control-Max-Age": str(config.cors_max_age),
         }

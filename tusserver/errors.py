@@ -79,6 +79,9 @@ DOWNLOAD_DISABLED = ErrorKind("ERR_DOWNLOAD_DISABLED", 405, "downloads are disab
 UNAUTHORIZED = ErrorKind("ERR_UNAUTHORIZED", 401, "a valid Authorization bearer token is required")
 FORBIDDEN = ErrorKind("ERR_FORBIDDEN", 403, "request was rejected")
 INSUFFICIENT_SCOPE = ErrorKind("ERR_INSUFFICIENT_SCOPE", 403, "the bearer token does not allow this request")
+AUTH_UNAVAILABLE = ErrorKind(
+    "ERR_AUTH_UNAVAILABLE", 503, "the keys that verify bearer tokens could not be fetched; retry later"
+)
 DOWNLOAD_NOT_APPROVED = ErrorKind("ERR_DOWNLOAD_NOT_APPROVED", 403, "downloads need the approval of a pre-get hook")
 HOOK_REJECTED = ErrorKind("ERR_HOOK_REJECTED", 403, "request was rejected by a hook")
 HOOK_FAILED = ErrorKind("ERR_HOOK_FAILED", 500, "a server hook failed")

@@ -86,7 +86,7 @@ class HookRequest:
     def from_request(cls, request: web.Request) -> HookRequest:
         return cls(
             method=request.method,
-            uri=str(request.rel_url),
+            uri=str(request.rel_url.without_query_params("token")),  # a download link's token stays here
             remote_addr=request.remote,
             headers=request.headers,
             subject=request.get(AUTH_SUBJECT),

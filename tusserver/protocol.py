@@ -220,15 +220,26 @@ def http_date(timestamp: float) -> str:
     return format_datetime(datetime.fromtimestamp(timestamp, timezone.utc), usegmt=True)
 
 
-# Types a browser may render inline without risk of script execution from our origin.
+# Types a browser may render inline without running anything from our origin. Everything
+# else (HTML, SVG, XML, JavaScript, PDF with its scripts, unknown types) is an octet-stream
+# attachment, whatever `filetype` says.
 _INLINE_TYPES = re.compile(
     r"(image/(png|jpeg|gif|webp|avif|bmp|x-icon|vnd\.microsoft\.icon)"
-    r"|video/[a-z0-9.+-]+|audio/[a-z0-9.+-]+|application/pdf|text/plain)"
+    r"|video/[a-z0-9.+-]+|audio/[a-z0-9.+-]+|text/plain)"
 )
+# On every download: no sniffing into an active type; a sandbox (no scripts, no same-origin
+# access, no forms) should a browser render it anyway; and a download link's `?token=` does not
+# leave in a Referer.
+DOWNLOAD_SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "sandbox",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 def download_headers(metadata: Mapping[str, str | None]) -> dict[str, str]:
-    """Content-Type and Content-Disposition for GET, from `filetype` and `filename`."""
+    """The headers of a GET: Content-Type and Content-Disposition from `filetype` and
+    `filename`, and DOWNLOAD_SECURITY_HEADERS."""
     filetype = (metadata.get("filetype") or "").strip().lower()
     inline = _INLINE_TYPES.fullmatch(filetype) is not None
     content_type = filetype if inline else "application/octet-stream"
@@ -240,4 +251,4 @@ def download_headers(metadata: Mapping[str, str | None]) -> dict[str, str]:
             c if 0x20 <= ord(c) < 0x7F and c not in '"\\' else "_" for c in filename
         )
         disposition += f'; filename="{ascii_name}"; filename*=UTF-8\'\'{quote(filename, safe="")}'
-    return {"Content-Type": content_type, "Content-Disposition": disposition}
+    return {"Content-Type": content_type, "Content-Disposition": disposition, **DOWNLOAD_SECURITY_HEADERS}

@@ -59,7 +59,6 @@ TAIL_TAG = "tus-next-part"  # .part user metadata: the part number it goes in fr
 
 _STORAGE_ERRORS = (ClientError, BotoCoreError, aiohttp.ClientError, OSError)
 _MISSING = {"NoSuchKey", "NoSuchUpload", "404", "NotFound"}
-_CONTENT_TYPE_RE = re.compile(r"[\x21-\x7e]+(/[\x20-\x7e]*)?")
 _META_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -398,9 +397,7 @@ class S3Store:
     def _object_params(self, info: UploadInfo) -> dict[str, Any]:
         """What the final object carries besides its bytes: Content-Type and user metadata."""
         params: dict[str, Any] = {"Key": self._key(info.id), "Metadata": s3_metadata(info.metadata)}
-        content_type = info.metadata.get("filetype")
-        if content_type and _CONTENT_TYPE_RE.fullmatch(content_type):
-            params["ContentType"] = content_type
+        params["ContentType"] = download_headers(info.metadata)["Content-Type"]  # never an active type
         return params
 
     async def _start_upload(self, info: UploadInfo) -> str:
