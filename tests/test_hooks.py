@@ -64,17 +64,18 @@ async def test_every_event_fires_once_in_order_with_upload_and_request(aiohttp_c
     assert await download(client, path) == data
     assert (await client.delete(path, headers=TUS)).status == 204
 
+    # post-* hooks run once the PATCH released the upload's lock: after its pre-finish.
     assert seen.types() == [
         "pre-create",
         "post-create",
-        "post-receive",
         "pre-finish",
+        "post-receive",
         "post-finish",
         "pre-get",
         "pre-terminate",
         "post-terminate",
     ]
-    pre_create, post_create, receive, pre_finish, post_finish = seen.events[:5]
+    pre_create, post_create, pre_finish, receive, post_finish = seen.events[:5]
     assert pre_create.upload.id == upload_id
     assert pre_create.upload.length == 1000
     assert pre_create.upload.metadata == {"filename": "report.pdf", "private": None}
