@@ -735,7 +735,9 @@ class _PartWriter:
         self.received = 0
         self.taken = False  # the .part bytes are in the spool
         self.tail_broken = False  # reading the .part failed half way
-        self.waiting: list[tuple[int, Piece]] = []  # atomic: spooled, sent after the body checks out
+        # Spooled, to be sent by flush(): atomic bodies once they check out, and a piece
+        # whose wait for an upload slot was interrupted.
+        self.waiting: list[tuple[int, Piece]] = []
         self.short: Piece | None = None  # the tail too short to be a part
         self.tasks: set[asyncio.Task] = set()
         self.sent: set[int] = set()
@@ -798,17 +800,18 @@ class _PartWriter:
                 self.failed = number
                 piece.remove()
                 raise
-        # Whoever holds a piece removes it: while it waits for a slot, that is still us.
+        # Interrupted while waiting for a slot (a cancel), the piece stays the writer's:
+        # flush() sends it, so its bytes are kept, or discard() removes its temp file.
         try:
             await self.limit.acquire()
         except BaseException:
-            piece.remove()
+            self.waiting.insert(0, (number, piece))
             raise
         try:
             await self.store._slots.acquire()
         except BaseException:
             self.limit.release()
-            piece.remove()
+            self.waiting.insert(0, (number, piece))
             raise
         task = asyncio.create_task(self._upload(number, piece))
         self.tasks.add(task)
