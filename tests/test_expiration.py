@@ -57,13 +57,14 @@ async def test_off_by_default(aiohttp_client, store_factory):
 
 async def test_expired_upload_is_410_and_cleaned(aiohttp_client, store_factory):
     store = store_factory()
-    config = Config(expire_after=0.5)
+    # `fresh` must outlive the dozen S3 requests below, also on a busy machine.
+    config = Config(expire_after=1.0)
     client = await aiohttp_client(create_app(config, store=store))
     stale = await create(client, 10)
     await patch(client, stale, 0, b"01234")
     done = await create(client, 3)
     await patch(client, done, 0, b"xyz")
-    await asyncio.sleep(0.8)
+    await asyncio.sleep(1.3)
     fresh = await create(client, 10)
     assert (await head(client, stale)).status == 410
     await patch(client, stale, 5, b"56789", expect=410)
