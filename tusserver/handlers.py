@@ -142,12 +142,13 @@ class TusHandlers:
         # Before any byte: a cleaner in another process (cron, no shared lock) must never
         # find this upload expired while it receives bytes.
         await self._extend_expiry(info)
+        stream = body if self.config.expire_after is None else self._keeping_alive(info, body)
         progress = self._report_progress(request, info, body)
         try:
             # The store call ends before the lock is released, even when this request is
             # cancelled (a dropped client, shutdown): then its body stops, and what arrived is kept.
             info.offset = await await_to_completion(
-                self.store.append(info, self._keeping_alive(info, body), atomic=checksum is not None),
+                self.store.append(info, stream, atomic=checksum is not None),
                 on_cancel=lambda: stop_body(request, ClientGone("the request was cancelled")),
             )
         except Exception:
@@ -174,6 +175,7 @@ class TusHandlers:
         if self.config.expire_after is None:
             return
         now = time.time()
+        # None: saved before expiry was configured.
         if info.expires is None or info.expires - now < self.config.expire_after * EXPIRY_REFRESH:
             info.expires = now + self.config.expire_after
             await self.store.save_info(info)
