@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
+import logging
 import os
 import subprocess
 import sys
@@ -11,9 +13,13 @@ import time
 
 import pytest
 
+from tests.stored import assert_store_holds
+from tests.trickle import CleanupRuns, cleanup_args, trickle_patch
 from tests.tus_client import create, download, head, patch, sha256
 from tusserver import Config, MemoryLocker, create_app
 from tusserver.cleanup import clean_expired
+from tusserver.errors import TusError
+from tusserver.stores.base import CorruptInfo
 
 EXPIRY = 60.0
 
@@ -51,13 +57,14 @@ async def test_off_by_default(aiohttp_client, store_factory):
 
 async def test_expired_upload_is_410_and_cleaned(aiohttp_client, store_factory):
     store = store_factory()
-    config = Config(expire_after=0.5)
+    # `fresh` must outlive the dozen S3 requests below, also on a busy machine.
+    config = Config(expire_after=1.0)
     client = await aiohttp_client(create_app(config, store=store))
     stale = await create(client, 10)
     await patch(client, stale, 0, b"01234")
     done = await create(client, 3)
     await patch(client, done, 0, b"xyz")
-    await asyncio.sleep(0.8)
+    await asyncio.sleep(1.3)
     fresh = await create(client, 10)
     assert (await head(client, stale)).status == 410
     await patch(client, stale, 5, b"56789", expect=410)
@@ -114,3 +121,129 @@ def test_cleanup_command_removes_expired_uploads(tmp_path):
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in directory.iterdir()) == ["b" * 32, "b" * 32 + ".info"]
     assert sha256((directory / ("b" * 32)).read_bytes()) == sha256(b"data")
+
+
+# -- uploads receiving bytes are alive (issue 11) ----------------------------------------
+
+KiB = 1 << 10
+SLOW = dict(size=900 * KiB, rate=100 * KiB)  # one PATCH of 9 s, three times the expiry
+
+
+class AliveWatch:
+    """Reads the upload's state through a store instance of its own, as a cleaner in
+    another process does, while a PATCH runs; notes every moment it looks expired or gone."""
+
+    def __init__(self, store, upload_id: str) -> None:
+        self.store = store
+        self.upload_id = upload_id
+        self.problems: list[str] = []
+        self.looks = 0
+        self._task: asyncio.Task | None = None
+
+    async def __aenter__(self) -> AliveWatch:
+        await self.store.start()
+        self._task = asyncio.create_task(self._watch())
+        return self
+
+    async def _watch(self) -> None:
+        while True:
+            try:
+                info = await self.store.get_info(self.upload_id)
+                if info.expired(time.time()):
+                    self.problems.append(f"expired {time.time() - info.expires:.1f}s ago")
+            except TusError as exc:
+                self.problems.append(exc.message)
+            self.looks += 1
+            await asyncio.sleep(0.2)
+
+    async def __aexit__(self, *exc) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+        await self.store.close()
+
+
+async def test_the_cleaner_never_interrupts_nor_removes_an_upload_receiving_bytes(aiohttp_client, store_factory):
+    """expire_after=3, cleanup_interval=1, one PATCH of 900 KiB at 100 KiB/s: the
+    expiry moves forward while bytes flow, and a held upload is skipped."""
+    store = store_factory()
+    client = await aiohttp_client(create_app(Config(expire_after=3, cleanup_interval=1), store=store))
+    data = os.urandom(SLOW["size"])
+    path = await create(client, len(data))
+    resp = await trickle_patch(client, path, 0, data, SLOW["rate"])
+    assert resp.status == 204, await resp.text()
+    assert resp.headers["Upload-Offset"] == str(len(data))
+    await assert_store_holds(store, store_factory, path.rsplit("/", 1)[1], data)
+    assert sha256(await download(client, path)) == sha256(data)
+
+
+async def test_cleanup_from_cron_without_redis_never_removes_an_upload_receiving_bytes(
+    aiohttp_client, store_factory, store_kind, tmp_path
+):
+    """No lock is shared with the server: the expiry saved in `.info` is all the cron
+    process sees, so the PATCH keeps it ahead while it receives bytes."""
+    store = store_factory()
+    config = Config(expire_after=3, cleanup_interval=3600)  # only the cron process cleans
+    client = await aiohttp_client(create_app(config, store=store))
+    data = os.urandom(SLOW["size"])
+    path = await create(client, len(data))
+    created = time.monotonic()
+    cron = CleanupRuns(*cleanup_args(store_kind, store_factory, tmp_path), "--expire-after", "3").start()
+    try:
+        async with AliveWatch(store_factory(), path.rsplit("/", 1)[1]) as watch:
+            resp = await trickle_patch(client, path, 0, data, SLOW["rate"])
+            finished = time.monotonic()
+    finally:
+        await cron.stop()
+    assert resp.status == 204, await resp.text()
+    assert resp.headers["Upload-Offset"] == str(len(data))
+    assert watch.problems == [] and watch.looks > 20
+    # The cleaner ran while the expiry saved at creation had long passed.
+    assert cron.completed_between(created + 3.5, finished) >= 1, cron.runs
+    await assert_store_holds(store, store_factory, path.rsplit("/", 1)[1], data)
+    assert sha256(await download(client, path)) == sha256(data)
+
+
+async def write_info(store_factory, tmp_path, upload_id: str, data: bytes) -> None:
+    """Overwrite the upload's `.info` record behind the store's back."""
+    if not hasattr(store_factory, "bucket"):
+        (tmp_path / "uploads" / f"{upload_id}.info").write_bytes(data)
+        return
+    from aiobotocore.session import get_session
+
+    async with get_session().create_client("s3", endpoint_url=store_factory.endpoint) as s3:
+        await s3.put_object(Bucket=store_factory.bucket, Key=f"{upload_id}.info", Body=data)
+
+
+async def test_an_unreadable_info_is_left_alone_and_expiry_goes_on(aiohttp_client, store_factory, tmp_path, caplog):
+    """A zero-length `.info` (power loss) and one of a newer schema (rolling upgrade): the
+    cleaner skips both and removes the expired upload; requests on them are a 500 with one
+    log line naming the id, no traceback."""
+    store = store_factory()
+    config = Config(expire_after=0.5)
+    client = await aiohttp_client(create_app(config, store=store))
+    ids = [(await create(client, 10)).rsplit("/", 1)[1] for _ in range(3)]
+    truncated, newer, stale = ids
+    await write_info(store_factory, tmp_path, truncated, b"")
+    document = json.loads((await store.get_info(newer)).to_json())
+    await write_info(store_factory, tmp_path, newer, json.dumps({**document, "version": 2}).encode())
+    await asyncio.sleep(0.7)
+    caplog.clear()
+
+    assert await clean_expired(store, config, MemoryLocker()) == 1
+    assert (await head(client, f"/{stale}")).status == 404
+    for upload_id in (truncated, newer):
+        resp = await head(client, f"/{upload_id}")
+        assert resp.status == 500
+        logged = [r for r in caplog.records if upload_id in r.getMessage()]
+        assert logged and all(r.levelno == logging.ERROR for r in logged)
+    assert "schema version 2" in " ".join(r.getMessage() for r in caplog.records)
+    assert [r for r in caplog.records if r.exc_info] == []
+    # Left for an operator: neither record was removed.
+    with pytest.raises(CorruptInfo):
+        await store.get_info(truncated)
+    with pytest.raises(CorruptInfo):
+        await store.get_info(newer)

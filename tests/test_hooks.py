@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 
 import pytest
 
+from tests.hanging import wait_until
 from tests.stored import assert_store_holds
 from tests.tus_client import OCTETS, TUS, create, download, head, patch, sha256
 from tusserver import Config, FileStore, HookRejected, HookResult, Hooks, create_app
@@ -64,17 +66,18 @@ async def test_every_event_fires_once_in_order_with_upload_and_request(aiohttp_c
     assert await download(client, path) == data
     assert (await client.delete(path, headers=TUS)).status == 204
 
+    # post-* hooks run once the PATCH released the upload's lock: after its pre-finish.
     assert seen.types() == [
         "pre-create",
         "post-create",
-        "post-receive",
         "pre-finish",
+        "post-receive",
         "post-finish",
         "pre-get",
         "pre-terminate",
         "post-terminate",
     ]
-    pre_create, post_create, receive, pre_finish, post_finish = seen.events[:5]
+    pre_create, post_create, pre_finish, receive, post_finish = seen.events[:5]
     assert pre_create.upload.id == upload_id
     assert pre_create.upload.length == 1000
     assert pre_create.upload.metadata == {"filename": "report.pdf", "private": None}
@@ -436,3 +439,79 @@ async def test_logs_name_the_failing_hook(aiohttp_client, tmp_path, caplog):
     client = await start(aiohttp_client, FileStore(str(tmp_path)), hooks=hooks)
     await create(client, 1)
     assert "post-create hook" in caplog.text and "notify_billing" in caplog.text
+
+
+# -- hooks never hold an upload hostage (issue 11) ---------------------------------------
+
+
+async def test_a_python_hook_that_hangs_is_cut_off_at_hooks_timeout(aiohttp_client, tmp_path, caplog):
+    hooks = Hooks()
+
+    @hooks.on("pre-create")
+    async def hangs(event):
+        await asyncio.Event().wait()
+
+    @hooks.on("post-finish")
+    def blocks(event):  # sync, and stuck (e.g. an HTTP call without a timeout)
+        threading.Event().wait(3)
+
+    client = await start(aiohttp_client, FileStore(str(tmp_path)), Config(hooks_timeout=0.5), hooks)
+    resp = await asyncio.wait_for(client.post("/", headers={**TUS, "Upload-Length": "3"}), PATIENCE)
+    assert resp.status == 503
+    assert resp.headers["Retry-After"] == "5"
+    assert "pre-create hook" in caplog.text and "did not return within 0.5s" in caplog.text
+
+    hooks.callbacks("pre-create").clear()
+    path = await create(client, 3)
+    resp = await asyncio.wait_for(patch(client, path, 0, b"abc"), PATIENCE)  # post-finish gave up on
+    assert resp.headers["Upload-Offset"] == "3"
+    assert "post-finish hook" in caplog.text
+
+
+async def test_a_sync_hook_runs_off_the_event_loop(aiohttp_client, tmp_path):
+    """While a sync pre-create hook waits, the server still answers other requests."""
+    hooks = Hooks()
+    entered, answered = threading.Event(), threading.Event()
+    saw = []
+
+    @hooks.on("pre-create")
+    def slow(event):
+        entered.set()
+        saw.append(answered.wait(5))  # set only once an OPTIONS was answered meanwhile
+
+    client = await start(aiohttp_client, FileStore(str(tmp_path)), Config(hooks_timeout=10), hooks)
+    creating = asyncio.create_task(create(client, 3))
+    await wait_until(entered.is_set, "the hook to start")
+    resp = await client.options("/")
+    assert resp.status == 204
+    answered.set()
+    await creating
+    assert saw == [True]
+
+
+@pytest.mark.parametrize("event", ["post-receive", "post-finish"])
+async def test_post_hooks_run_after_the_upload_lock_is_released(aiohttp_client, store_factory, event):
+    """A slow post-* hook of a PATCH does not hold the upload: a HEAD meanwhile gets its
+    state at once (not 423), and the PATCH then answers as usual."""
+    hooks = Hooks()
+    running, done = asyncio.Event(), asyncio.Event()
+
+    @hooks.on(event)
+    async def slow(hook_event):
+        running.set()
+        await done.wait()
+
+    config = Config(lock_timeout=0.3, progress_interval=0)
+    client = await start(aiohttp_client, store_factory(), config, hooks)
+    data = os.urandom(1000)
+    length = len(data) if event == "post-finish" else len(data) + 1
+    path = await create(client, length)
+    patching = asyncio.create_task(patch(client, path, 0, data))
+    await asyncio.wait_for(running.wait(), PATIENCE)
+    resp = await head(client, path)
+    assert resp.status == 200  # 423: the PATCH still held the lock
+    assert resp.headers["Upload-Offset"] == str(len(data))
+    assert not patching.done()  # still delivering its post-* event
+    done.set()
+    resp = await asyncio.wait_for(patching, PATIENCE)
+    assert resp.headers["Upload-Offset"] == str(len(data))

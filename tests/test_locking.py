@@ -122,6 +122,60 @@ async def test_idle_patch_is_ended_keeps_its_bytes_and_frees_the_lock(server, st
     assert sha256(await download(client, path)) == sha256(data)
 
 
+async def test_read_timeout_counts_the_clients_silence_not_a_slow_s3(aiohttp_client, bucket, moto_endpoint, tmp_path):
+    """read_timeout=1 while each UploadPart takes 2 s with one in flight: the store stops
+    reading for seconds at a time (back-pressure), yet the client never stalls."""
+    from tusserver.stores.s3 import S3Store
+
+    store = S3Store(
+        bucket,
+        endpoint_url=moto_endpoint,
+        path_style=True,
+        temp_dir=str(tmp_path / "spool"),
+        part_size=5 * MiB,
+        upload_concurrency=1,
+    )
+    upload_part = store._upload_part
+
+    async def slow_upload_part(*args):
+        await asyncio.sleep(2)
+        return await upload_part(*args)
+
+    store._upload_part = slow_upload_part
+    client = await aiohttp_client(create_app(Config(read_timeout=1), store=store))
+    data = os.urandom(12 * MiB)
+    path = await create(client, len(data))
+    resp = await patch(client, path, 0, data)
+    assert resp.headers["Upload-Offset"] == str(len(data))
+    assert sha256(await download(client, path)) == sha256(data)
+
+
+async def test_try_lock_fails_at_once_when_held_or_awaited_and_never_asks():
+    locker = MemoryLocker(timeout=5)
+    asked = asyncio.Event()
+    async with locker.lock("u1", on_release=asked.set):
+        async with locker.try_lock("u1") as acquired:
+            assert acquired is False
+        assert not asked.is_set()
+    async with locker.try_lock("u1") as acquired:
+        assert acquired is True
+        order = []
+
+        async def request() -> None:
+            async with locker.lock("u1"):
+                order.append("request")
+
+        waiting = asyncio.create_task(request())
+        await asyncio.sleep(0.05)
+        async with locker.try_lock("u1") as other:  # held, and awaited: no
+            assert other is False
+        order.append("job")
+    await waiting
+    assert order == ["job", "request"]
+    async with locker.try_lock("u1") as acquired:
+        assert acquired is True
+
+
 async def client_loop(
     client, path: str, data: bytes, chunk: int, outcomes: list[int], stored: list | None = None
 ) -> None:

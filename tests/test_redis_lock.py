@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
@@ -17,12 +18,16 @@ from redis.asyncio import Redis
 
 from tests.conftest import free_port, stop_process, wait_for_port
 from tests.hanging import HangingPatch, Received, wait_until
-from tests.tus_client import create, head, patch, sha256
-from tusserver import Config, create_app
+from tests.stored import assert_store_holds
+from tests.trickle import CleanupRuns, cleanup_args, trickle_patch
+from tests.tus_client import create, download, head, patch, sha256
+from tusserver import Config, MemoryLocker, create_app
 from tusserver.app import HANDLERS_KEY
+from tusserver.cleanup import clean_expired
 from tusserver.errors import TusError
 from tusserver.redis_lock import RedisLocker
 
+KiB = 1 << 10
 MiB = 1 << 20
 
 
@@ -254,3 +259,110 @@ async def test_head_on_one_instance_interrupts_a_patch_hanging_on_the_other(two_
     hanging.close()
     await patch(b, path, sent, data[sent:])
     assert await s3_sha256(moto_endpoint, bucket, path.rsplit("/", 1)[1]) == sha256(data)
+
+
+# -- background jobs: try_lock (issue 11) -----------------------------------------------
+
+
+async def test_try_lock_fails_at_once_when_held_and_never_asks_the_holder(lockers):
+    a, b = await lockers(), await lockers(timeout=5)
+    asked = asyncio.Event()
+    async with a.lock("u1", on_release=asked.set):
+
+        async def attempt() -> bool:
+            async with b.try_lock("u1") as acquired:
+                return acquired
+
+        assert await asyncio.wait_for(attempt(), 2) is False  # not b's 5 s lock timeout
+        await asyncio.sleep(0.3)  # time for a release request to arrive, had one been sent
+        assert not asked.is_set()
+    async with b.try_lock("u1") as acquired:
+        assert acquired is True
+        async with a.try_lock("u1") as other:
+            assert other is False
+    async with a.try_lock("u1") as acquired:  # released
+        assert acquired is True
+
+
+async def test_a_cancel_while_the_acquire_answer_is_on_its_way_leaves_no_lock(lockers, redis_url, prefix):
+    """Redis ran SET NX, then the request was cancelled before the answer came back."""
+    locker = await lockers()
+    acquire = locker._acquire
+    ran = asyncio.Event()
+
+    async def slow_answer(**kw):
+        result = await acquire(**kw)
+        ran.set()
+        await asyncio.sleep(0.5)  # the answer is still on its way when the cancel lands
+        return result
+
+    locker._acquire = slow_answer
+
+    async def request() -> None:
+        async with locker.lock("u1"):
+            pass
+
+    task = asyncio.create_task(request())
+    await ran.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    redis = Redis.from_url(redis_url)
+    try:
+        assert await redis.get(f"{prefix}:lock:u1") is None
+    finally:
+        await redis.aclose()
+    other = await lockers(timeout=0.3)
+    async with other.lock("u1"):  # not 423 for a whole lease
+        pass
+
+
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+async def test_the_cleaner_skips_an_expired_upload_that_a_request_holds(
+    aiohttp_client, store_factory, lockers, kind
+):
+    """The request (e.g. a PATCH that just took the lock) is not asked to let go, and
+    the upload is not removed; once it is free, the next round removes it."""
+    store = store_factory()
+    config = Config(expire_after=0.3)
+    client = await aiohttp_client(create_app(config, store=store))
+    upload_id = (await create(client, 10)).rsplit("/", 1)[1]
+    await asyncio.sleep(0.5)
+    if kind == "memory":
+        holder = cleaner = MemoryLocker()
+    else:
+        holder, cleaner = await lockers(), await lockers()
+    asked = asyncio.Event()
+    async with holder.lock(upload_id, on_release=asked.set):
+        assert await clean_expired(store, config, cleaner) == 0
+        await asyncio.sleep(0.3)  # time for a release request to arrive, had one been sent
+        assert not asked.is_set()
+        assert (await store.get_info(upload_id)).id == upload_id
+    assert await clean_expired(store, config, cleaner) == 1
+
+
+async def test_cleanup_from_cron_with_redis_never_interrupts_an_upload_receiving_bytes(
+    aiohttp_client, store_factory, store_kind, tmp_path, redis_url, prefix
+):
+    """expire_after=3; one PATCH of 900 KiB at 100 KiB/s on a server sharing Redis with
+    `tusserver cleanup` run again and again meanwhile."""
+    store = store_factory()
+    config = Config(expire_after=3, cleanup_interval=3600, redis_url=redis_url, redis_prefix=prefix)
+    client = await aiohttp_client(create_app(config, store=store))
+    data = os.urandom(900 * KiB)
+    path = await create(client, len(data))
+    created = time.monotonic()
+    cron = CleanupRuns(
+        *cleanup_args(store_kind, store_factory, tmp_path),
+        *("--expire-after", "3", "--redis-url", redis_url, "--redis-prefix", prefix),
+    ).start()
+    try:
+        resp = await trickle_patch(client, path, 0, data, 100 * KiB)
+        finished = time.monotonic()
+    finally:
+        await cron.stop()
+    assert resp.status == 204, await resp.text()
+    assert resp.headers["Upload-Offset"] == str(len(data))
+    assert cron.completed_between(created + 3.5, finished) >= 1, cron.runs
+    await assert_store_holds(store, store_factory, path.rsplit("/", 1)[1], data)
+    assert sha256(await download(client, path)) == sha256(data)

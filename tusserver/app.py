@@ -143,7 +143,7 @@ def create_app(
         store = store_from_config(config)
     metrics = Metrics()
     webhook = Webhook(config) if config.hooks_url else None
-    runner = HookRunner(hooks, webhook, metrics)
+    runner = HookRunner(hooks, webhook, metrics, timeout=config.hooks_timeout)
     handlers = TusHandlers(
         config, store, locker or locker_from_config(config), runner, metrics=metrics, max_size_for=max_size_for
     )

@@ -54,7 +54,9 @@ class Body:
         self._checksum = checksum
         self._hasher = new_hasher(checksum.algorithm) if checksum else None
         self._read_timeout = read_timeout
-        self._last_read = time.monotonic()
+        # When the pending read of the client's bytes began; None while the store is busy
+        # (waiting for S3, for an upload slot): only the client's silence is idleness.
+        self._reading_since: float | None = None
         self.received = 0
         self.overflowed = False
         self.stop_reason: Exception | None = None
@@ -68,10 +70,12 @@ class Body:
     async def _watch_idle(self) -> None:
         assert self._read_timeout is not None
         while self.stop_reason is None:
-            idle = time.monotonic() - self._last_read
+            since = self._reading_since
+            idle = 0.0 if since is None else time.monotonic() - since
             if idle >= self._read_timeout:
                 self.stop(TusError(errors.READ_TIMEOUT))
                 return
+            # Exact either way: a read that starts after this check times out no earlier.
             await asyncio.sleep(self._read_timeout - idle)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
@@ -87,6 +91,7 @@ class Body:
 
     async def _read(self) -> tuple[bytes, BaseException | None]:
         """The next chunk, or on failure the bytes that had already arrived and the error."""
+        self._reading_since = time.monotonic()
         try:
             return await self._content.readany(), None
         except (TusError, ReleaseRequested, asyncio.CancelledError) as exc:
@@ -94,6 +99,8 @@ class Body:
             error: BaseException = exc
         except Exception as exc:  # aiohttp reports a dropped client in several ways
             error = self.stop_reason or ClientGone(str(exc) or type(exc).__name__)
+        finally:
+            self._reading_since = None
         # aiohttp raises before handing over bytes that arrived just before the
         # connection dropped; they were received, so they are kept.
         return _buffered(self._content), error
@@ -101,8 +108,6 @@ class Body:
     async def _chunks(self) -> AsyncIterator[bytes]:
         while True:
             chunk, error = await self._read()
-            if chunk:
-                self._last_read = time.monotonic()
             if self._limit is not None and self.received + len(chunk) > self._limit:
                 chunk = chunk[: self._limit - self.received]
                 self.overflowed = True

@@ -10,13 +10,14 @@ import time
 from .config import Config
 from .errors import TusError
 from .locks import Locker, locker_from_config
-from .stores.base import ExpiringStore, Store, TerminatingStore
+from .stores.base import CorruptInfo, ExpiringStore, Store, TerminatingStore
 
 log = logging.getLogger("tusserver.cleanup")
 
 
 async def clean_expired(store: Store, config: Config, locker: Locker, now: float | None = None) -> int:
-    """Terminate every expired upload; abort orphans older than the expiry. Returns a count."""
+    """Terminate every expired upload that no request holds; abort orphans older than the
+    expiry. Returns a count."""
     if not isinstance(store, ExpiringStore) or not isinstance(store, TerminatingStore):
         return 0
     now = time.time() if now is None else now
@@ -26,13 +27,19 @@ async def clean_expired(store: Store, config: Config, locker: Locker, now: float
             info = await store.get_info(upload_id)
             if not info.expired(now, config.expire_finished):
                 continue
-            async with locker.lock(upload_id):
+            # Never ask a holder to let go: a request that holds (or awaits) the lock is
+            # receiving bytes or about to, and the upload is alive. The next round decides.
+            async with locker.try_lock(upload_id) as acquired:
+                if not acquired:
+                    continue
                 info = await store.get_info(upload_id)  # a PATCH may have extended it meanwhile
                 if info.expired(now, config.expire_finished):
                     await store.terminate(info)
                     removed += 1
+        except CorruptInfo:
+            continue  # the store logged it, naming the id; an operator must look at it
         except TusError:
-            continue  # gone meanwhile, or busy: the next round decides
+            continue  # gone meanwhile, or the lock service is unreachable: the next round decides
     if config.expire_after is not None:
         removed += await store.clean_orphans(now - config.expire_after)
     return removed
@@ -55,7 +62,9 @@ def run(config: Config) -> int:
 
     async def once() -> int:
         store = store_from_config(config)
-        locker = locker_from_config(config)  # with Redis, never removes an upload another instance is writing
+        # With Redis, skips uploads that a server instance holds. Without it, the expiry a
+        # PATCH keeps moving forward in `.info` while it receives bytes protects them.
+        locker = locker_from_config(config)
         await store.start()
         try:
             await locker.start()

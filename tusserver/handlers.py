@@ -4,15 +4,18 @@ load state, check it, call the store, answer."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import copy
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
 from . import errors, protocol
-from .body import Body, ReleaseRequested
+from .body import Body, ClientGone, ReleaseRequested
+from .cancellation import await_to_completion
 from .config import Config
 from .errors import TusError
 from .hooks import (
@@ -44,6 +47,21 @@ from .stores.base import (
 from .urls import collection_path, request_origin, upload_location
 
 log = logging.getLogger("tusserver")
+
+# A PATCH saves a later expiry when the saved one is less than this share of `expire_after`
+# away: at most every expire_after/3 while bytes flow, and never expired on the way.
+EXPIRY_REFRESH = 2 / 3
+
+
+@dataclasses.dataclass
+class _Posts:
+    """post-* events held back while the request holds an upload's lock, so that a slow
+    hook never holds it; delivered once the lock is released."""
+
+    events: list[tuple[str, UploadInfo]] = dataclasses.field(default_factory=list)
+
+    def add(self, name: str, info: UploadInfo) -> None:
+        self.events.append((name, copy.deepcopy(info)))  # as it is now, not as it is later
 
 
 class TusHandlers:
@@ -103,7 +121,7 @@ class TusHandlers:
         if length is not None and max_size is not None and length > max_size:
             raise TusError(errors.MAX_SIZE_EXCEEDED, f"limit is {max_size} bytes")
 
-    async def _receive(self, request: web.Request, info: UploadInfo) -> None:
+    async def _receive(self, request: web.Request, info: UploadInfo, posts: _Posts) -> None:
         """Append the request body to `info` (locked by the caller) and finish the
         upload when it is complete. Updates `info.offset`."""
         checksum = protocol.parse_checksum(request.headers.get("Upload-Checksum"))
@@ -121,23 +139,84 @@ class TusHandlers:
         request[BODY] = body
         if STOP_REASON in request:  # asked to let go before the body started
             body.stop(request[STOP_REASON])
+        # Before any byte: a cleaner in another process (cron, no shared lock) must never
+        # find this upload expired while it receives bytes.
+        await self._extend_expiry(info)
+        stream = body if self.config.expire_after is None else self._keeping_alive(info, body)
         progress = self._report_progress(request, info, body)
         try:
-            info.offset = await self.store.append(info, body, atomic=checksum is not None)
+            # The store call ends before the lock is released, even when this request is
+            # cancelled (a dropped client, shutdown): then its body stops, and what arrived is kept.
+            info.offset = await await_to_completion(
+                self.store.append(info, stream, atomic=checksum is not None),
+                on_cancel=lambda: stop_body(request, ClientGone("the request was cancelled")),
+            )
+        except Exception:
+            if body.received and self.config.expire_after is not None:
+                await self._save_expiry(info)  # the client resumes from here: a full expire_after
+            raise
         finally:
             request[BYTES_IN] = body.received
             if progress is not None:
                 progress.cancel()
         if body.received and self.hooks.wants(POST_RECEIVE):
-            await self.hooks.post(POST_RECEIVE, request, info)
+            posts.add(POST_RECEIVE, info)
         if self.config.expire_after is not None:
             info.expires = time.time() + self.config.expire_after
         if info.length is not None and info.offset == info.length and not info.finished:
-            await self._finish(request, info)
+            await self._finish(request, info, posts)
         elif self.config.expire_after is not None:
             await self.store.save_info(info)
         if body.overflowed:
             raise TusError(errors.EXCEEDS_UPLOAD_LENGTH, "bytes past the length were discarded")
+
+    async def _extend_expiry(self, info: UploadInfo) -> None:
+        """Save a later expiry when the saved one comes close (see EXPIRY_REFRESH)."""
+        if self.config.expire_after is None:
+            return
+        now = time.time()
+        # None: saved before expiry was configured.
+        if info.expires is None or info.expires - now < self.config.expire_after * EXPIRY_REFRESH:
+            info.expires = now + self.config.expire_after
+            await self.store.save_info(info)
+
+    async def _keeping_alive(self, info: UploadInfo, body: Body) -> AsyncIterator[bytes]:
+        """`body`, moving the saved expiry forward while bytes flow. Between two chunks the
+        store waits for the next one and writes nothing, so saving `.info` there never races
+        the store's own writes of it (the S3 store records its multipart upload there)."""
+        async for chunk in body:
+            yield chunk
+            await self._extend_expiry(info)
+
+    async def _save_expiry(self, info: UploadInfo) -> None:
+        assert self.config.expire_after is not None
+        info.expires = time.time() + self.config.expire_after
+        try:
+            await self.store.save_info(info)
+        except Exception as exc:  # the request's own failure is what the client must see
+            log.warning("could not save the expiry of upload %s: %s", info.id, exc)
+
+    @contextlib.asynccontextmanager
+    async def _locked(
+        self, request: web.Request, upload_id: str, posts: _Posts | None = None, *, interrupt: bool = True
+    ) -> AsyncIterator[_Posts]:
+        """Hold the upload's lock for the block. post-* events the block adds are delivered
+        after the lock is released (even when the block fails: they happened), by the
+        outermost block when `posts` comes from one."""
+        outermost = posts is None
+        held_back = _Posts() if posts is None else posts
+        try:
+            async with self.locker.lock(upload_id, self._release(request) if interrupt else None):
+                yield held_back
+        finally:
+            if outermost:
+                await self._deliver(request, held_back)
+
+    async def _deliver(self, request: web.Request, posts: _Posts) -> None:
+        for name, info in posts.events:
+            result = await self.hooks.post(name, request, info)
+            if name == POST_FINISH and result.headers:
+                request.setdefault(HOOK_HEADERS, {}).update(result.headers)
 
     def _report_progress(self, request: web.Request, info: UploadInfo, body: Body) -> asyncio.Task | None:
         """post-receive every `progress_interval` seconds while bytes arrive (0: only at the end)."""
@@ -213,8 +292,8 @@ class TusHandlers:
         headers = {"Location": upload_location(request, self.config, info.id)}
         if with_body:
             try:
-                async with self.locker.lock(info.id, self._release(request)):
-                    await self._receive(request, info)
+                async with self._locked(request, info.id) as posts:
+                    await self._receive(request, info, posts)
             except TusError as exc:
                 # The upload exists and keeps what arrived: the client can resume it.
                 exc.headers.setdefault("Location", headers["Location"])
@@ -223,7 +302,9 @@ class TusHandlers:
         elif info.expires is not None:
             headers["Upload-Expires"] = protocol.http_date(info.expires)
         if length == 0 and not info.finished:
-            await self._finish(request, info)
+            posts = _Posts()
+            await self._finish(request, info, posts)
+            await self._deliver(request, posts)
         return web.Response(status=201, headers=headers)
 
     async def _pre_create(self, request: web.Request, info: UploadInfo) -> None:
@@ -279,7 +360,7 @@ class TusHandlers:
             headers["Upload-Expires"] = protocol.http_date(info.expires)
         return web.Response(status=201, headers=headers)
 
-    async def _finish(self, request: web.Request, info: UploadInfo) -> None:
+    async def _finish(self, request: web.Request, info: UploadInfo, posts: _Posts) -> None:
         # A pre-finish rejection leaves the upload complete but unfinished: a later HEAD
         # or empty PATCH asks again.
         try:
@@ -290,21 +371,18 @@ class TusHandlers:
             await self.store.save_info(info)
             raise
         await self.store.finish(info)
-        await self._post_finish(request, info)
+        posts.add(POST_FINISH, info)
         if info.concat == "partial":
             for final_id in await self.store.finals_of(info.id):
-                if await self._complete_final(request, final_id) is None:  # the final was deleted
+                if await self._complete_final(request, final_id, posts) is None:  # the final was deleted
                     await self.store.unlink_final(info.id, final_id)
 
-    async def _post_finish(self, request: web.Request, info: UploadInfo) -> None:
-        result = await self.hooks.post(POST_FINISH, request, info)
-        if result.headers:
-            request.setdefault(HOOK_HEADERS, {}).update(result.headers)
-
-    async def _complete_final(self, request: web.Request, final_id: str) -> UploadInfo | None:
+    async def _complete_final(
+        self, request: web.Request, final_id: str, posts: _Posts | None = None
+    ) -> UploadInfo | None:
         """Concatenate a final upload once all its partials are finished. Idempotent,
         so the last partial's finish and the final's creation may both call it."""
-        async with self.locker.lock(final_id):
+        async with self._locked(request, final_id, posts, interrupt=False) as posts:
             try:
                 final = await self.store.get_info(final_id)
             except TusError:
@@ -314,7 +392,7 @@ class TusHandlers:
                 if partials is None:
                     return final
                 await self.store.concatenate(final, partials)
-                await self._post_finish(request, final)
+                posts.add(POST_FINISH, final)
         for partial_id in dict.fromkeys(final.partials):
             await self.store.unlink_final(partial_id, final_id)
         return final
@@ -333,12 +411,12 @@ class TusHandlers:
 
     async def head(self, request: web.Request) -> web.Response:
         upload_id = self._upload_id(request)
-        async with self.locker.lock(upload_id, self._release(request)):
+        async with self._locked(request, upload_id) as posts:
             info = await self._load(upload_id)
             if info.concat != "final" and info.length == info.offset and not info.finished:
                 # Every byte is stored but the finish never ran (its PATCH was interrupted,
                 # or the server died): finish now, since the client takes this as done.
-                await self._finish(request, info)
+                await self._finish(request, info, posts)
         if info.concat == "final" and not info.finished:
             info = await self._complete_final(request, upload_id) or info  # repairs a crash between finishes
         headers = self._state_headers(info)
@@ -368,7 +446,7 @@ class TusHandlers:
         new_length = request.headers.get("Upload-Length")
         length = None if new_length is None else protocol.parse_upload_length(new_length)
         protocol.parse_checksum(request.headers.get("Upload-Checksum"))  # malformed: refused before any change
-        async with self.locker.lock(upload_id, self._release(request)):
+        async with self._locked(request, upload_id) as posts:
             info = await self._load(upload_id)
             if info.concat == "final":
                 raise TusError(errors.MODIFY_FINAL)
@@ -382,7 +460,7 @@ class TusHandlers:
                 if content_length or (content_length is None and request.body_exists):
                     raise TusError(errors.UPLOAD_FINISHED)
             else:
-                await self._receive(request, info)
+                await self._receive(request, info, posts)
         return web.Response(status=204, headers=self._state_headers(info))
 
     async def _set_length(self, request: web.Request, info: UploadInfo, length: int) -> None:

@@ -5,6 +5,9 @@ pre-finish, post-finish; pre-terminate, post-terminate around DELETE; pre-get be
 a download. A pre-* hook may reject the request by raising `HookRejected` (or, as a
 webhook, by answering other than 2xx); the client then sees its status and message.
 post-* hooks only observe: their failures are logged and never fail the request.
+They run after the request released the upload's lock, so a finishing PATCH fires its
+pre-finish before its last post-receive. Python callbacks get `hooks_timeout` seconds,
+like the webhook; sync ones run in a worker thread.
 """
 
 from __future__ import annotations
@@ -286,10 +289,18 @@ def result_from_json(document: dict[str, Any]) -> HookResult:
 class HookRunner:
     """Runs an event through the Python callbacks, then the webhook; counts both."""
 
-    def __init__(self, hooks: Hooks | None, webhook: Webhook | None, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        hooks: Hooks | None,
+        webhook: Webhook | None,
+        metrics: Metrics | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> None:
         self.hooks = hooks or Hooks()
         self.webhook = webhook
         self.metrics = metrics
+        self.timeout = timeout  # seconds per Python callback (`hooks_timeout`, as for the webhook)
 
     def wants(self, event: str) -> bool:
         return bool(self.hooks.callbacks(event)) or (self.webhook is not None and event in self.webhook.events)
@@ -335,7 +346,12 @@ class HookRunner:
         for callback in self.hooks.callbacks(event.type):
             self._count(event.type, "python")
             try:
-                result.merge(_checked(await _call(callback, event)))
+                result.merge(_checked(await self._within(_call(callback, event))))
+            except _TimedOut:
+                self._count_error(event.type, "python")
+                log.error("%s hook %s did not return within %gs", event.type, _name(callback), self.timeout)
+                if pre:
+                    raise TusError(errors.HOOK_UNAVAILABLE, headers={"Retry-After": "5"}) from None
             except Exception as exc:
                 if pre and isinstance(exc, TusError):
                     raise  # the hook's decision, not its failure
@@ -343,6 +359,16 @@ class HookRunner:
                 log.exception("%s hook %s failed", event.type, _name(callback))
                 if pre:
                     raise TusError(errors.HOOK_FAILED) from None
+
+    async def _within(self, work: Awaitable[Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            return await asyncio.wait_for(work, self.timeout)
+        except asyncio.TimeoutError:
+            if self.timeout is not None and loop.time() - started >= self.timeout:
+                raise _TimedOut from None
+            raise  # the callback's own, e.g. from a client it uses: its failure
 
     def _count(self, event: str, source: str) -> None:
         if self.metrics is not None:
@@ -353,8 +379,16 @@ class HookRunner:
             self.metrics.hook_errors.labels(event, source).inc()
 
 
+class _TimedOut(Exception):
+    """A Python callback ran past the runner's timeout."""
+
+
 async def _call(callback: Callback, event: HookEvent) -> Any:
-    value = callback(event)
+    if inspect.iscoroutinefunction(callback):
+        return await callback(event)
+    # A sync callback may block (an HTTP call, a database): not on the event loop. On a
+    # timeout its thread runs on, unseen; threads cannot be stopped.
+    value = await asyncio.to_thread(callback, event)
     if inspect.isawaitable(value):
         value = await value
     return value

@@ -1,6 +1,7 @@
 """Per-upload locks. A request that needs a held lock asks the holder to let go
 (the holder stops reading its body, keeps what it has, and releases), then waits
-a bounded time."""
+a bounded time. Background jobs (expiry) never ask: they `try_lock`, and take a
+held lock as a sign that the upload is alive."""
 
 from __future__ import annotations
 
@@ -27,6 +28,10 @@ class Locker(Protocol):
     ) -> AbstractAsyncContextManager[None]:
         """Hold the upload's lock for the `async with` block; raise TusError(LOCKED)
         if it cannot be had in time. `on_release` is called when another request asks."""
+
+    def try_lock(self, upload_id: str) -> AbstractAsyncContextManager[bool]:
+        """Hold the upload's lock for the `async with` block if nobody holds or awaits it
+        right now (yields True); else yield False at once, without asking anyone to let go."""
 
 
 @dataclass
@@ -69,6 +74,21 @@ class MemoryLocker:
                 entry.on_release = None
                 entry.lock.release()
         finally:
+            entry.users -= 1
+            if entry.users == 0:
+                del self._entries[upload_id]
+
+    @asynccontextmanager
+    async def try_lock(self, upload_id: str) -> AsyncIterator[bool]:
+        if upload_id in self._entries:  # held, or awaited by a request
+            yield False
+            return
+        entry = self._entries[upload_id] = _Entry(users=1)
+        await entry.lock.acquire()  # a new lock: taken without suspending
+        try:
+            yield True
+        finally:
+            entry.lock.release()
             entry.users -= 1
             if entry.users == 0:
                 del self._entries[upload_id]

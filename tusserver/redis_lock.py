@@ -14,6 +14,7 @@ Needs the optional dependency: `pip install 'tusserver[redis]'`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from collections.abc import AsyncIterator
@@ -24,6 +25,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from . import errors
+from .cancellation import await_to_completion
 from .config import Config
 from .errors import TusError
 from .locks import ReleaseCallback
@@ -159,6 +161,29 @@ class RedisLocker:
         token = secrets.token_hex(16)
         key = self._key(upload_id)
         await self._wait_for(upload_id, key, token)
+        async with self._holding(upload_id, key, token, on_release):
+            yield
+
+    @asynccontextmanager
+    async def try_lock(self, upload_id: str) -> AsyncIterator[bool]:
+        # No listener needed: this never waits for a release, and has nothing to let go of.
+        token = secrets.token_hex(16)
+        key = self._key(upload_id)
+        try:
+            acquired = await self._try_acquire(upload_id, key, token) == 1
+        except RedisError as exc:
+            raise TusError(errors.STORAGE_UNAVAILABLE, "lock service unreachable") from exc
+        if not acquired:
+            yield False
+            return
+        async with self._holding(upload_id, key, token, None):
+            yield True
+
+    @asynccontextmanager
+    async def _holding(
+        self, upload_id: str, key: str, token: str, on_release: ReleaseCallback | None
+    ) -> AsyncIterator[None]:
+        """Keep the acquired lock's lease renewed for the block, then release it."""
         holder = _Holder(upload_id, on_release)
         self._held[token] = holder
         renewer = asyncio.create_task(self._keep(key, token, holder))
@@ -173,6 +198,22 @@ class RedisLocker:
             except RedisError:
                 log.warning("could not release the lock on %s; it expires with its lease", upload_id)
 
+    async def _try_acquire(self, upload_id: str, key: str, token: str) -> object:
+        """One SET NX attempt: 1 when acquired, else the holder's token (0: none). A cancel
+        that lands after Redis ran the SET but before its answer came must not leave our
+        token set with nobody to release it (every request would get 423 for a whole
+        lease): the attempt is awaited to its end, and released if it acquired."""
+        attempt = asyncio.ensure_future(self._acquire(keys=[key], args=[token, self._lease_ms]))
+        try:
+            return await await_to_completion(attempt)
+        except asyncio.CancelledError:
+            if not attempt.cancelled() and attempt.exception() is None and attempt.result() == 1:
+                with contextlib.suppress(RedisError):
+                    await await_to_completion(
+                        self._release(keys=[key], args=[token, upload_id, self._unlocked_channel])
+                    )
+            raise
+
     async def _wait_for(self, upload_id: str, key: str, token: str) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
@@ -182,7 +223,7 @@ class RedisLocker:
             while True:
                 wake.clear()  # before the attempt, so a release published after it still wakes us
                 try:
-                    result = await self._acquire(keys=[key], args=[token, self._lease_ms])
+                    result = await self._try_acquire(upload_id, key, token)
                     if result == 1:
                         return
                     if result != 0:

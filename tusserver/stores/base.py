@@ -3,11 +3,44 @@ extension only when its store implements the protocol behind it."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from ..info import UploadInfo
+from .. import errors
+from ..errors import TusError
+from ..info import SCHEMA_VERSION, UploadInfo
+
+log = logging.getLogger("tusserver.stores")
+
+
+class CorruptInfo(TusError):
+    """An upload's `.info` cannot be read: truncated (a power loss), or written by a newer
+    version. The client gets a 500; the upload is left to an operator, never removed."""
+
+    def __init__(self, upload_id: str, reason: str) -> None:
+        super().__init__(errors.INTERNAL)
+        self.upload_id = upload_id
+        self.reason = reason
+
+
+def parse_info(upload_id: str, data: bytes) -> UploadInfo:
+    """The `.info` record of `upload_id`; raises (and logs, naming the id) CorruptInfo."""
+    try:
+        info = UploadInfo.from_json(data)
+        if not isinstance(info.id, str) or not isinstance(info.storage, dict):
+            raise ValueError("fields of the wrong type")
+        return info
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        reason = f"{type(exc).__name__}: {exc}" if data else "empty file"
+        log.error(
+            "upload %s: .info is unreadable (%s; this version reads schema %d); left for an operator",
+            upload_id,
+            reason,
+            SCHEMA_VERSION,
+        )
+        raise CorruptInfo(upload_id, reason) from None
 
 
 @dataclass(frozen=True)

@@ -16,10 +16,11 @@ import tempfile
 from collections.abc import AsyncIterable, AsyncIterator
 
 from .. import errors
+from ..cancellation import await_to_completion
 from ..errors import TusError
 from ..info import UploadInfo
 from ..protocol import is_valid_upload_id
-from .base import Download, FileDownload
+from .base import Download, FileDownload, parse_info
 
 WRITE_BATCH = 1 << 20  # bytes gathered before one write in the worker thread
 
@@ -73,7 +74,7 @@ class FileStore:
     async def get_info(self, upload_id: str) -> UploadInfo:
         try:
             with open(self._path(upload_id, ".info"), "rb") as f:
-                info = UploadInfo.from_json(f.read())
+                info = parse_info(upload_id, f.read())
             info.offset = os.stat(self._path(upload_id)).st_size
         except FileNotFoundError:
             raise TusError(errors.NOT_FOUND) from None
@@ -98,7 +99,9 @@ class FileStore:
             with open(spool, "w+b") as f:
                 written = await _write_stream(f, body)
                 f.seek(0)
-                await asyncio.to_thread(_append_file, f, self._path(info.id), info.offset)
+                # Not abandoned on cancel: the thread would go on appending (or truncating,
+                # once `f` is closed under it) after the caller released the upload's lock.
+                await await_to_completion(asyncio.to_thread(_append_file, f, self._path(info.id), info.offset))
         finally:
             _remove(spool)
         return info.offset + written
@@ -190,14 +193,20 @@ async def _write_stream(f, body: AsyncIterable[bytes]) -> int:
                 pending = loop.run_in_executor(None, f.write, data)
                 written += len(data)
     finally:
+        cancelled: asyncio.CancelledError | None = None
         if pending is not None:
-            # Wait even when cancelled: the thread is writing to `f` either way.
-            await asyncio.shield(pending)
+            try:
+                # Even when cancelled, any number of times: the thread is writing to `f`.
+                await await_to_completion(pending)
+            except asyncio.CancelledError as exc:
+                cancelled = exc  # the write ended: the bytes received after it are kept too
         if batch:
             data = b"".join(batch)
             f.write(data)
             written += len(data)
         f.flush()
+        if cancelled is not None:
+            raise cancelled
     return written
 
 

@@ -35,11 +35,12 @@ from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from .. import errors
+from ..cancellation import await_to_completion
 from ..config import Config
 from ..errors import TusError
 from ..info import UploadInfo
 from ..protocol import download_headers, is_valid_upload_id
-from .base import Download, RedirectDownload, StoreStartError, StreamDownload
+from .base import CorruptInfo, Download, RedirectDownload, StoreStartError, StreamDownload, parse_info
 from .spool import Piece, Spool, check_writable, remove_stale_spools
 
 log = logging.getLogger("tusserver.s3")
@@ -328,7 +329,7 @@ class S3Store:
             raise TusError(errors.NOT_FOUND) from None
         except _STORAGE_ERRORS as exc:
             raise _unavailable(exc) from None
-        return UploadInfo.from_json(data)
+        return parse_info(upload_id, data)
 
     async def _head_tail(self, upload_id: str) -> _Tail | None:
         try:
@@ -491,15 +492,19 @@ class S3Store:
         if atomic and error is not None:
             writer.discard()
             raise error
-        # Keep what was received even when the request is being cancelled.
-        flush = asyncio.ensure_future(writer.flush())
-        flush.add_done_callback(_log_failure)
-        offset = await asyncio.shield(flush)
+
+        async def settle() -> int:
+            offset = await writer.flush()
+            if error is not None and info.storage.get("object_stored") is not None:
+                await self.save_info(info)  # no finish() follows: the written object must be known
+            return offset
+
+        # Keep what was received even when the request is being cancelled, and end only
+        # when S3 has it: the caller releases the upload's lock when this returns.
+        offset = await await_to_completion(settle())
         if error is None and info.length is not None and offset == info.length:
             tail_left = writer.tail_left or state.stored > 0
             self._keep(self._completed, info.id, (info, writer.parts(state), tail_left))
-        elif error is not None and info.storage.get("object_stored") is not None:
-            await self.save_info(info)  # no finish() follows: the written object must be known
         if error is not None:
             raise error
         return offset
@@ -811,12 +816,12 @@ class S3Store:
         """Whether `.info` exists and names this multipart upload (or cannot be read)."""
         try:
             info = await self._read_info(upload_id)
+        except CorruptInfo:
+            return True  # unreadable: leave it to an operator
         except TusError as exc:
             if exc.kind is errors.NOT_FOUND:
                 return False
             raise
-        except ValueError:
-            return True  # unreadable: leave it to an operator
         return info.storage.get("upload_id") == s3_upload_id
 
     async def clean_orphans(self, older_than: float) -> int:
@@ -867,7 +872,9 @@ class _PartWriter:
         self.received = 0
         self.taken = False  # the .part bytes are in the spool
         self.tail_broken = False  # reading the .part failed half way
-        self.waiting: list[tuple[int, Piece]] = []  # atomic: spooled, sent after the body checks out
+        # Spooled, to be sent by flush(): atomic bodies once they check out, and a piece
+        # whose wait for an upload slot was interrupted.
+        self.waiting: list[tuple[int, Piece]] = []
         self.short: Piece | None = None  # the tail too short to be a part
         self.tasks: set[asyncio.Task] = set()
         self.sent: set[int] = set()
@@ -930,12 +937,18 @@ class _PartWriter:
                 self.failed = number
                 piece.remove()
                 raise
-        await self.limit.acquire()
+        # Interrupted while waiting for a slot (a cancel), the piece stays the writer's:
+        # flush() sends it, so its bytes are kept, or discard() removes its temp file.
+        try:
+            await self.limit.acquire()
+        except BaseException:
+            self.waiting.insert(0, (number, piece))
+            raise
         try:
             await self.store._slots.acquire()
         except BaseException:
             self.limit.release()
-            piece.remove()
+            self.waiting.insert(0, (number, piece))
             raise
         task = asyncio.create_task(self._upload(number, piece))
         self.tasks.add(task)
@@ -1060,7 +1073,3 @@ class _PartWriter:
             self.short = None
         self.spool.discard()
 
-
-def _log_failure(task: asyncio.Future) -> None:
-    if not task.cancelled() and task.exception() is not None and not isinstance(task.exception(), TusError):
-        log.warning("storing a PATCH body failed: %s", task.exception())
