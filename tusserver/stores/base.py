@@ -4,6 +4,7 @@ extension only when its store implements the protocol behind it."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterable, AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -19,11 +20,15 @@ class FileDownload:
 
 @dataclass(frozen=True)
 class StreamDownload:
-    """A finished upload served by streaming `open(start, end)` (end exclusive)."""
+    """A finished upload served by streaming: `async with open(start, end) as chunks`
+    (end exclusive). Entering makes the first storage call, before any response header
+    is sent, so a missing object raises TusError(NOT_FOUND) and an unavailable store
+    TusError(STORAGE_UNAVAILABLE) while an error answer is still possible. Iterating
+    `chunks` raises TusError only."""
 
     size: int
     etag: str | None
-    open: Callable[[int, int], AsyncIterator[bytes]]
+    open: Callable[[int, int], AbstractAsyncContextManager[AsyncIterator[bytes]]]
 
 
 @dataclass(frozen=True)
@@ -43,7 +48,8 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
     async def create(self, info: UploadInfo) -> None:
-        """Persist a new, empty upload. `info.storage` may be filled in."""
+        """Persist a new, empty upload. `info.storage` may be filled in. Atomic per id:
+        raises TusError(UPLOAD_ID_TAKEN) when an upload with `info.id` exists."""
 
     async def get_info(self, upload_id: str) -> UploadInfo:
         """The upload's state with `offset` derived from what is stored.
@@ -63,7 +69,8 @@ class Store(Protocol):
     async def save_info(self, info: UploadInfo) -> None:
         """Persist `info` (its `.info` record) as it is now."""
 
-    async def download(self, info: UploadInfo) -> Download: ...
+    async def download(self, info: UploadInfo) -> Download:
+        """How to serve the finished upload; TusError(NOT_FOUND) if its bytes are gone."""
 
 
 @runtime_checkable
