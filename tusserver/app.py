@@ -16,7 +16,7 @@ from .cleanup import clean_periodically
 from .config import Config
 from .cors import install_cors
 from .errors import TusError
-from .handlers import TusHandlers, drop_connection
+from .handlers import TusHandlers
 from .hooks import HookRunner, Hooks, Webhook
 from .keys import BODY, BYTES_IN, HOOK_HEADERS, UPLOAD_ID
 from .locks import Locker, locker_from_config
@@ -56,13 +56,28 @@ async def tus_middleware(request: web.Request, handler: Handler) -> web.StreamRe
         response = await handler(request)
         status = response.status
         return response
+    except TusError as exc:
+        status = exc.status
+        return await _close_if_stopped(request, error_response(exc))
+    except ReleaseRequested:
+        status = 400
+        return await _close_if_stopped(request, error_response(TusError(errors.INTERRUPTED)))
+    except ClientGone as exc:
+        status = 400
+        log.info("client went away mid-body: %s", exc)
+        return error_response(TusError(errors.CLIENT_GONE))
     except web.HTTPException as exc:
         status = exc.status
         raise
     except Exception as exc:
-        response = _error_answer(request, exc)
-        status = response.status
-        return await _close_if_stopped(request, response)
+        error = errors.storage_error(exc) if isinstance(exc, OSError) else None
+        if error is None:
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            error = TusError(errors.INTERNAL)
+        else:  # the operator must act (disk full, permissions); the client only learns the kind
+            log.error("storage failure on %s %s: %s", request.method, request.path, exc)
+        status = error.status
+        return error_response(error)
     finally:
         access_log.info(
             "%s %s %s in=%d %.1fms id=%s",
@@ -73,32 +88,6 @@ async def tus_middleware(request: web.Request, handler: Handler) -> web.StreamRe
             (time.monotonic() - started) * 1000,
             request.get(UPLOAD_ID, "-"),
         )
-
-
-def _error_answer(request: web.Request, exc: Exception) -> web.Response:
-    """The response for a request that failed with `exc`."""
-    if request.writer is not None and request.writer.output_size > 0:
-        # The headers are on the wire: an answer now would be written into the body.
-        # Handlers that stream deal with their failures; reaching this is a bug.
-        log.error(
-            "error on %s %s after the response started; connection closed", request.method, request.path, exc_info=exc
-        )
-        drop_connection(request)
-        return error_response(TusError(errors.INTERNAL))  # never sent: the transport is closing
-    if isinstance(exc, TusError):
-        return error_response(exc)
-    if isinstance(exc, ReleaseRequested):
-        return error_response(TusError(errors.INTERRUPTED))
-    if isinstance(exc, ClientGone):
-        log.info("client went away mid-body: %s", exc)
-        return error_response(TusError(errors.CLIENT_GONE))
-    error = errors.storage_error(exc) if isinstance(exc, OSError) else None
-    if error is None:
-        log.exception("unhandled error on %s %s", request.method, request.path, exc_info=exc)
-        error = TusError(errors.INTERNAL)
-    else:  # the operator must act (disk full, permissions); the client only learns the kind
-        log.error("storage failure on %s %s: %s", request.method, request.path, exc)
-    return error_response(error)
 
 
 async def _close_if_stopped(request: web.Request, response: web.Response) -> web.Response:

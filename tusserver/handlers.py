@@ -7,7 +7,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 from aiohttp import web
 
@@ -486,39 +486,38 @@ async def _stream_download(
         await response.prepare(request)
         await response.write_eof()
         return response
-    # The store's first call happens here, before any header is sent: a missing object
-    # or an unavailable store is still an ordinary tus error (404, 503).
-    async with download.open(start, stop) as chunks:
-        await response.prepare(request)
-        await _send_body(request, response, chunks)
+    sent = 0
+    try:
+        # The store's first call happens on entry, before any header is sent: a missing
+        # object or an unavailable store is still an ordinary tus error (404, 503).
+        async with download.open(start, stop) as chunks:
+            await response.prepare(request)
+            async for chunk in chunks:
+                await response.write(chunk)
+                sent += len(chunk)
+            await response.write_eof()
+    except Exception as exc:
+        if not response.prepared:
+            raise
+        # An answer now would be written into the body: close the connection instead, so
+        # the client sees a body shorter than Content-Length, then EOF.
+        _log_broken_download(request, exc, sent, stop - start)
+        _drop_connection(request)
     return response
 
 
-async def _send_body(request: web.Request, response: web.StreamResponse, chunks: AsyncIterator[bytes]) -> None:
-    """Send `chunks` after the headers went out. No failure can become an error response
-    now (it would be written into the body): the connection is closed instead, so the
-    client sees a body shorter than Content-Length, then EOF."""
-    sent = 0
-    try:
-        async for chunk in chunks:
-            await response.write(chunk)
-            sent += len(chunk)
-        await response.write_eof()
-        return
-    except ConnectionError as exc:  # only response.write() raises it: the store raises TusError
-        log.info("client went away after %d of %d bytes of %s: %s", sent, response.content_length, request.path, exc)
-    except TusError as exc:
-        log.warning(
-            "download of %s failed after %d of %d bytes; connection closed: %s",
-            request.path,
-            sent,
-            response.content_length,
-            exc,
+def _log_broken_download(request: web.Request, exc: Exception, sent: int, total: int) -> None:
+    if isinstance(exc, ConnectionError):  # from write(): the store raises TusError only
+        log.info("client went away after %d of %d bytes of %s: %s", sent, total, request.path, exc)
+    elif isinstance(exc, TusError):
+        log.warning("download of %s failed after %d of %d bytes; connection closed: %s", request.path, sent, total, exc)
+    else:
+        log.error(
+            "download of %s failed after %d of %d bytes; connection closed", request.path, sent, total, exc_info=exc
         )
-    drop_connection(request)
 
 
-def drop_connection(request: web.Request) -> None:
+def _drop_connection(request: web.Request) -> None:
     """Close the connection once what is buffered is sent: no further response on it."""
     request.protocol.force_close()
     if request.transport is not None:
