@@ -236,11 +236,13 @@ class TusHandlers:
             await self.store.create(info)
             return
         info.id = request[UPLOAD_ID] = changes.upload_id
-        await self._check_id_free(info.id)  # the common case of a taken id, without the lock
+        # A taken id is usually seen here, without asking a PATCH that holds its lock to let go.
+        await self._check_id_free(info.id)
         # Two creations of one chosen id: the store's create is atomic per id, so the loser
-        # gets 409. The id's lock serialises them as well, for S3-compatible services that
-        # ignore If-None-Match (within one lock domain: the process, or Redis).
+        # gets 409. Checking again under the id's lock makes that hold also for S3-compatible
+        # services that ignore If-None-Match (within one lock domain: the process, or Redis).
         async with self.locker.lock(info.id):
+            await self._check_id_free(info.id)
             await self.store.create(info)
 
     async def _check_id_free(self, upload_id: str) -> None:
