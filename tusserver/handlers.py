@@ -437,7 +437,7 @@ class TusHandlers:
             raise TusError(errors.DOWNLOAD_NOT_APPROVED)
         await self.hooks.pre(PRE_GET, request, info)
         headers = protocol.download_headers(info.metadata)
-        download = await self.store.download(info)  # a missing file or object: 404 here
+        download = await self.store.download(info)
         if isinstance(download, FileDownload):
             return web.FileResponse(download.path, headers=headers)
         if isinstance(download, RedirectDownload):

@@ -70,7 +70,8 @@ class Store(Protocol):
         """Persist `info` (its `.info` record) as it is now."""
 
     async def download(self, info: UploadInfo) -> Download:
-        """How to serve the finished upload; TusError(NOT_FOUND) if its bytes are gone."""
+        """How to serve the finished upload. Bytes that are gone raise TusError(NOT_FOUND)
+        here, or when a StreamDownload is opened; either way before any header is sent."""
 
 
 @runtime_checkable
