@@ -298,14 +298,70 @@ def test_checksum_algorithm_outside_allowed_is_rejected():
         f"sha1 {b64(b'x' * 20)} extra",
         "sha1 not-base64!",
         "sha1 " + b64(b"x" * 20).rstrip("="),
-        f"sha1 {b64(b'x' * 19)}",  # wrong digest size
-        f"sha256 {b64(b'x' * 20)}",
     ],
 )
 def test_checksum_malformed_is_400(value):
     with raises(errors.INVALID_CHECKSUM) as exc:
         protocol.parse_checksum(value)
     assert exc.value.status == 400
+
+
+@pytest.mark.parametrize(
+    ("value", "size"),
+    [
+        (f"sha1 {b64(b'x' * 19)}", 19),
+        (f"sha256 {b64(b'x' * 20)}", 20),
+        (f"crc32 {b64(b'x' * 8)}", 8),
+        (f"sha512 {b64(b'x' * 32)}", 32),
+    ],
+)
+def test_checksum_with_a_digest_of_the_wrong_size_is_a_460_mismatch(value, size):
+    # Well-formed, but no body can match it: a mismatch (460), not a malformed header (400).
+    with raises(errors.CHECKSUM_MISMATCH) as exc:
+        protocol.parse_checksum(value)
+    assert exc.value.status == 460
+    assert exc.value.message.endswith(f"has {protocol.CHECKSUM_ALGORITHMS[value.split()[0]]} bytes, not {size}")
+
+
+# -- Single-valued headers -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ([], None),
+        (["10"], "10"),
+        ([" 10 "], "10"),
+        ([""], ""),  # present but empty: the header's own parser refuses it
+        (["10", "10"], "10"),  # the same value twice is one value
+        (["10, 10"], "10"),
+        (["10,10", " 10"], "10"),
+        (["sha1 Kq5sNclPz7QV2+lfQIuc6R7oRu0="] * 2, "sha1 Kq5sNclPz7QV2+lfQIuc6R7oRu0="),
+        (["final;/a /b"], "final;/a /b"),
+    ],
+)
+def test_single_value_of_a_tus_header(values, expected):
+    assert protocol.single_value("Upload-Length", values) == expected
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        ["10", "20"],
+        ["10, 20"],  # one field line holding a list is two values too
+        ["10,20"],
+        ["10", "10, 20"],
+        ["10,"],  # an empty element is a value, not nothing
+        ["", "10"],
+        ["1.0.0", "0.2.2"],
+        ["partial", "final;/a"],
+    ],
+)
+def test_single_value_with_two_different_values_is_400(values):
+    with raises(errors.AMBIGUOUS_HEADER) as exc:
+        protocol.single_value("Upload-Offset", values)
+    assert exc.value.status == 400
+    assert exc.value.message.endswith("Upload-Offset has 2 different values")
 
 
 # -- Upload-Concat ---------------------------------------------------------------------

@@ -4,6 +4,8 @@ moto. Transient faults are retried (botocore standard retries); lasting ones ans
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 from types import SimpleNamespace
 
@@ -20,6 +22,7 @@ MiB = 1 << 20
 # The store's botocore retries={"max_attempts": 4} counts retries: 5 attempts in all, so
 # a fault met this many times in a row outlasts them.
 ATTEMPTS = 5
+PATIENCE = 30  # seconds; a bound against hanging, not a timing assertion
 
 
 @pytest.fixture(autouse=True)
@@ -195,3 +198,72 @@ async def test_a_client_that_retries_completes_exactly_under_random_faults(serve
     assert sha256(await download(server.client, path)) == sha256(data)
     assert spool_files(server) == []
     print(f"{attempts} HEAD+PATCH rounds; faults injected: {injected}")
+
+
+# -- downloads -----------------------------------------------------------------------------------
+
+
+async def raw_get(server, path: str) -> tuple[bytes, dict[str, str], bytes]:
+    """GET over a plain socket, read to EOF: (status line, headers, every byte after them)."""
+    reader, writer = await asyncio.open_connection(server.client.host, server.client.port)
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        response = await asyncio.wait_for(reader.read(), PATIENCE)
+    finally:
+        writer.close()
+    head, _, body = response.partition(b"\r\n\r\n")
+    status, *lines = head.decode("latin-1").split("\r\n")
+    return status.encode(), {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}, body
+
+
+async def test_get_object_failing_for_good_is_503_before_any_byte(server, proxy):
+    data = os.urandom(3 * MiB)
+    path = await create(server.client, len(data))
+    await patch(server.client, path, 0, data)
+    proxy.inject("GET object", "error", times=None)
+    status, headers, body = await raw_get(server, path)
+    assert status == b"HTTP/1.1 503 Service Unavailable"
+    assert headers["tus-resumable"] == "1.0.0"
+    assert body == b"storage backend failed; retry later\n"
+    proxy.clear()
+    assert sha256(await download(server.client, path)) == sha256(data)
+
+
+@pytest.mark.parametrize("ranged", [False, True])
+async def test_get_object_cut_mid_body_closes_the_connection_after_a_true_prefix(server, proxy, caplog, ranged):
+    caplog.set_level(logging.DEBUG)
+    data = os.urandom(3 * MiB)
+    path = await create(server.client, len(data))
+    await patch(server.client, path, 0, data)
+    proxy.inject("GET object", "truncate")  # S3 sends half the bytes, then closes
+    reader, writer = await asyncio.open_connection(server.client.host, server.client.port)
+    try:
+        extra = "Range: bytes=1000-\r\n" if ranged else ""
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{extra}\r\n".encode())
+        response = await asyncio.wait_for(reader.read(), PATIENCE)  # EOF: the server closed
+    finally:
+        writer.close()
+    expected = data[1000:] if ranged else data
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 206 " if ranged else b"HTTP/1.1 200 ")
+    assert f"Content-Length: {len(expected)}".encode() in head.split(b"\r\n")
+    assert 0 < len(body) < len(expected)
+    assert body == expected[: len(body)]  # a true prefix: never a second response spliced in
+    assert b"HTTP/1.1" not in body
+    failures = [r for r in caplog.records if r.getMessage().startswith(f"download of {path} failed")]
+    assert [r.levelno for r in failures] == [logging.WARNING]
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []
+    # The fault is gone: the next download is whole.
+    assert sha256(await download(server.client, path)) == sha256(data)
+
+
+# -- creation --------------------------------------------------------------------------------------
+
+
+async def test_create_whose_answer_was_lost_is_201_when_the_retry_finds_its_own_info(server, proxy):
+    proxy.inject("PUT info", "reset_after")  # the .info is written, its answer lost: botocore retries
+    path = await create(server.client, 5)
+    assert proxy.injected == 1
+    assert proxy.seen.count("PUT info") == 2  # the retry met If-None-Match
+    await patch(server.client, path, 0, b"hello")
+    assert await download(server.client, path) == b"hello"

@@ -8,20 +8,27 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import logging
+import os
 import random
+import socket
+import struct
 
 import pytest
+from aiobotocore.session import get_session as aioboto_session
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
 from tests.stored import assert_store_holds
-from tusserver import Config, create_app
+from tusserver import Config, FileStore, HookResult, Hooks, UploadInfo, create_app, errors
+from tusserver.errors import TusError
 from tusserver.stores.base import ExpiringStore
 
 TUS = {"Tus-Resumable": "1.0.0"}
 OCTETS = "application/offset+octet-stream"
 ID_LIKE = "0123456789abcdef0123456789abcdef"  # a valid id that names no upload
+MiB = 1 << 20
 
 
 def sha256(data: bytes) -> str:
@@ -171,7 +178,7 @@ async def tus(serve) -> Tus:
 
 async def test_options_advertises_version_and_extensions_without_tus_resumable(tus):
     for path in ["/", f"/{ID_LIKE}"]:
-        reply = (await tus.request("OPTIONS", path, tus=False)).expect(204)
+        reply = (await tus.request("OPTIONS", path, tus=False)).expect(200)
         assert reply.headers["Tus-Version"] == "1.0.0"
         extensions = reply.headers["Tus-Extension"].split(",")
         assert {"creation", "creation-with-upload", "creation-defer-length", "termination"} <= set(extensions)
@@ -181,7 +188,7 @@ async def test_options_advertises_version_and_extensions_without_tus_resumable(t
 
 async def test_options_advertises_max_size_when_set(serve):
     tus = await serve(Config(max_size=1000))
-    reply = (await tus.request("OPTIONS", "/", tus=False)).expect(204)
+    reply = (await tus.request("OPTIONS", "/", tus=False)).expect(200)
     assert reply.headers["Tus-Max-Size"] == "1000"
 
 
@@ -377,11 +384,15 @@ async def test_post_with_body_and_deferred_length_over_max_size_is_413_and_creat
 
 
 async def test_post_with_body_and_malformed_checksum_is_400_and_creates_nothing(tus):
-    for checksum in ["sha1", "sha1 ***", "nope AAAA", f"sha1 {b64(b'x' * 19)}"]:
+    for checksum in ["sha1", "sha1 ***", "nope AAAA"]:
         headers = {"Upload-Length": "10", "Content-Type": OCTETS, "Upload-Checksum": checksum}
         reply = await tus.post(headers, b"abc")
         assert reply.status == 400, checksum
         reply.expect(400)
+    # A digest of the wrong size is well-formed but cannot match: 460, and still nothing is created.
+    headers = {"Upload-Length": "10", "Content-Type": OCTETS, "Upload-Checksum": f"sha1 {b64(b'x' * 19)}"}
+    reply = (await tus.post(headers, b"abc")).expect(460)
+    assert reply.body == b"checksum does not match the request body: a sha1 digest has 20 bytes, not 19\n"
     assert await tus.upload_ids() == set()
 
 
@@ -397,6 +408,89 @@ async def test_header_larger_than_the_http_parser_allows_is_400_and_creates_noth
 async def test_post_with_body_of_another_content_type_is_415_and_creates_nothing(tus):
     (await tus.post({"Upload-Length": "10", "Content-Type": "text/plain"}, b"abc")).expect(415)
     assert await tus.upload_ids() == set()
+
+
+# -- POST: who gets an id ------------------------------------------------------------------------
+
+
+async def test_store_create_is_atomic_per_id(tus):
+    first = UploadInfo(id="chosen-id", length=5, metadata={"who": "first"})
+    await tus.store.create(first)
+    second = UploadInfo(id="chosen-id", length=9, metadata={"who": "second"})
+    with pytest.raises(TusError) as exc:
+        await tus.store.create(second)
+    assert exc.value.kind is errors.UPLOAD_ID_TAKEN
+    kept = await tus.store.get_info("chosen-id")
+    assert (kept.length, kept.metadata, kept.created) == (5, {"who": "first"}, first.created)
+    await tus.store_holds("/chosen-id", b"")
+
+
+async def test_two_creations_of_one_hook_chosen_id_give_one_201_and_one_409(aiohttp_client, store_factory):
+    hooks = Hooks()
+    waiting: list[asyncio.Event] = []
+
+    @hooks.on("pre-create")
+    async def same_id(event):
+        # Both requests are past the hook before either creates: the race is real.
+        arrived = asyncio.Event()
+        waiting.append(arrived)
+        if len(waiting) == 2:
+            for other in waiting:
+                other.set()
+        await asyncio.wait_for(arrived.wait(), 10)
+        return HookResult(upload_id="chosen-id")
+
+    store = store_factory()
+    client = await aiohttp_client(create_app(Config(), store=store, hooks=hooks))
+
+    async def create(who: str, data: bytes):
+        headers = {**TUS, "Upload-Length": "6", "Upload-Metadata": f"who {b64(who)}", "Content-Type": OCTETS}
+        async with client.post("/", headers=headers, data=data) as resp:
+            return who, resp.status, dict(resp.headers), await resp.read()
+
+    replies = await asyncio.gather(create("a", b"aaaaaa"), create("b", b"bbbbbb"))
+    assert sorted(status for _, status, _, _ in replies) == [201, 409], replies
+    winner = next(r for r in replies if r[1] == 201)
+    loser = next(r for r in replies if r[1] == 409)
+    assert URL(winner[2]["Location"]).path == "/chosen-id"
+    assert loser[3] == b"an upload with the id chosen by a hook already exists\n"
+    assert "Location" not in loser[2]
+    # The .info (read by a new store instance) and the bytes are the winner's alone.
+    reader = store_factory()
+    await reader.start()
+    try:
+        info = await reader.get_info("chosen-id")
+    finally:
+        await reader.close()
+    assert info.metadata == {"who": winner[0]} and info.finished
+    await assert_store_holds(store, store_factory, "chosen-id", winner[0].encode() * 6)
+
+
+# -- POST: concatenation -------------------------------------------------------------------------
+
+
+async def test_final_upload_with_upload_length_is_400_and_creates_nothing(tus):
+    partial = (await tus.post({"Upload-Length": "3", "Upload-Concat": "partial"})).expect(201)
+    partial_path = tus.path_of(partial)
+    (await tus.patch(partial_path, 0, b"abc")).expect(204)
+    before = await tus.upload_ids()
+    for length in ["3", "0", "x"]:
+        headers = {"Upload-Concat": f"final;{partial_path}", "Upload-Length": length}
+        reply = (await tus.post(headers)).expect(400)
+        assert reply.body.startswith(b"a final upload must not carry Upload-Length"), reply.body
+    assert await tus.upload_ids() == before
+    (await tus.post({"Upload-Concat": f"final;{partial_path}"})).expect(201)
+
+
+async def test_head_of_an_unfinished_final_upload_has_no_upload_offset(tus):
+    partial = tus.path_of((await tus.post({"Upload-Length": "3", "Upload-Concat": "partial"})).expect(201))
+    final = tus.path_of((await tus.post({"Upload-Concat": f"final;{partial}"})).expect(201))
+    head = (await tus.head(final)).expect(200)
+    assert "Upload-Offset" not in head.headers  # the spec's SHOULD NOT, until it is complete
+    assert head.headers["Upload-Concat"] == f"final;{partial}"
+    (await tus.patch(partial, 0, b"abc")).expect(204)
+    head = (await tus.head(final)).expect(200)
+    assert head.headers["Upload-Offset"] == "3" and head.headers["Upload-Length"] == "3"
 
 
 # -- HEAD ------------------------------------------------------------------------------------------
@@ -527,6 +621,16 @@ async def test_patch_with_mismatched_offset_is_409_and_changes_nothing(tus):
         reply.expect(409)
         assert await tus.offset(path) == 3
     await tus.assert_stored(path, b"abc")
+
+
+async def test_patch_with_stale_offset_is_409_with_the_current_offset(tus):
+    path = await tus.create(10)
+    (await tus.patch(path, 0, b"abc")).expect(204)
+    reply = (await tus.patch(path, 0, b"abc")).expect(409)  # a client retrying a PATCH that went through
+    assert reply.headers["Upload-Offset"] == "3"
+    assert reply.headers["Cache-Control"] == "no-store"
+    (await tus.patch(path, int(reply.headers["Upload-Offset"]), b"defghij")).expect(204)
+    await tus.assert_stored(path, b"abcdefghij")
 
 
 async def test_patch_with_malformed_offset_is_400_and_changes_nothing(tus):
@@ -717,6 +821,45 @@ async def test_get_unknown_upload_is_404(tus):
     (await tus.get(f"/{ID_LIKE}")).expect(404)
 
 
+async def test_get_of_an_upload_whose_bytes_are_gone_is_a_plain_404(tus):
+    path = await tus.upload(b"0123456789")
+    info = await tus.store.get_info(path.rsplit("/", 1)[1])
+    if info.storage["type"] == "file":
+        os.remove(info.storage["path"])
+    else:
+        async with aioboto_session().create_client("s3", endpoint_url=tus.factory.endpoint) as s3:
+            await s3.delete_object(Bucket=info.storage["bucket"], Key=info.storage["key"])
+    for headers in [None, {"Range": "bytes=2-5"}]:
+        reply = (await tus.get(path, headers)).expect(404)  # one response: status line, headers, one-line body
+        assert reply.body == b"upload not found\n"
+
+
+async def test_client_closing_mid_download_is_not_an_error(serve, caplog):
+    caplog.set_level(logging.DEBUG)
+    tus = await serve(cancel=False)  # like `web.run_app`: the handler meets the closed connection
+    data = payload(12 * MiB, seed=3)
+    path = await tus.upload(data)
+    server = tus.client.server.runner.server
+    before = set(server.connections)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    await asyncio.get_running_loop().sock_connect(sock, (tus.client.host, tus.client.port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    assert (await reader.readuntil(b"\r\n")).startswith(b"HTTP/1.1 200 ")
+    await reader.readexactly(1000)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a reset
+    writer.close()
+    await wait_until_server_idle(tus, before)
+    # The server carries on, and nothing was logged as an error.
+    assert sha256((await tus.get(path)).expect(200).body) == sha256(data)
+    problems = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert problems == [], [r.getMessage() for r in problems]
+    if not isinstance(tus.store, FileStore):  # the disk store's FileResponse is aiohttp's to finish
+        gone = [r for r in caplog.records if r.getMessage().startswith("client went away after")]
+        assert [r.levelno for r in gone] == [logging.INFO]
+
+
 async def test_get_allow_listed_filetype_is_inline(tus):
     path = await tus.upload(b"\x89PNG....", f"filetype {b64('image/png')},filename {b64('pic.png')}")
     reply = (await tus.get(path)).expect(200)
@@ -809,7 +952,6 @@ GARBAGE = [
     ({"Upload-Defer-Length": "2"}, {CREATE, CREATE_BODY}),
     ({"Upload-Defer-Length": "1"}, {CREATE, CREATE_BODY}),  # with Upload-Length too
     ({"Content-Type": "text/html"}, {CREATE_BODY, PATCH}),
-    ({"Tus-Resumable": "1.0.0, 1.0.0"}, {CREATE, CREATE_BODY, PATCH}),
 ]
 
 
@@ -841,6 +983,57 @@ async def test_garbage_headers_are_4xx_and_change_nothing(tus):
     await tus.assert_stored(path, b"abc")
     head = (await tus.head(path)).expect(200)
     assert head.headers["Upload-Metadata"] == f"a {b64('1')}"
+
+
+# Field lines of one name form a list (RFC 9110 5.3): two lines, or a comma in one line,
+# give these single-valued headers two values. Different values are ambiguous (400); the
+# same value repeated counts once.
+AMBIGUOUS = [
+    (CREATE, ["Upload-Length: 10", "Upload-Length: 20"]),
+    (CREATE, ["Upload-Length: 10, 20"]),
+    (CREATE, ["Upload-Defer-Length: 1", "Upload-Defer-Length: 1,2"]),
+    (CREATE, ["Upload-Length: 5", "Upload-Concat: partial", "Upload-Concat: final;/x"]),
+    (CREATE, ["Upload-Length: 5", "Tus-Resumable: 0.2.2"]),
+    (CREATE_BODY, ["Upload-Length: 3", f"Upload-Checksum: sha1 {b64(hashlib.sha1(b'def').digest())}",
+                   f"Upload-Checksum: md5 {b64(hashlib.md5(b'def').digest())}"]),
+    (PATCH, ["Upload-Offset: 3", "Upload-Offset: 0"]),
+    (PATCH, ["Upload-Offset: 3, 6"]),
+    (PATCH, ["Upload-Offset: 3", "Upload-Length: 6", "Upload-Length: 10"]),
+    (PATCH, ["Upload-Offset: 3", f"Upload-Checksum: sha1 {b64(hashlib.sha1(b'def').digest())}, sha1 AAAA"]),
+    (PATCH, ["Upload-Offset: 3", "Tus-Resumable: 1.0.0, 0.2.2"]),
+    ("HEAD", ["Tus-Resumable: 0.2.2"]),
+    ("DELETE", ["Tus-Resumable: 0.2.2"]),
+]
+
+
+@pytest.mark.parametrize(("kind", "lines"), AMBIGUOUS)
+async def test_a_tus_header_with_two_different_values_is_400_and_changes_nothing(tus, kind, lines):
+    path = await tus.create(None)  # deferred, so that a PATCH could set the length
+    (await tus.patch(path, 0, b"abc")).expect(204)
+    before = await tus.upload_ids()
+    body = b"def" if kind in (CREATE_BODY, PATCH) else b""
+    framing = [f"Content-Type: {OCTETS}", f"Content-Length: {len(body)}"] if body else []
+    method, target = {CREATE: ("POST", "/"), CREATE_BODY: ("POST", "/"), PATCH: ("PATCH", path)}.get(kind, (kind, path))
+    status, headers, text = await raw_request(tus, raw_head(method, target, *lines, *framing), body)
+    name = lines[-1].split(":")[0]
+    assert status == 400, (status, text)
+    assert headers["tus-resumable"] == "1.0.0"
+    if method != "HEAD":
+        assert text == f"a tus header was sent with more than one value: {name} has 2 different values\n".encode()
+    assert await tus.upload_ids() == before
+    head = (await tus.head(path)).expect(200)
+    assert head.headers["Upload-Offset"] == "3" and head.headers["Upload-Defer-Length"] == "1"
+    await tus.store_holds(path, b"abc")
+
+
+async def test_a_tus_header_repeated_with_the_same_value_counts_once(tus):
+    status, headers, text = await raw_request(tus, raw_head("POST", "/", "Upload-Length: 6", "Upload-Length: 6, 6"))
+    assert status == 201, text
+    path = URL(headers["location"]).path
+    lines = ["Upload-Offset: 0", "Upload-Offset: 0", "Tus-Resumable: 1.0.0", f"Content-Type: {OCTETS}"]
+    status, headers, text = await raw_request(tus, raw_head("PATCH", path, *lines, "Content-Length: 6"), b"abcdef")
+    assert (status, headers["upload-offset"]) == (204, "6"), text
+    await tus.assert_stored(path, b"abcdef")
 
 
 # (raw header line, the requests it must spoil)
@@ -1020,7 +1213,7 @@ async def test_stand_alone_location_is_at_the_root(tus):
 
 async def test_mounted_under_a_prefix_end_to_end(serve):
     tus = await serve(prefix="/uploads/")
-    reply = (await tus.request("OPTIONS", "/uploads/", tus=False)).expect(204)
+    reply = (await tus.request("OPTIONS", "/uploads/", tus=False)).expect(200)
     assert reply.headers["Tus-Version"] == "1.0.0"
     data = payload(5000, seed=10)
     reply = (await tus.post({"Upload-Length": "5000", "Content-Type": OCTETS}, data[:1000])).expect(201)

@@ -4,6 +4,7 @@ each test): payloads, pass-through rejections, changes, retries, forwarded heade
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 
@@ -136,6 +137,64 @@ async def test_pre_create_answer_changes_metadata_and_id(aiohttp_client, receive
     assert resp.headers["Upload-Metadata"] == "owner Nw=="
     created = await receiver.wait_for("post-create", 1)
     assert created[0]["upload"]["id"] == "user-7-file-1"
+
+
+async def streamed_reply(request: web.Request, body: bytes, status: int = 200) -> web.StreamResponse:
+    """`body` sent chunked, in pieces with pauses: as a streaming framework might."""
+    await request.read()
+    response = web.StreamResponse(status=status, headers={"Content-Type": "application/json"})
+    response.enable_chunked_encoding()
+    await response.prepare(request)
+    for i in range(0, len(body), 1000):
+        await response.write(body[i : i + 1000])
+        await asyncio.sleep(0.02)
+    await response.write_eof()
+    return response
+
+
+async def hook_server(aiohttp_server, body: bytes, status: int = 200) -> str:
+    """A hook service that answers every event with `body`, streamed."""
+
+    async def reply(request: web.Request) -> web.StreamResponse:
+        return await streamed_reply(request, body, status)
+
+    app = web.Application()
+    app.router.add_post("/hooks", reply)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    return str(server.make_url("/hooks"))
+
+
+async def test_a_pre_create_answer_arriving_in_pieces_is_read_whole(aiohttp_client, aiohttp_server, tmp_path):
+    metadata = {"owner": "7", "note": "n" * 3000}  # several pieces
+    answer = json.dumps({"upload_id": "user-7-file-2", "metadata": metadata}).encode()
+    url = await hook_server(aiohttp_server, answer)
+    config = Config(hooks_url=url, hooks_events=["pre-create"])
+    client = await aiohttp_client(create_app(config, store=FileStore(str(tmp_path))))
+    path = await create(client, 4)
+    assert path == "/user-7-file-2"
+    resp = await client.head(path, headers=TUS)
+    assert resp.headers["Upload-Metadata"] == f"owner Nw==,note {base64.b64encode(b'n' * 3000).decode()}"
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        (200, (500, "a server hook failed: the hook's reply is too large\n")),  # cannot be applied in part
+        (403, (403, "x" * 197 + "...\n")),  # a rejection stays one, its message cut as always
+    ],
+)
+async def test_a_hook_reply_over_64_kib_is_not_read_in_part(
+    aiohttp_client, aiohttp_server, tmp_path, status, expected
+):
+    answer = json.dumps({"upload_id": "user-7-file-3", "metadata": {"big": "x" * 70_000}}).encode()
+    if status != 200:
+        answer = b"x" * 70_000
+    url = await hook_server(aiohttp_server, answer[:66_000], status)
+    config = Config(hooks_url=url, hooks_events=["pre-create"])
+    client = await aiohttp_client(create_app(config, store=FileStore(str(tmp_path / "u"))))
+    resp = await client.post("/", headers={**TUS, "Upload-Length": "1"})
+    assert (resp.status, await resp.text()) == expected
+    assert not (tmp_path / "u").exists() or not any((tmp_path / "u").iterdir())
 
 
 async def test_a_bad_id_from_the_hook_service_is_500(aiohttp_client, receiver, tmp_path):

@@ -52,7 +52,9 @@ async def tus_middleware(request: web.Request, handler: Handler) -> web.StreamRe
     status = 500
     try:
         if request.method not in ("OPTIONS", "GET") and _effective_method(request) != "GET":
-            protocol.check_tus_resumable(request.headers.get("Tus-Resumable"))
+            protocol.check_tus_resumable(
+                protocol.single_value("Tus-Resumable", request.headers.getall("Tus-Resumable", []))
+            )
         response = await handler(request)
         status = response.status
         return response

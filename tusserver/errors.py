@@ -57,6 +57,9 @@ UNSUPPORTED_CHECKSUM = ErrorKind(
 CHECKSUM_MISMATCH = ErrorKind("ERR_CHECKSUM_MISMATCH", 460, "checksum does not match the request body")
 INVALID_CONCAT = ErrorKind("ERR_INVALID_CONCAT", 400, "Upload-Concat is malformed")
 PARTIAL_NOT_FOUND = ErrorKind("ERR_PARTIAL_NOT_FOUND", 404, "a partial upload named in Upload-Concat was not found")
+FINAL_WITH_LENGTH = ErrorKind(
+    "ERR_FINAL_WITH_LENGTH", 400, "a final upload must not carry Upload-Length: it is the sum of its partials"
+)
 NOT_PARTIAL = ErrorKind("ERR_NOT_PARTIAL", 400, "an upload named in Upload-Concat is not a partial upload")
 MODIFY_FINAL = ErrorKind("ERR_MODIFY_FINAL", 403, "a final concatenated upload cannot be patched")
 UNSUPPORTED_EXTENSION = ErrorKind("ERR_UNSUPPORTED_EXTENSION", 400, "the store does not support this extension")
@@ -70,6 +73,7 @@ TOO_MANY_UPLOADS = ErrorKind("ERR_TOO_MANY_UPLOADS", 503, "server has too many u
 READ_TIMEOUT = ErrorKind("ERR_READ_TIMEOUT", 408, "request body stalled for longer than the read timeout")
 INVALID_RANGE = ErrorKind("ERR_INVALID_RANGE", 416, "Range is not satisfiable")
 INVALID_HEADER = ErrorKind("ERR_INVALID_HEADER", 400, "a request header is malformed")
+AMBIGUOUS_HEADER = ErrorKind("ERR_AMBIGUOUS_HEADER", 400, "a tus header was sent with more than one value")
 STORAGE_FULL = ErrorKind("ERR_STORAGE_FULL", 507, "server has no space left to store the upload")
 STORAGE_UNAVAILABLE = ErrorKind("ERR_STORAGE_UNAVAILABLE", 503, "storage backend failed; retry later")
 STORAGE_NOT_WRITABLE = ErrorKind(

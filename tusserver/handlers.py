@@ -41,6 +41,7 @@ from .stores.base import (
     LengthDeferringStore,
     RedirectDownload,
     Store,
+    StreamDownload,
     TerminatingStore,
     store_extensions,
 )
@@ -124,7 +125,7 @@ class TusHandlers:
     async def _receive(self, request: web.Request, info: UploadInfo, posts: _Posts) -> None:
         """Append the request body to `info` (locked by the caller) and finish the
         upload when it is complete. Updates `info.offset`."""
-        checksum = protocol.parse_checksum(request.headers.get("Upload-Checksum"))
+        checksum = protocol.parse_checksum(_header(request, "Upload-Checksum"))
         content_length = protocol.parse_content_length(request.headers.get("Content-Length"))
         max_size = self._max_size(request)
         if info.length is not None:
@@ -251,7 +252,7 @@ class TusHandlers:
         max_size = self._max_size(request)
         if max_size is not None:
             headers["Tus-Max-Size"] = str(max_size)
-        return web.Response(status=204, headers=headers)
+        return web.Response(status=200, headers=headers)  # as tusd: 200, which checkers expect
 
     async def post(self, request: web.Request) -> web.Response:
         if protocol.is_offset_content_type(request.headers.get("Content-Type")):
@@ -262,13 +263,13 @@ class TusHandlers:
     async def _create(self, request: web.Request) -> web.Response:
         metadata = protocol.parse_metadata(request.headers.get("Upload-Metadata"))
         check_metadata(request.headers.get("Upload-Metadata"), metadata, self.config)
-        concat = protocol.parse_concat(request.headers.get("Upload-Concat"))
+        concat = protocol.parse_concat(_header(request, "Upload-Concat"))
         if concat is not None and not isinstance(self.store, ConcatenatingStore):
             raise TusError(errors.UNSUPPORTED_EXTENSION, "concatenation")
         if concat is not None and concat.final:
             return await self._create_final(request, concat, metadata)
         length = protocol.parse_creation_length(
-            request.headers.get("Upload-Length"), request.headers.get("Upload-Defer-Length")
+            _header(request, "Upload-Length"), _header(request, "Upload-Defer-Length")
         )
         if length is None and not isinstance(self.store, LengthDeferringStore):
             raise TusError(errors.UNSUPPORTED_EXTENSION, "creation-defer-length")
@@ -279,15 +280,14 @@ class TusHandlers:
             protocol.check_content_type(request.headers.get("Content-Type"))
         if with_body:
             # Everything that can reject the body is checked before the upload exists.
-            protocol.parse_checksum(request.headers.get("Upload-Checksum"))
+            protocol.parse_checksum(_header(request, "Upload-Checksum"))
             content_length = protocol.parse_content_length(request.headers.get("Content-Length"))
             limit = length if length is not None else self._max_size(request)
             if limit is not None and content_length is not None and content_length > limit:
                 raise TusError(errors.EXCEEDS_UPLOAD_LENGTH, f"at most {limit} bytes fit")
         info = self._new_info(request, length, metadata)
         info.concat = "partial" if concat is not None else None
-        await self._pre_create(request, info)
-        await self.store.create(info)
+        await self._create_upload(request, info)
         await self.hooks.post(POST_CREATE, request, info)
         headers = {"Location": upload_location(request, self.config, info.id)}
         if with_body:
@@ -307,20 +307,33 @@ class TusHandlers:
             await self._deliver(request, posts)
         return web.Response(status=201, headers=headers)
 
-    async def _pre_create(self, request: web.Request, info: UploadInfo) -> None:
-        """Run pre-create and apply what it changes: metadata, and the id (= storage key)."""
+    async def _create_upload(self, request: web.Request, info: UploadInfo) -> None:
+        """Run pre-create, apply what it changes (metadata, and the id = storage key), and
+        create the upload in the store."""
         changes = checked_changes(await self.hooks.pre(PRE_CREATE, request, info))
         if changes.metadata is not None:
             info.metadata = changes.metadata
-        if changes.upload_id is not None and changes.upload_id != info.id:
-            try:
-                await self.store.get_info(changes.upload_id)
-            except TusError as exc:
-                if exc.kind is not errors.NOT_FOUND:
-                    raise
-            else:
-                raise TusError(errors.UPLOAD_ID_TAKEN)
-            info.id = request[UPLOAD_ID] = changes.upload_id
+        if changes.upload_id is None or changes.upload_id == info.id:
+            await self.store.create(info)
+            return
+        info.id = request[UPLOAD_ID] = changes.upload_id
+        # A taken id is usually seen here, without asking a PATCH that holds its lock to let go.
+        await self._check_id_free(info.id)
+        # Two creations of one chosen id: the store's create is atomic per id, so the loser
+        # gets 409. Checking again under the id's lock makes that hold also for S3-compatible
+        # services that ignore If-None-Match (within one lock domain: the process, or Redis).
+        async with self.locker.lock(info.id):
+            await self._check_id_free(info.id)
+            await self.store.create(info)
+
+    async def _check_id_free(self, upload_id: str) -> None:
+        try:
+            await self.store.get_info(upload_id)
+        except TusError as exc:
+            if exc.kind is not errors.NOT_FOUND:
+                raise
+        else:
+            raise TusError(errors.UPLOAD_ID_TAKEN)
 
     def _new_info(self, request: web.Request, length: int | None, metadata: protocol.Metadata) -> UploadInfo:
         info = UploadInfo(id=protocol.new_upload_id(), length=length, metadata=metadata)
@@ -332,6 +345,8 @@ class TusHandlers:
     async def _create_final(
         self, request: web.Request, concat: protocol.Concat, metadata: protocol.Metadata
     ) -> web.Response:
+        if _header(request, "Upload-Length") is not None:
+            raise TusError(errors.FINAL_WITH_LENGTH)
         base, origin = collection_path(request), request_origin(request, self.config)
         partial_ids = [protocol.upload_id_from_url(url, base, origin) for url in concat.urls]
         lengths: list[int | None] = []
@@ -349,8 +364,7 @@ class TusHandlers:
         self._check_size(request, length)
         info = self._new_info(request, length, metadata)
         info.concat, info.partials = "final", partial_ids
-        await self._pre_create(request, info)
-        await self.store.create(info)
+        await self._create_upload(request, info)
         for partial_id in dict.fromkeys(partial_ids):
             await self.store.link_final(partial_id, info.id)
         await self.hooks.post(POST_CREATE, request, info)
@@ -442,16 +456,19 @@ class TusHandlers:
     async def _patch(self, request: web.Request) -> web.Response:
         upload_id = self._upload_id(request)
         protocol.check_content_type(request.headers.get("Content-Type"))
-        offset = protocol.parse_upload_offset(request.headers.get("Upload-Offset"))
-        new_length = request.headers.get("Upload-Length")
+        offset = protocol.parse_upload_offset(_header(request, "Upload-Offset"))
+        new_length = _header(request, "Upload-Length")
         length = None if new_length is None else protocol.parse_upload_length(new_length)
-        protocol.parse_checksum(request.headers.get("Upload-Checksum"))  # malformed: refused before any change
+        protocol.parse_checksum(_header(request, "Upload-Checksum"))  # malformed: refused before any change
         async with self._locked(request, upload_id) as posts:
             info = await self._load(upload_id)
             if info.concat == "final":
                 raise TusError(errors.MODIFY_FINAL)
             if offset != info.offset:
-                raise TusError(errors.MISMATCHED_OFFSET, f"upload is at {info.offset}")
+                # The current offset comes along, so the client can resume without a HEAD.
+                raise TusError(
+                    errors.MISMATCHED_OFFSET, f"upload is at {info.offset}", headers=self._state_headers(info)
+                )
             if length is not None and length != info.length:
                 await self._set_length(request, info, length)
             if info.finished:
@@ -506,6 +523,11 @@ class TusHandlers:
         return await _stream_download(request, download, headers)
 
 
+def _header(request: web.Request, name: str) -> str | None:
+    """The value of a single-valued tus header; two different values are a 400."""
+    return protocol.single_value(name, request.headers.getall(name, []))
+
+
 def stop_body(request: web.Request, reason: Exception) -> None:
     """Stop receiving the request's body now, or as soon as it starts; the bytes
     received are kept and the request answers as `reason` says."""
@@ -515,7 +537,9 @@ def stop_body(request: web.Request, reason: Exception) -> None:
         body.stop(reason)
 
 
-async def _stream_download(request: web.Request, download, headers: dict[str, str]) -> web.StreamResponse:
+async def _stream_download(
+    request: web.Request, download: StreamDownload, headers: dict[str, str]
+) -> web.StreamResponse:
     size = download.size
     try:
         rng = request.http_range
@@ -538,10 +562,43 @@ async def _stream_download(request: web.Request, download, headers: dict[str, st
     if partial:
         response.headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
     response.content_length = stop - start
-    await response.prepare(request)
-    if request.method != "HEAD" and stop > start:
-        async for chunk in download.open(start, stop):
-            await response.write(chunk)
-    await response.write_eof()
+    if stop == start:  # an empty upload: nothing to read
+        await response.prepare(request)
+        await response.write_eof()
+        return response
+    sent = 0
+    try:
+        # The store's first call happens on entry, before any header is sent: a missing
+        # object or an unavailable store is still an ordinary tus error (404, 503).
+        async with download.open(start, stop) as chunks:
+            await response.prepare(request)
+            async for chunk in chunks:
+                await response.write(chunk)
+                sent += len(chunk)
+            await response.write_eof()
+    except Exception as exc:
+        if not response.prepared:
+            raise
+        # An answer now would be written into the body: close the connection instead, so
+        # the client sees a body shorter than Content-Length, then EOF.
+        _log_broken_download(request, exc, sent, stop - start)
+        _drop_connection(request)
     return response
 
+
+def _log_broken_download(request: web.Request, exc: Exception, sent: int, total: int) -> None:
+    if isinstance(exc, ConnectionError):  # from write(): the store raises TusError only
+        log.info("client went away after %d of %d bytes of %s: %s", sent, total, request.path, exc)
+    elif isinstance(exc, TusError):
+        log.warning("download of %s failed after %d of %d bytes; connection closed: %s", request.path, sent, total, exc)
+    else:
+        log.error(
+            "download of %s failed after %d of %d bytes; connection closed", request.path, sent, total, exc_info=exc
+        )
+
+
+def _drop_connection(request: web.Request) -> None:
+    """Close the connection once what is buffered is sent: no further response on it."""
+    request.protocol.force_close()
+    if request.transport is not None:
+        request.transport.close()

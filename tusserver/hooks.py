@@ -188,6 +188,9 @@ class Hooks:
         return self._callbacks[event]
 
 
+MAX_REPLY = 64 * 1024  # bytes of a webhook reply that are read
+
+
 class Webhook:
     """Sends events as JSON POSTs to `config.hooks_url` over one ClientSession.
 
@@ -220,23 +223,35 @@ class Webhook:
         if self.session is not None:
             await self.session.close()
 
-    async def _post(self, event: HookEvent) -> tuple[int, bytes]:
+    async def _post(self, event: HookEvent) -> tuple[int, bytes, bool]:
+        """The reply's status, its body (at most MAX_REPLY bytes of it), and whether
+        that is the whole body."""
         assert self.session is not None, "the webhook is used before the app started"
         payload = event.to_json(self.forward_headers)
         # A redirect is an answer like any other: following it would send the payload elsewhere.
         async with self.session.post(self.url, json=payload, allow_redirects=False) as response:
-            # Bounded: a rejection message is cut to 200 characters anyway.
-            return response.status, await response.content.read(64 * 1024)
+            # read(n) returns whatever has arrived, not n bytes: read to EOF, within the bound.
+            body = bytearray()
+            async for chunk in response.content.iter_any():
+                body += chunk
+                if len(body) > MAX_REPLY:
+                    return response.status, bytes(body[:MAX_REPLY]), False
+            return response.status, bytes(body), True
 
     async def call(self, event: HookEvent) -> HookResult:
         """Deliver a pre-* event and return its changes; raise HookRejected on non-2xx."""
         try:
-            status, body = await self._post(event)
+            status, body, whole = await self._post(event)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             log.warning("%s webhook to %s failed: %s", event.type, self.where, exc or type(exc).__name__)
             raise TusError(errors.HOOK_UNAVAILABLE, headers={"Retry-After": "5"}) from None
-        document = _json_object(body)
-        if not 200 <= status < 300:
+        accepted = 200 <= status < 300
+        if accepted and not whole:
+            # Parsing a part could drop the hook's upload_id or metadata: fail instead.
+            log.warning("%s webhook to %s replied with more than %d bytes", event.type, self.where, MAX_REPLY)
+            raise TusError(errors.HOOK_FAILED, "the hook's reply is too large")
+        document = _json_object(body) if whole else None
+        if not accepted:
             message = document.get("message") if document else None
             if not isinstance(message, str):
                 message = body.decode("utf-8", "replace")
@@ -254,7 +269,7 @@ class Webhook:
             if attempt:
                 await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
             try:
-                status, _ = await self._post(event)
+                status, _, _ = await self._post(event)
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
                 problem = str(exc) or type(exc).__name__
             else:

@@ -6,7 +6,7 @@ import base64
 import binascii
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import format_datetime
@@ -43,6 +43,19 @@ def new_upload_id() -> str:
 
 def is_valid_upload_id(value: str) -> bool:
     return _ID_RE.fullmatch(value) is not None
+
+
+def single_value(name: str, values: Sequence[str]) -> str | None:
+    """The one value of the single-valued header `name`, given all its field lines
+    (`headers.getall(name, [])`); None when it is absent.
+
+    Field lines form one comma-separated list (RFC 9110 5.3), so `10, 20` in one line
+    is two values, like two lines. Different values make the request ambiguous; the
+    same value repeated is one value (as RFC 9110 8.6 allows for Content-Length)."""
+    items = {item.strip() for value in values for item in value.split(",")}
+    if len(items) > 1:
+        raise TusError(errors.AMBIGUOUS_HEADER, f"{name} has {len(items)} different values")
+    return items.pop() if items else None
 
 
 def check_tus_resumable(value: str | None) -> None:
@@ -175,7 +188,8 @@ def parse_checksum(value: str | None, allowed: frozenset[str] | None = None) -> 
     except (ValueError, binascii.Error):
         raise TusError(errors.INVALID_CHECKSUM, "digest is not valid base64") from None
     if len(digest) != size:
-        raise TusError(errors.INVALID_CHECKSUM, f"{algorithm} digest must be {size} bytes")
+        # Well-formed, but no body can match it: known before the body is read.
+        raise TusError(errors.CHECKSUM_MISMATCH, f"a {algorithm} digest has {size} bytes, not {len(digest)}")
     return Checksum(algorithm, digest)
 
 

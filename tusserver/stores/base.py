@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -52,11 +53,15 @@ class FileDownload:
 
 @dataclass(frozen=True)
 class StreamDownload:
-    """A finished upload served by streaming `open(start, end)` (end exclusive)."""
+    """A finished upload served by streaming: `async with open(start, end) as chunks`
+    (end exclusive). Entering makes the first storage call, before any response header
+    is sent, so a missing object raises TusError(NOT_FOUND) and an unavailable store
+    TusError(STORAGE_UNAVAILABLE) while an error answer is still possible. Iterating
+    `chunks` raises TusError only."""
 
     size: int
     etag: str | None
-    open: Callable[[int, int], AsyncIterator[bytes]]
+    open: Callable[[int, int], AbstractAsyncContextManager[AsyncIterator[bytes]]]
 
 
 @dataclass(frozen=True)
@@ -76,7 +81,8 @@ class Store(Protocol):
     async def close(self) -> None: ...
 
     async def create(self, info: UploadInfo) -> None:
-        """Persist a new, empty upload. `info.storage` may be filled in."""
+        """Persist a new, empty upload. `info.storage` may be filled in. Atomic per id:
+        raises TusError(UPLOAD_ID_TAKEN) when an upload with `info.id` exists."""
 
     async def get_info(self, upload_id: str) -> UploadInfo:
         """The upload's state with `offset` derived from what is stored.
@@ -96,7 +102,9 @@ class Store(Protocol):
     async def save_info(self, info: UploadInfo) -> None:
         """Persist `info` (its `.info` record) as it is now."""
 
-    async def download(self, info: UploadInfo) -> Download: ...
+    async def download(self, info: UploadInfo) -> Download:
+        """How to serve the finished upload. Bytes that are gone raise TusError(NOT_FOUND)
+        here, or when a StreamDownload is opened; either way before any header is sent."""
 
 
 @runtime_checkable

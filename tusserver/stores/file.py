@@ -63,8 +63,11 @@ class FileStore:
     async def create(self, info: UploadInfo) -> None:
         path = self._path(info.id)
         info.storage = {"type": "file", "path": path}
-        with open(path, "xb"):
-            pass
+        try:
+            with open(path, "xb"):  # O_EXCL: of two creations of one id, one wins
+                pass
+        except FileExistsError:
+            raise TusError(errors.UPLOAD_ID_TAKEN) from None
         try:
             await self.save_info(info)
         except BaseException:
@@ -120,7 +123,11 @@ class FileStore:
         shutil.rmtree(self._link_dir(info.id), ignore_errors=True)
 
     async def download(self, info: UploadInfo) -> Download:
-        return FileDownload(self._path(info.id))
+        path = self._path(info.id)
+        # Checked before any header is sent; FileResponse opens the file itself.
+        if not os.path.isfile(path):
+            raise TusError(errors.NOT_FOUND)
+        return FileDownload(path)
 
     async def concatenate(self, final: UploadInfo, partials: list[UploadInfo]) -> None:
         target = self._path(final.id)

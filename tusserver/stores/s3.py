@@ -423,7 +423,32 @@ class S3Store:
         info.storage = {"type": "s3", "bucket": self.bucket, "key": self._key(info.id)}
         if self.uniform_parts:
             info.storage["part_size"] = uniform_part_size(info.length, self.part_size, self.min_part_size)
-        await self.save_info(info)
+        await self._put_new_info(info)
+
+    async def _put_new_info(self, info: UploadInfo) -> None:
+        """Write `.info` only if none exists (If-None-Match: *): of two creations of one id,
+        exactly one succeeds; the other raises TusError(UPLOAD_ID_TAKEN)."""
+        key, body = self._key(info.id, ".info"), info.to_json()
+        try:
+            await self._client.put_object(
+                Bucket=self.bucket, Key=key, Body=body, ContentType="application/json", IfNoneMatch="*"
+            )
+            return
+        except _STORAGE_ERRORS as exc:
+            # 412: the key exists; 409: another conditional write of it is under way.
+            if _code(exc) not in ("PreconditionFailed", "ConditionalRequestConflict"):
+                raise _unavailable(exc) from None
+        # A retry of our own PUT whose answer was lost finds our object: that is a success.
+        try:
+            response = await self._call("get_object", Key=key)
+            async with response["Body"] as stream:
+                stored = await stream.read()
+        except ClientError:
+            stored = None
+        except _STORAGE_ERRORS as exc:
+            raise _unavailable(exc) from None
+        if stored != body:
+            raise TusError(errors.UPLOAD_ID_TAKEN)
 
     async def get_info(self, upload_id: str) -> UploadInfo:
         self._key(upload_id)
@@ -595,11 +620,14 @@ class S3Store:
             )
             return RedirectDownload(url)
 
-        async def open_range(start: int, end: int) -> AsyncIterator[bytes]:
-            response = await self._call("get_object", Key=key, Range=f"bytes={start}-{end - 1}")
+        @contextlib.asynccontextmanager
+        async def open_range(start: int, end: int) -> AsyncIterator[AsyncIterator[bytes]]:
+            try:
+                response = await self._call("get_object", Key=key, Range=f"bytes={start}-{end - 1}")
+            except ClientError:  # _call lets only "missing" through
+                raise TusError(errors.NOT_FOUND) from None
             async with response["Body"] as stream:
-                async for chunk in stream.iter_chunks(READ_CHUNK):
-                    yield chunk
+                yield _read_chunks(stream)
 
         return StreamDownload(info.length or 0, info.storage.get("etag"), open_range)
 
@@ -1072,4 +1100,14 @@ class _PartWriter:
             self.short.remove()
             self.short = None
         self.spool.discard()
+
+
+async def _read_chunks(stream: Any) -> AsyncIterator[bytes]:
+    """A GetObject body in chunks; a failure mid-way is TusError(STORAGE_UNAVAILABLE),
+    logged by whoever was sending the bytes."""
+    try:
+        async for chunk in stream.iter_chunks(READ_CHUNK):
+            yield chunk
+    except _STORAGE_ERRORS as exc:
+        raise TusError(errors.STORAGE_UNAVAILABLE, f"reading the object failed: {exc or type(exc).__name__}") from None
 
