@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import base64
 import errno
+import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,8 @@ from tests.test_cli import Server
 from tests.tus_client import OCTETS, TUS, create, head, patch
 from tusserver import Config, FileStore, create_app
 from tusserver.app import HANDLERS_KEY
-from tusserver.cli import exposure_warning, is_loopback
+from tusserver.cli import build_parser, exposure_warning, is_loopback
+from tusserver.load import field_specs, load_config, parse_text
 
 GiB = 1 << 30
 DEFAULT_MAX_SIZE = 10 * GiB
@@ -226,3 +229,32 @@ def test_escaping_leaves_ordinary_paths_alone():
 
     assert printable("/files/Ünïcödé-名前_1") == "/files/Ünïcödé-名前_1"
     assert printable("a\rb\nc\x00d\x7fe\x85f\u202eg\udcff") == "a\\rb\\nc\\x00d\\x7fe\\x85f\\u202eg\\udcff"
+
+
+def test_the_hardened_configuration_in_the_readme_loads(tmp_path):
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Exposing tusserver on the internet", 1)[1]
+    toml = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "hardened.toml"
+    path.write_text(toml)
+    config = load_config(env={"TUSSERVER_AUTH_SECRET": "s" * 32}, config_file=str(path))
+    assert (config.max_size, config.max_concurrent_uploads, config.downloads_require_hook) == (2 << 30, 100, True)
+    assert config.cors_origins == ["https://app.example.com"]
+    assert exposure_warning(config) is None
+    assert exposure_warning(load_config(env={}, config_file=str(path))) is None  # the pre-create webhook
+
+
+def test_the_docker_image_runs_with_the_limits_its_comments_name():
+    dockerfile = (Path(__file__).resolve().parent.parent / "Dockerfile").read_text()
+    entrypoint = json.loads(re.search(r"^ENTRYPOINT (\[.*\])$", dockerfile, re.MULTILINE).group(1))
+    assert entrypoint[0] == "tusserver" and not re.search(r"^ENV .*TUSSERVER_", dockerfile, re.MULTILINE)
+    args = vars(build_parser().parse_args(entrypoint[1:]))
+    config = load_config(cli={k: v for k, v in args.items() if k not in ("command", "config")}, env={})
+    assert config.host == "0.0.0.0" and exposure_warning(config) is not None
+    commented = dict(re.findall(r"^#   ([a-z_]+) +(\S+) ", dockerfile, re.MULTILINE))
+    limits = {"max_size", "expire_after", "max_concurrent_uploads", "max_metadata_size", "max_metadata_count"}
+    assert set(commented) == limits
+    specs = {spec.name: spec for spec in field_specs()}
+    assert {key: getattr(config, key) for key in commented} == {
+        key: parse_text(specs[key], text) for key, text in commented.items()
+    }
