@@ -191,7 +191,10 @@ def test_sizes_accept_bytes_and_suffixes(text, size):
     assert parse_size(text) == size
 
 
-@pytest.mark.parametrize("text", ["", "MiB", "-1", "5 MiBs", "1.5", "0.5KiB0", "5XB", "1.0000000000000000001KiB"])
+@pytest.mark.parametrize(
+    "text",
+    ["", "MiB", "-1", "5 MiBs", "1.5", "0.5KiB0", "5XB", "1.0000000000000000001KiB", "1." + "0" * 5000 + "1KiB"],
+)
 def test_bad_sizes_are_rejected(text):
     with pytest.raises(ValueError):
         parse_size(text)
@@ -205,6 +208,8 @@ def test_bad_sizes_are_rejected(text):
         ("0.001KB", 1),
         ("4503599627370497.5KiB", 4611686018427389440),  # whole, but a float rounds the .5 away
         ("9223372036854775807", (1 << 63) - 1),
+        ("0" * 5000 + "1." + "0" * 5000 + "KiB", 1024),
+        ("0.0000000000009094947017729282379150390625TiB", 1),  # 2**-40 TiB: 40 decimals
     ],
 )
 def test_sizes_are_parsed_exactly(text, size):

@@ -176,12 +176,15 @@ def parse_size(text: str) -> int:
     unit = match and _SIZE_UNITS.get(match.group(2).lower())
     if not match or unit is None:
         raise ValueError(f"expected a size like 1048576, 5MiB or 1GiB, got {_shown(text)}")
-    number = match.group(1)
+    whole, _, fraction = match.group(1).partition(".")
+    whole, fraction = whole.lstrip("0") or "0", fraction.rstrip("0")
     # Checked before any arithmetic: a 5,000-digit number would otherwise hit Python's
     # int-from-text limit with a message about sys.set_int_max_str_digits.
-    if len(number.split(".")[0].lstrip("0")) > len(str(MAX_INT)):
+    if len(whole) > len(str(MAX_INT)):
         raise ValueError(f"{_shown(text)} is too large (at most {MAX_INT} bytes)")
-    value = Fraction(number) * unit  # exact: a float would round 9007199254740993 and overflow on 1e400
+    if len(fraction) > 40:  # 1/2**40 (of a TiB) has 40 decimals; more never make whole bytes
+        raise ValueError(f"{_shown(text)} is not a whole number of bytes")
+    value = Fraction(f"{whole}.{fraction or 0}") * unit  # exact: a float rounds 9007199254740993, overflows on 1e400
     if value.denominator != 1:
         raise ValueError(f"{_shown(text)} is not a whole number of bytes")
     if value > MAX_INT:
@@ -250,7 +253,7 @@ def parse_toml_value(spec: FieldSpec, value: Any) -> Any:
     }[spec.kind]
     if ok and spec.kind is float:
         # TOML writes nan and inf, and float() of a 400-digit integer overflows.
-        ok = isinstance(value, float) and math.isfinite(value) or isinstance(value, int) and abs(value) <= MAX_INT
+        ok = math.isfinite(value) if isinstance(value, float) else abs(value) <= MAX_INT
     if not ok:
         shown = "" if spec.secret else f" {_shown(value)}"
         raise ValueError(f"expected {_describe(spec)}, got {type(value).__name__}{shown}")
