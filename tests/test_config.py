@@ -10,9 +10,13 @@ import pytest
 
 from tusserver.cli import build_parser
 from tusserver.config import Config
-from tusserver.load import ConfigError, field_specs, load_config, parse_size, service_links
+from tusserver.load import ConfigError, field_specs, load_config, parse_size, parse_text, service_links
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def specs() -> dict:
+    return {spec.name: spec for spec in field_specs()}
 
 
 def write(tmp_path: Path, text: str) -> str:
@@ -187,10 +191,100 @@ def test_sizes_accept_bytes_and_suffixes(text, size):
     assert parse_size(text) == size
 
 
-@pytest.mark.parametrize("text", ["", "MiB", "-1", "5 MiBs", "1.5", "0.5KiB0", "5XB"])
+@pytest.mark.parametrize(
+    "text",
+    ["", "MiB", "-1", "5 MiBs", "1.5", "0.5KiB0", "5XB", "1.0000000000000000001KiB", "1." + "0" * 5000 + "1KiB"],
+)
 def test_bad_sizes_are_rejected(text):
     with pytest.raises(ValueError):
         parse_size(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [
+        ("9007199254740993", 9007199254740993),  # 2**53 + 1: a float makes it ...992
+        ("1.5GiB", 1610612736),
+        ("0.001KB", 1),
+        ("4503599627370497.5KiB", 4611686018427389440),  # whole, but a float rounds the .5 away
+        ("9223372036854775807", (1 << 63) - 1),
+        ("0" * 5000 + "1." + "0" * 5000 + "KiB", 1024),
+        ("0.0000000000009094947017729282379150390625TiB", 1),  # 2**-40 TiB: 40 decimals
+    ],
+)
+def test_sizes_are_parsed_exactly(text, size):
+    assert parse_size(text) == size
+
+
+HUGE = "1" * 400
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ({"env": {"TUSSERVER_MAX_SIZE": HUGE}}, r"TUSSERVER_MAX_SIZE: '1{40}'\.\.\. \(400 characters\) is too large"),
+        ({"env": {"TUSSERVER_S3_PART_SIZE": "9" * 5000 + "MiB"}}, r"TUSSERVER_S3_PART_SIZE: .* is too large"),
+        ({"env": {"TUSSERVER_MAX_SIZE": "8EiB"}}, r"TUSSERVER_MAX_SIZE: expected a size like"),
+        ({"env": {"TUSSERVER_MAX_SIZE": "9223372036854775808"}}, "TUSSERVER_MAX_SIZE: .* is too large"),
+        ({"file": f'max_size = "{HUGE}"'}, r"max_size in .*: '1{40}'\.\.\. \(400 characters\) is too large"),
+        ({"file": f"max_size = {HUGE}"}, "max_size is too large: at most 9223372036854775807"),
+        ({"file": f"max_metadata_count = {HUGE}"}, "max_metadata_count is too large"),
+        ({"file": f"lock_timeout = {HUGE}"}, r"lock_timeout in .*: expected a number, got int 1{40}\.\.\. \(400 "),
+        ({"file": "lock_timeout = nan"}, r"lock_timeout in .*: expected a number, got float nan"),
+        ({"file": "read_timeout = inf"}, r"read_timeout in .*: expected a number or \"none\", got float inf"),
+        ({"env": {"TUSSERVER_READ_TIMEOUT": "inf"}}, r"TUSSERVER_READ_TIMEOUT: expected a number or \"none\""),
+        ({"env": {"TUSSERVER_HOOKS_TIMEOUT": "1e400"}}, "TUSSERVER_HOOKS_TIMEOUT: expected a number, got '1e400'"),
+        ({"cli": ["--lock-lease", "nan"]}, None),
+    ],
+)
+def test_huge_or_non_finite_values_are_config_errors_naming_the_key(tmp_path, source, message):
+    if "cli" in source:  # argparse reports it, naming the flag, and exits 2
+        with pytest.raises(SystemExit) as exited:
+            cli_values(*source["cli"])
+        assert exited.value.code == 2
+        return
+    path = write(tmp_path, source["file"] + "\n") if "file" in source else None
+    with pytest.raises(ConfigError, match=message):
+        load_config(env=source.get("env", {}), config_file=path)
+
+
+@pytest.mark.parametrize(
+    ("key", "too_low", "lowest", "message"),
+    [
+        ("lock_lease", "0", "1", "lock_lease must be at least 1 second, got 0.0"),
+        ("lock_lease", "0.5", "1.0", "lock_lease must be at least 1 second, got 0.5"),
+        ("cleanup_interval", "0", "1", "cleanup_interval must be at least 1 second, got 0.0"),
+        ("s3_min_part_size", "5242879", "5MiB", "s3_min_part_size must be at least 5MiB, the smallest part S3 accepts"),
+        ("s3_min_part_size", "1MiB", "5242880", "s3_min_part_size must be at least 5MiB"),
+    ],
+)
+def test_settings_with_a_floor_refuse_values_below_it(key, too_low, lowest, message):
+    env = "TUSSERVER_" + key.upper()
+    with pytest.raises(ConfigError, match=message):
+        load_config(env={env: too_low})
+    assert getattr(load_config(env={env: lowest}), key) == parse_text(specs()[key], lowest)
+
+
+def test_s3_part_size_is_at_most_what_s3_accepts():
+    assert load_config(env={"TUSSERVER_S3_PART_SIZE": "5GiB"}).s3_part_size == 5 << 30
+    with pytest.raises(ConfigError, match="s3_part_size must be at most 5GiB"):
+        load_config(env={"TUSSERVER_S3_PART_SIZE": str((5 << 30) + 1)})
+
+
+def test_defaults_are_limited():
+    config = Config()
+    assert (config.max_size, config.expire_after, config.max_concurrent_uploads) == (10 << 30, 86400.0, 200)
+    assert (config.max_metadata_size, config.max_metadata_count) == (4096, 32)
+
+
+LIMITED_BY_DEFAULT = ["max_size", "expire_after", "max_concurrent_uploads", "max_metadata_size", "max_metadata_count"]
+
+
+@pytest.mark.parametrize("key", LIMITED_BY_DEFAULT)
+def test_none_unsets_each_default_limit_from_every_source(tmp_path, key):
+    assert getattr(load_config(env={"TUSSERVER_" + key.upper(): "none"}), key) is None
+    assert getattr(load_config(env={}, config_file=write(tmp_path, f'{key} = "none"\n')), key) is None
+    assert getattr(load_config(cli=cli_values("--" + key.replace("_", "-"), "none"), env={}), key) is None
 
 
 def test_example_config_documents_every_key_with_its_default():

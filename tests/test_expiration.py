@@ -49,10 +49,15 @@ async def test_upload_expires_header_on_post_patch_and_head(client):
     assert "Upload-Expires" not in (await head(client, path)).headers
 
 
-async def test_off_by_default(aiohttp_client, store_factory):
+async def test_a_day_by_default_and_off_when_unset(aiohttp_client, store_factory):
     client = await aiohttp_client(create_app(Config(), store=store_factory()))
+    before = time.time()
     resp = await client.post("/", headers={"Tus-Resumable": "1.0.0", "Upload-Length": "4"})
-    assert "Upload-Expires" not in resp.headers
+    # HTTP dates have whole seconds: the expiry lies within a second of a day from now.
+    assert before + 86400 - 1 <= expires_at(resp) <= time.time() + 86400
+    client = await aiohttp_client(create_app(Config(expire_after=None), store=store_factory()))
+    resp = await client.post("/", headers={"Tus-Resumable": "1.0.0", "Upload-Length": "4"})
+    assert resp.status == 201 and "Upload-Expires" not in resp.headers
 
 
 async def test_expired_upload_is_410_and_cleaned(aiohttp_client, store_factory):

@@ -158,14 +158,16 @@ def s3(moto_endpoint, bucket) -> Bucket:
 def serve(aiohttp_client, moto_endpoint, bucket, spool_dir):
     """Start an app instance over the test bucket; each call is a new server process's worth."""
 
-    async def start(endpoint: str | None = None, bucket_name: str | None = None, **options) -> Server:
+    async def start(
+        endpoint: str | None = None, bucket_name: str | None = None, config: Config | None = None, **options
+    ) -> Server:
         options = {"part_size": 6 * MiB, **options}
         retry_attempts = options.pop("retry_attempts", None)
         endpoint = endpoint or moto_endpoint
         store = S3Store(bucket_name or bucket, endpoint_url=endpoint, path_style=True, temp_dir=spool_dir, **options)
         if retry_attempts is not None:
             store.retry_attempts = retry_attempts
-        client = await aiohttp_client(create_app(Config(), store=store))
+        client = await aiohttp_client(create_app(config or Config(), store=store))
         return Server(client, store)
 
     return start
@@ -876,7 +878,7 @@ async def test_deferred_length_with_uniform_parts_moves_linear_bytes(serve, prox
 
 
 async def test_deferred_length_with_uniform_parts_resizes_parts_until_the_first_is_sent(serve, s3):
-    server = await serve(uniform_parts=True, part_size=5 * MiB)
+    server = await serve(uniform_parts=True, part_size=5 * MiB, config=Config(max_size=None))  # 60 GiB is allowed
     upload_id = await server.create(None)
     assert json.loads(s3.get(f"{upload_id}.info"))["storage"]["part_size"] == 5 * MiB
     # 60 GiB needs parts of 6,442,451 bytes to stay within 10,000 parts; no part is sent yet.

@@ -176,7 +176,8 @@ async def tus(serve) -> Tus:
 # -- OPTIONS -------------------------------------------------------------------------------
 
 
-async def test_options_advertises_version_and_extensions_without_tus_resumable(tus):
+async def test_options_advertises_version_and_extensions_without_tus_resumable(serve):
+    tus = await serve(Config(max_size=None))
     for path in ["/", f"/{ID_LIKE}"]:
         reply = (await tus.request("OPTIONS", path, tus=False)).expect(200)
         assert reply.headers["Tus-Version"] == "1.0.0"

@@ -20,6 +20,7 @@ from .handlers import TusHandlers
 from .hooks import HookRunner, Hooks, Webhook
 from .keys import BODY, BYTES_IN, HOOK_HEADERS, UPLOAD_ID
 from .locks import Locker, locker_from_config
+from .logs import printable
 from .metrics import Metrics
 from .shutdown import UPLOAD_METHODS, Shutdown
 from .stores.base import Store
@@ -74,17 +75,17 @@ async def tus_middleware(request: web.Request, handler: Handler) -> web.StreamRe
     except Exception as exc:
         error = errors.storage_error(exc) if isinstance(exc, OSError) else None
         if error is None:
-            log.exception("unhandled error on %s %s", request.method, request.path)
+            log.exception("unhandled error on %s %s", request.method, printable(request.path))
             error = TusError(errors.INTERNAL)
         else:  # the operator must act (disk full, permissions); the client only learns the kind
-            log.error("storage failure on %s %s: %s", request.method, request.path, exc)
+            log.error("storage failure on %s %s: %s", request.method, printable(request.path), exc)
         status = error.status
         return error_response(error)
     finally:
         access_log.info(
             "%s %s %s in=%d %.1fms id=%s",
             request.method,
-            request.path,
+            printable(request.path),  # yarl decodes %0D%0A: a raw path could forge log lines
             status,
             request.get(BYTES_IN, 0),
             (time.monotonic() - started) * 1000,

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import importlib
 import inspect
+import ipaddress
 import logging
 import os
 import sys
@@ -18,7 +19,17 @@ from . import __version__
 from .app import SERVER_NAME, SHUTDOWN_KEY, create_app, server_headers
 from .auth import make_token
 from .config import Config
-from .load import CHOICES, CONFIG_ENV, ConfigError, FieldSpec, field_specs, load_config, parse_text, service_links
+from .load import (
+    CHOICES,
+    CONFIG_ENV,
+    ConfigError,
+    FieldSpec,
+    field_specs,
+    format_size,
+    load_config,
+    parse_text,
+    service_links,
+)
 from .logs import setup_logging
 from .ops import add_ops_routes
 from .shutdown import drain_on_signals
@@ -119,6 +130,8 @@ def _shown_default(spec: FieldSpec) -> str:
         return "true" if default else "false"
     if spec.kind is list:
         return repr(",".join(default))
+    if spec.size:
+        return format_size(default)
     return repr(default)
 
 
@@ -196,6 +209,10 @@ def serve(config: Config) -> int:
     url = f"http://{_url_host(config.host)}:{config.port}{config.base_path}"
     where = config.file_dir if config.store == "file" else f"s3://{config.s3_bucket}/{config.s3_prefix}"
 
+    warning = exposure_warning(config)
+    if warning:
+        log.warning("%s", warning)
+
     def started(_message: str) -> None:
         log.info("tusserver %s listening on %s (store: %s %s)", __version__, url, config.store, where)
 
@@ -223,6 +240,29 @@ def new_event_loop(use_uvloop: bool) -> asyncio.AbstractEventLoop:
         else:
             return uvloop.new_event_loop()
     return asyncio.new_event_loop()
+
+
+def exposure_warning(config: Config) -> str | None:
+    """The start-up warning for a server others can reach that lets anyone upload, or None."""
+    if is_loopback(config.host) or config.auth_secret or (config.hooks_url and "pre-create" in config.hooks_events):
+        return None
+    return (
+        f"SECURITY: no authentication, and {config.host or 'every address'} is reachable from other machines: "
+        "anyone who can connect can upload files and download them. Set auth_secret (TUSSERVER_AUTH_SECRET) to require "
+        "bearer tokens, or hooks_url with a pre-create hook that approves each upload, or listen on 127.0.0.1 "
+        'behind an authenticating proxy (README: "Exposing tusserver on the internet").'
+    )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` only accepts connections from this machine. A name other than
+    localhost counts as reachable: it may resolve to any interface."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # "" (every interface) or a host name
 
 
 def _url_host(host: str) -> str:

@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+KiB = 1 << 10
 MiB = 1 << 20
+GiB = 1 << 30
 
 
 def setting(default: Any, help: str, *, secret: bool = False) -> Any:
@@ -56,15 +58,21 @@ class Config:
         True, 'Run on uvloop when it is installed (pip install "tusserver[speed]"); false keeps asyncio\'s loop.'
     )
     # Protocol
-    max_size: int | None = setting(None, "Largest upload accepted, advertised as Tus-Max-Size. Unset: no limit.")
+    # The limits below default to values a tusd or Uppy user would not notice, so that a
+    # fresh server (and the Docker image) is no unlimited file host; "none" lifts each.
+    max_size: int | None = setting(
+        10 * GiB, 'Largest upload accepted, advertised as Tus-Max-Size (413 beyond). "none": no limit.'
+    )
     downloads: bool = setting(True, "Serve finished uploads with GET /files/<id> (Range, ETag, Content-Disposition).")
     expire_after: float | None = setting(
-        None,
+        86400.0,
         "An unfinished upload expires this many seconds after its creation or last PATCH (sent as "
-        "Upload-Expires); expired uploads answer 410 and are cleaned up. Unset: uploads never expire.",
+        'Upload-Expires); expired uploads answer 410 and are cleaned up. "none": uploads never expire.',
     )
     expire_finished: bool = setting(False, "Let finished uploads expire too (for servers that only stage files).")
-    cleanup_interval: float = setting(60.0, "Seconds between background cleanup passes of expired uploads.")
+    cleanup_interval: float = setting(
+        60.0, "Seconds between background cleanup passes of expired uploads (at least 1)."
+    )
     lock_timeout: float = setting(
         3.0,
         "Seconds a request waits for another request on the same upload to let go of it (the older "
@@ -89,20 +97,20 @@ class Config:
     )
     lock_lease: float = setting(
         10.0,
-        "Seconds a Redis lock lives without renewal; the lock of a crashed instance frees itself after "
-        "at most this long.",
+        "Seconds a Redis lock lives without renewal (at least 1); the lock of a crashed instance frees "
+        "itself after at most this long.",
     )
     # Limits
     max_metadata_size: int | None = setting(
-        None, "Largest Upload-Metadata header accepted, in bytes (413 beyond). Unset: no limit."
+        4 * KiB, 'Largest Upload-Metadata header accepted, in bytes (413 beyond). "none": no limit.'
     )
     max_metadata_count: int | None = setting(
-        None, "Most keys accepted in Upload-Metadata (400 beyond). Unset: no limit."
+        32, 'Most keys accepted in Upload-Metadata (400 beyond). "none": no limit.'
     )
     max_concurrent_uploads: int | None = setting(
-        None,
+        200,
         "Most uploads receiving bytes at once on this instance (PATCHes, and POSTs with a body); beyond it "
-        "requests are answered 503 with Retry-After. Unset: no limit.",
+        'requests are answered 503 with Retry-After. "none": no limit.',
     )
     # Access control
     downloads_require_hook: bool = setting(False, "Downloads (GET) answer 403 unless a pre-get hook approves them.")
@@ -171,8 +179,10 @@ class Config:
     s3_path_style: bool = setting(
         False, "Path-style URLs (endpoint/bucket/key), needed by MinIO and most self-hosted S3."
     )
-    s3_min_part_size: int = setting(5 * MiB, "Smallest part S3 accepts for every part but the last (5 MiB on AWS).")
-    s3_part_size: int = setting(16 * MiB, "Size of the multipart parts the server uploads.")
+    s3_min_part_size: int = setting(
+        5 * MiB, "Smallest part S3 accepts for every part but the last (5 MiB on AWS, and at least that)."
+    )
+    s3_part_size: int = setting(16 * MiB, "Size of the multipart parts the server uploads (at most 5 GiB).")
     s3_uniform_parts: bool = setting(False, "Make every part but the last the same size (required by Cloudflare R2).")
     s3_upload_concurrency: int = setting(4, "Parts uploaded in parallel for one upload.")
     s3_max_concurrency: int = setting(16, "Parts uploaded in parallel across all uploads of this server.")

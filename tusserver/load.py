@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import re
 import sys
 import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
-from .config import Config
+from .config import Config, GiB, MiB
 from .hooks import EVENTS
 
 if sys.version_info >= (3, 11):
@@ -44,6 +46,17 @@ _SIZE_UNITS = {
     "tib": 1 << 40,
 }
 _SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*")
+# The largest integer setting, as in TOML (64-bit): beyond it a value is a typo, and it
+# would not fit an Upload-Length header or an S3 call anyway.
+MAX_INT = (1 << 63) - 1
+# Settings that break the server below a floor (a busy loop, locks that expire while held,
+# parts S3 refuses at the very end of an upload): (key, lowest value, how it is shown).
+_MINIMUMS = (
+    ("lock_lease", 1.0, "1 second"),
+    ("cleanup_interval", 1.0, "1 second"),
+    ("s3_min_part_size", 5 * MiB, "5MiB, the smallest part S3 accepts"),
+)
+_S3_MAX_PART = 5 * GiB  # the largest part S3 accepts
 # Fields whose value is one of a few words; the CLI offers them as choices.
 CHOICES: dict[str, tuple[str, ...]] = {
     "store": ("file", "s3"),
@@ -158,15 +171,41 @@ def _unwrap(hint: Any) -> tuple[type | None, bool]:
 
 
 def parse_size(text: str) -> int:
-    """Bytes from "1048576", "5MiB", "1GiB", "10MB" (decimal) and the like."""
+    """Bytes from "1048576", "5MiB", "1.5GiB", "10MB" (decimal) and the like, exactly."""
     match = _SIZE.fullmatch(text)
     unit = match and _SIZE_UNITS.get(match.group(2).lower())
     if not match or unit is None:
-        raise ValueError(f"expected a size like 1048576, 5MiB or 1GiB, got {text!r}")
-    value = float(match.group(1)) * unit
-    if value != int(value):
-        raise ValueError(f"{text!r} is not a whole number of bytes")
+        raise ValueError(f"expected a size like 1048576, 5MiB or 1GiB, got {_shown(text)}")
+    whole, _, fraction = match.group(1).partition(".")
+    whole, fraction = whole.lstrip("0") or "0", fraction.rstrip("0")
+    # Checked before any arithmetic: a 5,000-digit number would otherwise hit Python's
+    # int-from-text limit with a message about sys.set_int_max_str_digits.
+    if len(whole) > len(str(MAX_INT)):
+        raise ValueError(f"{_shown(text)} is too large (at most {MAX_INT} bytes)")
+    if len(fraction) > 40:  # 1/2**40 (of a TiB) has 40 decimals; more never make whole bytes
+        raise ValueError(f"{_shown(text)} is not a whole number of bytes")
+    value = Fraction(f"{whole}.{fraction or 0}") * unit  # exact: a float rounds 9007199254740993, overflows on 1e400
+    if value.denominator != 1:
+        raise ValueError(f"{_shown(text)} is not a whole number of bytes")
+    if value > MAX_INT:
+        raise ValueError(f"{_shown(text)} is too large (at most {MAX_INT} bytes)")
     return int(value)
+
+
+def format_size(size: int) -> str:
+    """The shortest exact binary-unit spelling of `size`: 10GiB, 4KiB, 1000 (parse_size reads it back)."""
+    for unit, factor in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
+
+
+def _shown(value: Any) -> str:
+    """`value` for a message (quoted if text), cut short when an operator pasted something huge."""
+    text = value if isinstance(value, str) else repr(value)
+    if len(text) <= 40:
+        return repr(value)
+    return (repr(text[:40]) if isinstance(value, str) else text[:40]) + f"... ({len(text)} characters)"
 
 
 def parse_text(spec: FieldSpec, text: str) -> Any:
@@ -188,11 +227,14 @@ def parse_text(spec: FieldSpec, text: str) -> Any:
         if spec.kind is int:
             return int(text)
         if spec.kind is float:
-            return float(text)
+            value = float(text)
+            if not math.isfinite(value):  # "nan", "inf" and 1e400 parse; "none" is how to say "no limit"
+                raise ValueError(text)
+            return value
         return text
     except ValueError as exc:
         if spec.kind in (int, float) and not spec.size:
-            raise ValueError(f"expected {_describe(spec)}, got {text!r}") from None
+            raise ValueError(f"expected {_describe(spec)}, got {_shown(text)}") from None
         raise ValueError(str(exc)) from None
 
 
@@ -209,8 +251,11 @@ def parse_toml_value(spec: FieldSpec, value: Any) -> Any:
         str: isinstance(value, str),
         list: isinstance(value, list) and all(isinstance(item, str) for item in value),
     }[spec.kind]
+    if ok and spec.kind is float:
+        # TOML writes nan and inf, and float() of a 400-digit integer overflows.
+        ok = math.isfinite(value) if isinstance(value, float) else abs(value) <= MAX_INT
     if not ok:
-        shown = "" if spec.secret else f" {value!r}"
+        shown = "" if spec.secret else f" {_shown(value)}"
         raise ValueError(f"expected {_describe(spec)}, got {type(value).__name__}{shown}")
     return float(value) if spec.kind is float else value
 
@@ -295,6 +340,16 @@ def _suggest(name: str, known: Mapping[str, Any]) -> str:
 
 def validate(config: Config) -> None:
     """Check the values that types alone cannot; raises ConfigError naming the key."""
+    for spec in field_specs():
+        value = getattr(config, spec.name)
+        if spec.kind not in (int, float) or value is None:
+            continue
+        if spec.kind is float and not math.isfinite(value):
+            raise ConfigError(f'{spec.name} must be a finite number, got {value} (use "none" to unset it)')
+        if value < 0:
+            raise ConfigError(f"{spec.name} must not be negative, got {value}")
+        if value > MAX_INT:
+            raise ConfigError(f"{spec.name} is too large: at most {MAX_INT}")
     if not 0 <= config.port <= 65535:
         raise ConfigError(f"port must be 0..65535, got {config.port}")
     if not config.base_path.startswith("/"):
@@ -306,14 +361,15 @@ def validate(config: Config) -> None:
         raise ConfigError("store is 's3' but s3_bucket is not set")
     if config.public_url is not None and not re.match(r"https?://[^/]+/?$", config.public_url):
         raise ConfigError(f"public_url must be scheme://host[:port] only, got {config.public_url!r}")
-    for spec in field_specs():
-        value = getattr(config, spec.name)
-        if spec.kind in (int, float) and value is not None and value < 0:
-            raise ConfigError(f"{spec.name} must not be negative, got {value}")
+    for name, lowest, shown in _MINIMUMS:
+        if getattr(config, name) < lowest:
+            raise ConfigError(f"{name} must be at least {shown}, got {getattr(config, name)}")
     if config.s3_part_size < config.s3_min_part_size:
         raise ConfigError(
             f"s3_part_size ({config.s3_part_size}) must be at least s3_min_part_size ({config.s3_min_part_size})"
         )
+    if config.s3_part_size > _S3_MAX_PART:
+        raise ConfigError(f"s3_part_size must be at most 5GiB, the largest part S3 accepts, got {config.s3_part_size}")
     if config.s3_upload_concurrency < 1 or config.s3_max_concurrency < 1:
         raise ConfigError("s3_upload_concurrency and s3_max_concurrency must be at least 1")
     unknown = [name for name in config.hooks_events if name not in EVENTS]

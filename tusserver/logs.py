@@ -13,6 +13,14 @@ _CHATTY_LIBRARIES = ("botocore", "aiobotocore", "s3transfer", "urllib3")
 _SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 
 
+def printable(text: str) -> str:
+    """`text` with control and other non-printing characters escaped (\\r, \\x1b, \\u2028), so
+    that a client-chosen string (a decoded URL path) cannot start a forged log line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message (and exc when present)."""
 
