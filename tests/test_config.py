@@ -10,7 +10,8 @@ import pytest
 
 from tusserver.cli import build_parser
 from tusserver.config import Config
-from tusserver.load import ConfigError, field_specs, load_config, parse_size, parse_text, service_links
+from tusserver.load import ConfigError, field_specs, load_config, parse_text, service_links
+from tusserver.sizes import parse_size
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -25,7 +25,6 @@ from .load import (
     ConfigError,
     FieldSpec,
     field_specs,
-    format_size,
     load_config,
     parse_text,
     service_links,
@@ -33,6 +32,7 @@ from .load import (
 from .logs import setup_logging
 from .ops import add_ops_routes
 from .shutdown import drain_on_signals
+from .sizes import format_size
 from .stores.base import StoreStartError
 
 log = logging.getLogger("tusserver")

@@ -10,6 +10,7 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 
+from ..sizes import parse_size
 from .http import HttpClient
 from .progress import Progress, make_progress
 from .resume import ResumeStore
@@ -20,18 +21,16 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 TOKEN_ENV = "TUSSERVER_TOKEN"
-_SIZE = re.compile(r"\s*([0-9]+)\s*([KMGT]i?B?|B)?\s*", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "ki": 1024, "kib": 1024}
-for _i, _p in enumerate("mgt", start=2):
-    _UNITS.update({_p: 1000**_i, _p + "b": 1000**_i, _p + "i": 1024**_i, _p + "ib": 1024**_i})
 
 
 def _size(text: str) -> int:
-    match = _SIZE.fullmatch(text)
-    unit = _UNITS.get((match.group(2) or "").lower()) if match else None
-    if match is None or unit is None or int(match.group(1)) * unit < 1:
-        raise argparse.ArgumentTypeError(f"expected a size like 5MiB or 1048576, got {text!r}")
-    return int(match.group(1)) * unit
+    try:
+        size = parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"expected at least one byte, got {text!r}")
+    return size
 
 
 def _positive(kind: type) -> Callable[[str], float]:
