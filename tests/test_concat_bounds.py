@@ -284,7 +284,10 @@ async def test_finals_per_partial_are_capped_at_10_so_a_byte_is_stored_at_most_1
         finals.append(URL(resp.headers["Location"]).path)
         sent += len(f"final;{partial}")
     before = client.stored.uploads()
-    message = f"a partial upload is already part of as many final uploads as the server allows: {id_of(partial)} is part of 10 final uploads"
+    message = (
+        "a partial upload is already part of as many final uploads as the server allows: "
+        f"{id_of(partial)} is part of 10 final uploads"
+    )
     await assert_refused(await post_final(client, partial), 409, message)
     await assert_refused(await post_final(client, other, partial), 409, message)  # nothing linked to `other`
     assert client.stored.uploads() == before
