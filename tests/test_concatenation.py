@@ -9,6 +9,7 @@ from yarl import URL
 
 from tests.tus_client import TUS, create, download, head, patch, sha256
 from tusserver import Config, create_app
+from tusserver.app import HANDLERS_KEY
 
 MiB = 1 << 20
 
@@ -36,15 +37,15 @@ async def final_path(client, *paths: str) -> str:
 
 
 async def test_final_is_the_partials_in_order_and_partials_stay(client):
-    a, b = os.urandom(6 * MiB + 7), os.urandom(3 * MiB + 1)
-    pa, pb = await upload_partial(client, a), await upload_partial(client, b)
-    final = await final_path(client, pb, pa, pb)
-    assert sha256(await download(client, final)) == sha256(b + a + b)
+    a, b, c = os.urandom(6 * MiB + 7), os.urandom(3 * MiB + 1), os.urandom(1000)
+    pa, pb, pc = await upload_partial(client, a), await upload_partial(client, b), await upload_partial(client, c)
+    final = await final_path(client, pb, pa, pc)
+    assert sha256(await download(client, final)) == sha256(b + a + c)
     info = await head(client, final)
     assert info.status == 200
-    assert info.headers["Upload-Offset"] == str(len(a) + 2 * len(b))
-    assert info.headers["Upload-Length"] == str(len(a) + 2 * len(b))
-    assert info.headers["Upload-Concat"] == f"final;{pb} {pa} {pb}"
+    assert info.headers["Upload-Offset"] == str(len(a) + len(b) + len(c))
+    assert info.headers["Upload-Length"] == str(len(a) + len(b) + len(c))
+    assert info.headers["Upload-Concat"] == f"final;{pb} {pa} {pc}"
     assert (await head(client, pa)).headers["Upload-Concat"] == "partial"
     # Deleting the final leaves the partials downloadable.
     assert (await client.delete(final, headers=TUS)).status == 204
@@ -79,6 +80,7 @@ async def test_unfinished_final_completes_when_last_partial_finishes(client):
     await patch(client, pa, 0, a[: 3 * MiB])
     assert "Upload-Offset" not in (await head(client, final)).headers
     await patch(client, pa, 3 * MiB, a[3 * MiB :])
+    await client.app[HANDLERS_KEY].finals.drain()  # the PATCH only asked for the concatenation
     resp = await head(client, final)
     assert resp.headers["Upload-Offset"] == str(len(a) + len(b))
     assert sha256(await download(client, final)) == sha256(a + b)

@@ -13,7 +13,7 @@ import pytest
 
 from tusserver import errors, protocol
 from tusserver.errors import TusError
-from tusserver.info import UploadInfo
+from tusserver.info import FinalProgress, UploadInfo
 
 
 def b64(data: bytes | str) -> str:
@@ -567,6 +567,7 @@ def test_info_json_round_trip_keeps_every_field():
         expires=1700003600.0,
         concat="final",
         partials=["a", "b"],
+        progress=FinalProgress(limit=100, ready=1, ready_bytes=40, failure="ERR_PARTIAL_GONE"),
         finished=True,
         storage={"type": "file", "path": "/x/y"},
         offset=99,
@@ -597,6 +598,7 @@ def test_info_json_schema_fields():
         "expires": None,
         "concat": None,
         "partials": [],
+        "progress": None,
         "finished": False,
         "storage": {},
     }

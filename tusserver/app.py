@@ -201,6 +201,7 @@ def create_app(
         await store.start()
         await handlers.locker.start()
         metrics.watch_store(store)
+        await handlers.finals.start()
         if webhook is not None:
             await webhook.start()
         cleaner = None
@@ -209,6 +210,7 @@ def create_app(
         yield
         if cleaner is not None:
             cleaner.cancel()
+        await handlers.finals.close()
         if webhook is not None:
             await webhook.close(config.hooks_timeout)
         if auth is not None:

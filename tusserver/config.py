@@ -112,6 +112,14 @@ class Config:
         "Most uploads receiving bytes at once on this instance (PATCHes, and POSTs with a body); beyond it "
         'requests are answered 503 with Retry-After. "none": no limit.',
     )
+    max_concat_partials: int = setting(
+        100, "Most partial uploads one final (concatenated) upload may name, each at most once (400 beyond)."
+    )
+    max_finals_per_partial: int = setting(
+        10,
+        "Most final uploads a partial upload may become part of (409 beyond), so that one uploaded byte is "
+        "stored at most this many times more.",
+    )
     # Access control
     downloads_require_hook: bool = setting(False, "Downloads (GET) answer 403 unless a pre-get hook approves them.")
     auth_secret: str | None = setting(

@@ -61,6 +61,22 @@ FINAL_WITH_LENGTH = ErrorKind(
     "ERR_FINAL_WITH_LENGTH", 400, "a final upload must not carry Upload-Length: it is the sum of its partials"
 )
 NOT_PARTIAL = ErrorKind("ERR_NOT_PARTIAL", 400, "an upload named in Upload-Concat is not a partial upload")
+DUPLICATE_PARTIAL = ErrorKind("ERR_DUPLICATE_PARTIAL", 400, "Upload-Concat names the same partial upload twice")
+TOO_MANY_PARTIALS = ErrorKind(
+    "ERR_TOO_MANY_PARTIALS", 400, "Upload-Concat names more partial uploads than the server allows"
+)
+TOO_MANY_FINALS = ErrorKind(
+    "ERR_TOO_MANY_FINALS", 409, "a partial upload is already part of as many final uploads as the server allows"
+)
+FINAL_TOO_LARGE = ErrorKind(
+    "ERR_FINAL_TOO_LARGE",
+    413,
+    "the partial uploads add up to more than the limit that applied when this final upload was created; "
+    "it will not be completed",
+)
+PARTIAL_GONE = ErrorKind(
+    "ERR_PARTIAL_GONE", 410, "a partial upload of this final upload was deleted; it will not be completed"
+)
 MODIFY_FINAL = ErrorKind("ERR_MODIFY_FINAL", 403, "a final concatenated upload cannot be patched")
 UNSUPPORTED_EXTENSION = ErrorKind("ERR_UNSUPPORTED_EXTENSION", 400, "the store does not support this extension")
 LOCKED = ErrorKind("ERR_UPLOAD_LOCKED", 423, "upload is in use by another request; retry shortly")
@@ -94,6 +110,9 @@ UPLOAD_ID_TAKEN = ErrorKind("ERR_UPLOAD_ID_TAKEN", 409, "an upload with the id c
 METADATA_TOO_LARGE = ErrorKind("ERR_METADATA_TOO_LARGE", 413, "Upload-Metadata is larger than the server allows")
 TOO_MANY_METADATA_KEYS = ErrorKind("ERR_TOO_MANY_METADATA_KEYS", 400, "Upload-Metadata has more keys than allowed")
 INTERNAL = ErrorKind("ERR_INTERNAL", 500, "internal server error")
+
+# Why a final upload can never complete, by the code its `.info` records.
+FINAL_FAILURES = {kind.code: kind for kind in (FINAL_TOO_LARGE, PARTIAL_GONE)}
 
 
 class TusError(Exception):

@@ -18,6 +18,7 @@ from .body import Body, ClientGone, ReleaseRequested
 from .cancellation import await_to_completion
 from .config import Config
 from .errors import TusError
+from .finals import FinalWorker, failure
 from .hooks import (
     POST_CREATE,
     POST_FINISH,
@@ -30,7 +31,7 @@ from .hooks import (
     HookRunner,
     checked_changes,
 )
-from .info import UploadInfo
+from .info import FinalProgress, UploadInfo
 from .keys import BODY, BYTES_IN, HOOK_HEADERS, MAX_SIZE, STOP_REASON, UPLOAD_ID
 from .limits import UploadSlots, check_metadata
 from .locks import Locker
@@ -82,6 +83,7 @@ class TusHandlers:
         self.hooks = hooks or HookRunner(None, None)
         self.max_size_for = max_size_for
         self.uploads = UploadSlots(config.max_concurrent_uploads)
+        self.finals = FinalWorker(store, locker, self._post_finish)
         if metrics is not None:
             metrics.active_uploads.set_function(lambda: self.uploads.active)
         # checksum-trailer is not offered: aiohttp parses request trailers but does not expose them.
@@ -102,6 +104,9 @@ class TusHandlers:
         info = await self.store.get_info(upload_id)
         if info.expired(time.time(), self.config.expire_finished):
             raise TusError(errors.GONE)
+        failed = failure(info)  # a final that can never complete says why, to HEAD, GET and PATCH
+        if failed is not None:
+            raise TusError(failed)
         return info
 
     def _state_headers(self, info: UploadInfo) -> dict[str, str]:
@@ -347,32 +352,87 @@ class TusHandlers:
     ) -> web.Response:
         if _header(request, "Upload-Length") is not None:
             raise TusError(errors.FINAL_WITH_LENGTH)
+        # Bounded before anything is read: how many partials, each named once.
+        if len(concat.urls) > self.config.max_concat_partials:
+            raise TusError(errors.TOO_MANY_PARTIALS, f"at most {self.config.max_concat_partials}")
         base, origin = collection_path(request), request_origin(request, self.config)
         partial_ids = [protocol.upload_id_from_url(url, base, origin) for url in concat.urls]
-        lengths: list[int | None] = []
+        named: set[str] = set()
         for partial_id in partial_ids:
-            try:
-                partial = await self._load(partial_id)
-            except TusError as exc:
-                if exc.kind in (errors.NOT_FOUND, errors.GONE):
-                    raise TusError(errors.PARTIAL_NOT_FOUND, partial_id) from None
-                raise
-            if partial.concat != "partial":
-                raise TusError(errors.NOT_PARTIAL, partial_id)
-            lengths.append(partial.length)
-        length = None if None in lengths else sum(n for n in lengths if n is not None)
-        self._check_size(request, length)
+            if partial_id in named:
+                raise TusError(errors.DUPLICATE_PARTIAL, partial_id)
+            named.add(partial_id)
+        partials = [await self._load_partial(partial_id) for partial_id in partial_ids]
+        for partial in partials:
+            await self._check_finals_of(partial.id)
+        # Lengths still deferred are checked against the same limit once they are known.
+        limit = self._max_size(request)
+        known = sum(p.length for p in partials if p.length is not None)
+        if limit is not None and known > limit:
+            raise TusError(errors.MAX_SIZE_EXCEEDED, f"the partial uploads add up to {known} bytes; limit is {limit}")
+        length = None if any(p.length is None for p in partials) else known
         info = self._new_info(request, length, metadata)
         info.concat, info.partials = "final", partial_ids
+        info.progress = FinalProgress(limit=limit)
+        for partial in partials:  # a finished partial stays finished: no need to read it again
+            if not partial.finished:
+                break
+            info.progress.ready += 1
+            info.progress.ready_bytes += partial.length or 0
         await self._create_upload(request, info)
-        for partial_id in dict.fromkeys(partial_ids):
-            await self.store.link_final(partial_id, info.id)
+        await self._link_final(info)
         await self.hooks.post(POST_CREATE, request, info)
-        info = await self._complete_final(request, info.id) or info
-        headers = {"Location": upload_location(request, self.config, info.id)}
+        location = upload_location(request, self.config, info.id)
+        # Submitted even with partials unfinished: one may have finished before the link existed.
+        done = self.finals.submit(info.id, request)
+        if done is not None and info.progress.ready == len(partial_ids):
+            try:
+                info = await asyncio.shield(done) or info  # the client waits for its own final
+            except TusError as exc:
+                exc.headers.setdefault("Location", location)
+                raise
+        headers = {"Location": location}
         if info.expires is not None and not info.finished:
             headers["Upload-Expires"] = protocol.http_date(info.expires)
         return web.Response(status=201, headers=headers)
+
+    async def _load_partial(self, partial_id: str) -> UploadInfo:
+        try:
+            partial = await self._load(partial_id)
+        except TusError as exc:
+            if exc.kind in (errors.NOT_FOUND, errors.GONE):
+                raise TusError(errors.PARTIAL_NOT_FOUND, partial_id) from None
+            raise
+        if partial.concat != "partial":
+            raise TusError(errors.NOT_PARTIAL, partial_id)
+        return partial
+
+    async def _check_finals_of(self, partial_id: str, *, linked: bool = False) -> None:
+        """Refuse a final beyond `max_finals_per_partial` for the partial; `linked`: the
+        new final is among its links already."""
+        assert isinstance(self.store, ConcatenatingStore)
+        cap = self.config.max_finals_per_partial
+        if len(await self.store.finals_of(partial_id)) - linked >= cap:
+            raise TusError(errors.TOO_MANY_FINALS, f"{partial_id} is part of {cap} final uploads")
+
+    async def _link_final(self, info: UploadInfo) -> None:
+        """Link the new final from each partial. The links stay for the partial's life and
+        count against its cap; concurrent creations that went past it together are undone."""
+        assert isinstance(self.store, ConcatenatingStore)
+        linked: list[str] = []
+        try:
+            for partial_id in info.partials:
+                await self.store.link_final(partial_id, info.id)
+                linked.append(partial_id)
+            for partial_id in info.partials:
+                await self._check_finals_of(partial_id, linked=True)
+        except BaseException:
+            for partial_id in linked:
+                await self.store.unlink_final(partial_id, info.id)
+            async with self.locker.lock(info.id):
+                assert isinstance(self.store, TerminatingStore)
+                await self.store.terminate(info)
+            raise
 
     async def _finish(self, request: web.Request, info: UploadInfo, posts: _Posts) -> None:
         # A pre-finish rejection leaves the upload complete but unfinished: a later HEAD
@@ -387,41 +447,14 @@ class TusHandlers:
         await self.store.finish(info)
         posts.add(POST_FINISH, info)
         if info.concat == "partial":
+            # Their concatenations run in the background, not in this request.
             for final_id in await self.store.finals_of(info.id):
-                if await self._complete_final(request, final_id, posts) is None:  # the final was deleted
-                    await self.store.unlink_final(info.id, final_id)
+                self.finals.submit(final_id, request)
 
-    async def _complete_final(
-        self, request: web.Request, final_id: str, posts: _Posts | None = None
-    ) -> UploadInfo | None:
-        """Concatenate a final upload once all its partials are finished. Idempotent,
-        so the last partial's finish and the final's creation may both call it."""
-        async with self._locked(request, final_id, posts, interrupt=False) as posts:
-            try:
-                final = await self.store.get_info(final_id)
-            except TusError:
-                return None
-            if not final.finished:
-                partials = await self._finished_partials(final)
-                if partials is None:
-                    return final
-                await self.store.concatenate(final, partials)
-                posts.add(POST_FINISH, final)
-        for partial_id in dict.fromkeys(final.partials):
-            await self.store.unlink_final(partial_id, final_id)
-        return final
-
-    async def _finished_partials(self, final: UploadInfo) -> list[UploadInfo] | None:
-        partials = []
-        for partial_id in final.partials:
-            try:
-                partial = await self.store.get_info(partial_id)
-            except TusError:
-                return None  # a partial was deleted: this final can never finish
-            if not partial.finished:
-                return None
-            partials.append(partial)
-        return partials
+    async def _post_finish(self, request: web.Request, info: UploadInfo) -> None:
+        result = await self.hooks.post(POST_FINISH, request, info)
+        if result.headers:
+            request.setdefault(HOOK_HEADERS, {}).update(result.headers)
 
     async def head(self, request: web.Request) -> web.Response:
         upload_id = self._upload_id(request)
@@ -432,7 +465,9 @@ class TusHandlers:
                 # or the server died): finish now, since the client takes this as done.
                 await self._finish(request, info, posts)
         if info.concat == "final" and not info.finished:
-            info = await self._complete_final(request, upload_id) or info  # repairs a crash between finishes
+            # Answered from the final's .info alone; the check (which also repairs a crash or
+            # a dropped submit) runs in the background, once however many HEADs ask.
+            self.finals.submit(upload_id, request)
         headers = self._state_headers(info)
         if info.concat == "final":
             base = collection_path(request)

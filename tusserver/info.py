@@ -11,6 +11,29 @@ SCHEMA_VERSION = 1
 
 
 @dataclass
+class FinalProgress:
+    """How far a final upload is towards its concatenation, kept in its `.info` so that
+    reading its state costs one read, whatever the number of partials."""
+
+    limit: int | None = None  # the size limit that applied when the final was created
+    ready: int = 0  # how many leading partials are known to be finished
+    ready_bytes: int = 0  # their total length
+    failure: str | None = None  # the error code (errors.FINAL_FAILURES) of a final that cannot complete
+
+    def to_doc(self) -> dict[str, Any]:
+        return {"limit": self.limit, "ready": self.ready, "ready_bytes": self.ready_bytes, "failure": self.failure}
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> FinalProgress:
+        return cls(
+            limit=doc.get("limit"),
+            ready=int(doc.get("ready") or 0),
+            ready_bytes=int(doc.get("ready_bytes") or 0),
+            failure=doc.get("failure"),
+        )
+
+
+@dataclass
 class UploadInfo:
     id: str
     length: int | None  # None while the length is deferred
@@ -19,6 +42,7 @@ class UploadInfo:
     expires: float | None = None
     concat: str | None = None  # None, "partial" or "final"
     partials: list[str] = field(default_factory=list)  # ids, for a final upload
+    progress: FinalProgress | None = None  # for a final upload
     finished: bool = False
     storage: dict[str, Any] = field(default_factory=dict)  # store specifics (path, bucket, key...)
     # Derived by the store on every read, never persisted: stored state is the truth.
@@ -44,6 +68,7 @@ class UploadInfo:
             "expires": self.expires,
             "concat": self.concat,
             "partials": self.partials,
+            "progress": None if self.progress is None else self.progress.to_doc(),
             "finished": self.finished,
             "storage": self.storage,
         }
@@ -63,6 +88,7 @@ class UploadInfo:
             expires=doc.get("expires"),
             concat=doc.get("concat"),
             partials=list(doc.get("partials") or []),
+            progress=FinalProgress.from_doc(doc["progress"]) if doc.get("progress") else None,
             finished=bool(doc.get("finished")),
             storage=doc.get("storage") or {},
         )

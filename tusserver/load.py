@@ -325,5 +325,8 @@ def validate(config: Config) -> None:
         raise ConfigError("auth_secret must be at least 16 characters (32 random ones are better)")
     if config.max_concurrent_uploads is not None and config.max_concurrent_uploads < 1:
         raise ConfigError("max_concurrent_uploads must be at least 1 (or unset)")
+    for name in ("max_concat_partials", "max_finals_per_partial"):
+        if getattr(config, name) < 1:
+            raise ConfigError(f"{name} must be at least 1, got {getattr(config, name)}")
     if not 1 <= config.s3_presign_expiry <= 7 * 86400:
         raise ConfigError(f"s3_presign_expiry must be 1 to 604800 seconds (7 days), got {config.s3_presign_expiry}")
