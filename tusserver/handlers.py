@@ -604,9 +604,16 @@ async def _stream_download(
 async def _within(stall_timeout: float, write: Awaitable[None]) -> None:
     """`write`, which waits while the client does not read; DownloadStalled after `stall_timeout`."""
     try:
-        await asyncio.wait_for(write, stall_timeout)
+        if _timeout is None:  # Python 3.10
+            await asyncio.wait_for(write, stall_timeout)
+        else:
+            async with _timeout(stall_timeout):  # no task per write, unlike wait_for before 3.12
+                await write
     except asyncio.TimeoutError:
         raise DownloadStalled(f"the client read nothing for {stall_timeout:g} s") from None
+
+
+_timeout = getattr(asyncio, "timeout", None)
 
 
 def _log_broken_download(request: web.Request, exc: Exception, sent: int, total: int) -> None:

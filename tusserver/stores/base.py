@@ -74,7 +74,7 @@ class RedirectDownload:
 
 Download = FileDownload | StreamDownload | RedirectDownload
 
-FILE_CHUNK = 256 * 1024  # bytes read from a local file per worker-thread call
+FILE_CHUNK = 1 << 20  # bytes read from a local file per worker-thread call
 
 
 async def stream_file(path: str) -> StreamDownload:
