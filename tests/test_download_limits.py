@@ -19,6 +19,7 @@ from tests.tus_client import OCTETS, TUS
 from tusserver import Config, add_ops_routes, create_app, errors
 from tusserver.app import HANDLERS_KEY
 from tusserver.errors import TusError
+from tusserver.load import ConfigError, load_config
 from tusserver.stores.s3 import S3Store
 
 MiB = 1 << 20
@@ -209,3 +210,18 @@ async def test_readyz_asks_s3_at_most_once_a_second(aiohttp_client, s3_store):
     await asyncio.sleep(1.1)  # past READY_CACHE: the next one asks again
     assert (await client.get("/readyz")).status == 200
     assert len(asked) == 2
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"TUSSERVER_MAX_CONCURRENT_DOWNLOADS": "0"}, "max_concurrent_downloads must be at least 1"),
+        ({"TUSSERVER_DOWNLOAD_STALL_TIMEOUT": "0"}, "download_stall_timeout must be more than 0 seconds, got 0.0"),
+    ],
+)
+def test_download_limits_cannot_be_switched_off(env, message):
+    with pytest.raises(ConfigError) as caught:
+        load_config(env=env)
+    assert str(caught.value) == message
+    assert load_config(env={}).max_concurrent_downloads == 32
+    assert load_config(env={}).download_stall_timeout == 30.0

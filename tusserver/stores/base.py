@@ -10,7 +10,7 @@ import os
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import BinaryIO, Protocol, runtime_checkable
 
 from .. import errors
 from ..errors import TusError
@@ -100,7 +100,7 @@ async def stream_file(path: str) -> StreamDownload:
     return StreamDownload(stat.st_size, f'"{stat.st_mtime_ns:x}-{stat.st_size:x}"', open_range)
 
 
-async def _read_file(file, start: int, end: int) -> AsyncIterator[bytes]:
+async def _read_file(file: BinaryIO, start: int, end: int) -> AsyncIterator[bytes]:
     try:
         await asyncio.to_thread(file.seek, start)
         while start < end:
