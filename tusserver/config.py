@@ -86,6 +86,16 @@ class Config:
     shutdown_grace: float = setting(
         30.0, "Seconds uploads in flight get to finish on SIGTERM/SIGINT; new uploads are answered 503 meanwhile."
     )
+    # Downloads
+    max_concurrent_downloads: int = setting(
+        32,
+        "Most downloads (GET) served at once by this instance; beyond it they are answered 503 with "
+        "Retry-After. On the S3 store, downloads also have a connection pool of this size of their own.",
+    )
+    download_stall_timeout: float = setting(
+        30.0,
+        "Seconds a download may wait for its client to read more (about 64 KiB) before the connection is closed.",
+    )
     # Several instances
     redis_url: str | None = setting(
         None,

@@ -86,6 +86,9 @@ INTERRUPTED = ErrorKind(
 CLIENT_GONE = ErrorKind("ERR_CLIENT_GONE", 400, "the request body ended before it was complete")
 SHUTTING_DOWN = ErrorKind("ERR_SHUTTING_DOWN", 503, "server is shutting down; retry on another instance")
 TOO_MANY_UPLOADS = ErrorKind("ERR_TOO_MANY_UPLOADS", 503, "server has too many uploads in progress; retry shortly")
+TOO_MANY_DOWNLOADS = ErrorKind(
+    "ERR_TOO_MANY_DOWNLOADS", 503, "server has too many downloads in progress; retry shortly"
+)
 READ_TIMEOUT = ErrorKind("ERR_READ_TIMEOUT", 408, "request body stalled for longer than the read timeout")
 INVALID_RANGE = ErrorKind("ERR_INVALID_RANGE", 416, "Range is not satisfiable")
 INVALID_HEADER = ErrorKind("ERR_INVALID_HEADER", 400, "a request header is malformed")

@@ -9,7 +9,7 @@ import copy
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
@@ -33,7 +33,7 @@ from .hooks import (
 )
 from .info import FinalProgress, UploadInfo
 from .keys import BODY, BYTES_IN, HOOK_HEADERS, MAX_SIZE, STOP_REASON, UPLOAD_ID
-from .limits import UploadSlots, check_metadata
+from .limits import DownloadSlots, UploadSlots, check_metadata
 from .locks import Locker
 from .metrics import Metrics
 from .stores.base import (
@@ -45,6 +45,7 @@ from .stores.base import (
     StreamDownload,
     TerminatingStore,
     store_extensions,
+    stream_file,
 )
 from .urls import collection_path, request_origin, upload_location
 
@@ -53,6 +54,9 @@ log = logging.getLogger("tusserver")
 # A PATCH saves a later expiry when the saved one is less than this share of `expire_after`
 # away: at most every expire_after/3 while bytes flow, and never expired on the way.
 EXPIRY_REFRESH = 2 / 3
+# Bytes of a download handed to aiohttp at a time, each within download_stall_timeout:
+# about what a write waits to drain, so the timeout measures a stall, not a slow link.
+DOWNLOAD_PIECE = 64 * 1024
 
 
 @dataclasses.dataclass
@@ -84,6 +88,7 @@ class TusHandlers:
         self.max_size_for = max_size_for
         self.uploads = UploadSlots(config.max_concurrent_uploads)
         self.finals = FinalWorker(store, locker, self._post_finish)
+        self.downloads = DownloadSlots(config.max_concurrent_downloads)
         if metrics is not None:
             metrics.active_uploads.set_function(lambda: self.uploads.active)
         # checksum-trailer is not offered: aiohttp parses request trailers but does not expose them.
@@ -540,6 +545,10 @@ class TusHandlers:
         return web.Response(status=204)
 
     async def get(self, request: web.Request) -> web.StreamResponse:
+        with self.downloads.take():  # held until the last byte is sent, or the client is dropped
+            return await self._get(request)
+
+    async def _get(self, request: web.Request) -> web.StreamResponse:
         upload_id = self._upload_id(request)
         if not self.config.downloads:
             raise TusError(errors.DOWNLOAD_DISABLED)
@@ -551,11 +560,11 @@ class TusHandlers:
         await self.hooks.pre(PRE_GET, request, info)
         headers = protocol.download_headers(info.metadata)
         download = await self.store.download(info)
-        if isinstance(download, FileDownload):
-            return web.FileResponse(download.path, headers=headers)
         if isinstance(download, RedirectDownload):
             raise web.HTTPFound(download.url)
-        return await _stream_download(request, download, headers)
+        if isinstance(download, FileDownload):
+            download = await stream_file(download.path)
+        return await _stream_download(request, download, headers, self.config.download_stall_timeout)
 
 
 def _header(request: web.Request, name: str) -> str | None:
@@ -572,8 +581,12 @@ def stop_body(request: web.Request, reason: Exception) -> None:
         body.stop(reason)
 
 
+class DownloadStalled(Exception):
+    """The client read nothing for download_stall_timeout seconds."""
+
+
 async def _stream_download(
-    request: web.Request, download: StreamDownload, headers: dict[str, str]
+    request: web.Request, download: StreamDownload, headers: dict[str, str], stall_timeout: float
 ) -> web.StreamResponse:
     size = download.size
     try:
@@ -608,21 +621,40 @@ async def _stream_download(
         async with download.open(start, stop) as chunks:
             await response.prepare(request)
             async for chunk in chunks:
-                await response.write(chunk)
+                view = memoryview(chunk)
+                for at in range(0, len(view), DOWNLOAD_PIECE):
+                    await _within(stall_timeout, response.write(view[at : at + DOWNLOAD_PIECE]))
                 sent += len(chunk)
-            await response.write_eof()
+            await _within(stall_timeout, response.write_eof())
     except Exception as exc:
         if not response.prepared:
             raise
         # An answer now would be written into the body: close the connection instead, so
         # the client sees a body shorter than Content-Length, then EOF.
         _log_broken_download(request, exc, sent, stop - start)
-        _drop_connection(request)
+        _drop_connection(request, at_once=isinstance(exc, DownloadStalled))
     return response
 
 
+async def _within(stall_timeout: float, write: Awaitable[None]) -> None:
+    """`write`, which waits while the client does not read; DownloadStalled after `stall_timeout`."""
+    try:
+        if _timeout is None:  # Python 3.10
+            await asyncio.wait_for(write, stall_timeout)
+        else:
+            async with _timeout(stall_timeout):  # no task per write, unlike wait_for before 3.12
+                await write
+    except asyncio.TimeoutError:
+        raise DownloadStalled(f"the client read nothing for {stall_timeout:g} s") from None
+
+
+_timeout = getattr(asyncio, "timeout", None)
+
+
 def _log_broken_download(request: web.Request, exc: Exception, sent: int, total: int) -> None:
-    if isinstance(exc, ConnectionError):  # from write(): the store raises TusError only
+    if isinstance(exc, DownloadStalled):
+        log.info("download of %s dropped after %d of %d bytes: %s", request.path, sent, total, exc)
+    elif isinstance(exc, ConnectionError):  # from write(): the store raises TusError only
         log.info("client went away after %d of %d bytes of %s: %s", sent, total, request.path, exc)
     elif isinstance(exc, TusError):
         log.warning("download of %s failed after %d of %d bytes; connection closed: %s", request.path, sent, total, exc)
@@ -632,8 +664,12 @@ def _log_broken_download(request: web.Request, exc: Exception, sent: int, total:
         )
 
 
-def _drop_connection(request: web.Request) -> None:
-    """Close the connection once what is buffered is sent: no further response on it."""
+def _drop_connection(request: web.Request, *, at_once: bool = False) -> None:
+    """Close the connection once what is buffered is sent (`at_once`: now, discarding it,
+    since a client that stopped reading would hold it open for ever): no further response on it."""
     request.protocol.force_close()
     if request.transport is not None:
-        request.transport.close()
+        if at_once:
+            request.transport.abort()
+        else:
+            request.transport.close()

@@ -1,4 +1,5 @@
-"""Per-instance limits beyond the protocol's: metadata size and count, concurrent uploads."""
+"""Per-instance limits beyond the protocol's: metadata size and count, concurrent uploads
+and downloads."""
 
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ def check_metadata(header: str | None, metadata: Metadata, config: Config) -> No
 class UploadSlots:
     """Counts requests receiving upload bytes; refuses new ones beyond `limit` (None: no limit)."""
 
+    full = errors.TOO_MANY_UPLOADS
+
     def __init__(self, limit: int | None) -> None:
         self.limit = limit
         self.active = 0
@@ -32,9 +35,15 @@ class UploadSlots:
     @contextmanager
     def take(self) -> Iterator[None]:
         if self.limit is not None and self.active >= self.limit:
-            raise TusError(errors.TOO_MANY_UPLOADS, headers={"Retry-After": RETRY_AFTER})
+            raise TusError(self.full, headers={"Retry-After": RETRY_AFTER})
         self.active += 1
         try:
             yield
         finally:
             self.active -= 1
+
+
+class DownloadSlots(UploadSlots):
+    """Counts downloads being sent; refuses new ones beyond `limit`."""
+
+    full = errors.TOO_MANY_DOWNLOADS

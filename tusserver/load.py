@@ -315,6 +315,10 @@ def validate(config: Config) -> None:
         raise ConfigError(f"s3_part_size must be at most 5GiB, the largest part S3 accepts, got {config.s3_part_size}")
     if config.s3_upload_concurrency < 1 or config.s3_max_concurrency < 1:
         raise ConfigError("s3_upload_concurrency and s3_max_concurrency must be at least 1")
+    if config.max_concurrent_downloads < 1:
+        raise ConfigError("max_concurrent_downloads must be at least 1")
+    if config.download_stall_timeout <= 0:
+        raise ConfigError(f"download_stall_timeout must be more than 0 seconds, got {config.download_stall_timeout}")
     unknown = [name for name in config.hooks_events if name not in EVENTS]
     if unknown:
         raise ConfigError(f"hooks_events: unknown {', '.join(unknown)}; expected some of {', '.join(EVENTS)}")

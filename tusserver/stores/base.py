@@ -3,11 +3,14 @@ extension only when its store implements the protocol behind it."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import os
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import BinaryIO, Protocol, runtime_checkable
 
 from .. import errors
 from ..errors import TusError
@@ -46,7 +49,7 @@ def parse_info(upload_id: str, data: bytes) -> UploadInfo:
 
 @dataclass(frozen=True)
 class FileDownload:
-    """A finished upload that is a local file; served with aiohttp's FileResponse."""
+    """A finished upload that is a local file; sent as `stream_file(path)` is."""
 
     path: str
 
@@ -70,6 +73,51 @@ class RedirectDownload:
 
 
 Download = FileDownload | StreamDownload | RedirectDownload
+
+FILE_CHUNK = 1 << 20  # bytes read from a local file per worker-thread call
+
+
+async def stream_file(path: str) -> StreamDownload:
+    """A local file as a StreamDownload, read a chunk at a time in a worker thread. So a
+    file is sent like any other download, under the stall timeout: aiohttp's sendfile
+    waits for ever on a client that stops reading. The ETag is FileResponse's."""
+    try:
+        stat = await asyncio.to_thread(os.stat, path)
+    except OSError as exc:
+        raise _file_error(exc) from None
+
+    @contextlib.asynccontextmanager
+    async def open_range(start: int, end: int) -> AsyncIterator[AsyncIterator[bytes]]:
+        try:
+            file = await asyncio.to_thread(open, path, "rb")
+        except OSError as exc:
+            raise _file_error(exc) from None
+        try:
+            yield _read_file(file, start, end)
+        finally:
+            file.close()
+
+    return StreamDownload(stat.st_size, f'"{stat.st_mtime_ns:x}-{stat.st_size:x}"', open_range)
+
+
+async def _read_file(file: BinaryIO, start: int, end: int) -> AsyncIterator[bytes]:
+    try:
+        await asyncio.to_thread(file.seek, start)
+        while start < end:
+            chunk = await asyncio.to_thread(file.read, min(FILE_CHUNK, end - start))
+            if not chunk:
+                raise TusError(errors.STORAGE_UNAVAILABLE, f"the file ended at {start} of {end} bytes")
+            start += len(chunk)
+            yield chunk
+    except OSError as exc:
+        raise TusError(errors.STORAGE_UNAVAILABLE, f"reading the file failed: {exc}") from None
+
+
+def _file_error(exc: OSError) -> TusError:
+    if isinstance(exc, (FileNotFoundError, IsADirectoryError)):
+        return TusError(errors.NOT_FOUND)
+    log.warning("cannot open %s: %s", exc.filename, exc)
+    return TusError(errors.STORAGE_UNAVAILABLE)
 
 
 @runtime_checkable

@@ -124,7 +124,7 @@ class FileStore:
 
     async def download(self, info: UploadInfo) -> Download:
         path = self._path(info.id)
-        # Checked before any header is sent; FileResponse opens the file itself.
+        # Checked before any header is sent; the handler opens the file itself (stream_file).
         if not os.path.isfile(path):
             raise TusError(errors.NOT_FOUND)
         return FileDownload(path)

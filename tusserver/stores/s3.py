@@ -31,6 +31,7 @@ from typing import Any
 
 import aiohttp
 from aiobotocore.config import AioConfig
+from aiobotocore.httpsession import AIOHTTPSession
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
@@ -57,6 +58,8 @@ MAX_USER_METADATA = 2000  # bytes; S3 allows 2 KiB of user metadata in all
 READ_CHUNK = 1 * MiB
 UPLOAD_ID_CACHE = 4096
 TAIL_TAG = "tus-next-part"  # .part user metadata: the part number it goes in front of
+POOL_WAIT = 10.0  # seconds an S3 request may wait for a pooled connection, connecting included
+READY_CACHE = 1.0  # seconds one HeadBucket answers /readyz for
 
 _STORAGE_ERRORS = (ClientError, BotoCoreError, aiohttp.ClientError, OSError)
 _MISSING = {"NoSuchKey", "NoSuchUpload", "404", "NotFound"}
@@ -139,6 +142,27 @@ def _unavailable(exc: BaseException) -> TusError:
     return TusError(errors.STORAGE_UNAVAILABLE)
 
 
+class _PoolWaitSession(AIOHTTPSession):
+    """aiobotocore's HTTP session with a bound on the wait for a free pooled connection:
+    aiobotocore sets only sock_connect and sock_read, and aiohttp's pool waits for ever.
+    aiohttp's `connect` timeout covers that wait and the connecting."""
+
+    pool_wait = POOL_WAIT
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._timeout = self._bounded(self._timeout)
+
+    def _get_request_timeout(self, request: Any) -> aiohttp.ClientTimeout | None:
+        timeout = super()._get_request_timeout(request)
+        return None if timeout is None else self._bounded(timeout)
+
+    def _bounded(self, timeout: aiohttp.ClientTimeout) -> aiohttp.ClientTimeout:
+        return aiohttp.ClientTimeout(
+            total=timeout.total, connect=self.pool_wait, sock_connect=timeout.sock_connect, sock_read=timeout.sock_read
+        )
+
+
 @dataclass(frozen=True)
 class _Tail:
     size: int
@@ -177,6 +201,7 @@ class S3Store:
         temp_dir: str | None = None,
         presigned_downloads: bool = False,
         presign_expiry: float = 3600.0,
+        download_concurrency: int = 32,
     ) -> None:
         self.bucket = bucket
         self.prefix = prefix
@@ -191,8 +216,16 @@ class S3Store:
         self.temp_dir = temp_dir
         self.presigned_downloads = presigned_downloads
         self.presign_expiry = presign_expiry
+        # Streaming downloads get a client and pool of their own: a download holds its
+        # connection while its client reads, and slow readers must not take the
+        # connections that uploads, HEADs and cleanup need.
+        self.download_concurrency = max(1, download_concurrency)
         self._client: Any = None
+        self._download_client: Any = None
         self.retry_attempts = 4  # botocore standard retries per request (tests lower it)
+        self.pool_wait = POOL_WAIT  # tests lower it
+        self._readiness: asyncio.Future[bool] | None = None
+        self._readiness_started = 0.0
         self._exit = contextlib.AsyncExitStack()
         self._slots = asyncio.Semaphore(self.max_concurrency)
         # id -> S3 UploadId. It never changes while the upload is unfinished, so it is
@@ -223,6 +256,7 @@ class S3Store:
             temp_dir=config.temp_dir,
             presigned_downloads=config.s3_presigned_downloads,
             presign_expiry=config.s3_presign_expiry,
+            download_concurrency=config.max_concurrent_downloads,
         )
 
     # -- lifecycle -------------------------------------------------------------
@@ -232,6 +266,19 @@ class S3Store:
         removed = remove_stale_spools(self.temp_dir)
         if removed:
             log.info("removed %d stale spool files", removed)
+        session = get_session()
+        try:
+            self._client = await self._exit.enter_async_context(self._create_client(session, self.max_concurrency + 16))
+            self._download_client = await self._exit.enter_async_context(
+                self._create_client(session, self.download_concurrency)
+            )
+            await self._check_bucket()
+        except BaseException:
+            await self.close()
+            raise
+
+    def _create_client(self, session: Any, connections: int) -> Any:
+        session_class = type("_Session", (_PoolWaitSession,), {"pool_wait": self.pool_wait})
         config = AioConfig(
             retries={"mode": "standard", "max_attempts": self.retry_attempts},
             s3={"addressing_style": "path" if self.path_style else "auto"},
@@ -240,19 +287,12 @@ class S3Store:
             response_checksum_validation="when_required",
             # SigV4 for presigned download URLs too (botocore may presign with SigV2 otherwise).
             signature_version="s3v4",
-            max_pool_connections=self.max_concurrency + 16,
+            max_pool_connections=connections,
             connect_timeout=10,
             read_timeout=120,
+            http_session_cls=session_class,
         )
-        session = get_session()
-        self._client = await self._exit.enter_async_context(
-            session.create_client("s3", endpoint_url=self.endpoint_url, region_name=self.region, config=config)
-        )
-        try:
-            await self._check_bucket()
-        except BaseException:
-            await self.close()
-            raise
+        return session.create_client("s3", endpoint_url=self.endpoint_url, region_name=self.region, config=config)
 
     async def _check_bucket(self) -> None:
         """Refuse to start without credentials or access to the bucket: a server that
@@ -288,7 +328,17 @@ class S3Store:
         return self._client
 
     async def ready(self) -> bool:
-        """Whether the bucket answers (HeadBucket)."""
+        """Whether the bucket answers (HeadBucket). Callers within READY_CACHE seconds of a
+        check, or while one runs, share its answer: /readyz costs at most one S3 call a second."""
+        loop = asyncio.get_running_loop()
+        if self._readiness is None or (
+            self._readiness.done() and loop.time() - self._readiness_started >= READY_CACHE
+        ):
+            self._readiness = asyncio.ensure_future(self._head_bucket())
+            self._readiness_started = loop.time()
+        return await asyncio.shield(self._readiness)  # a caller that gives up leaves it to the others
+
+    async def _head_bucket(self) -> bool:
         try:
             await self._client.head_bucket(Bucket=self.bucket)
         except _STORAGE_ERRORS as exc:
@@ -297,8 +347,11 @@ class S3Store:
         return True
 
     async def close(self) -> None:
+        if self._readiness is not None and not self._readiness.done():
+            self._readiness.cancel()
+        self._readiness = None
         await self._exit.aclose()
-        self._client = None
+        self._client = self._download_client = None
 
     # -- keys and small objects -------------------------------------------------
 
@@ -623,9 +676,13 @@ class S3Store:
         @contextlib.asynccontextmanager
         async def open_range(start: int, end: int) -> AsyncIterator[AsyncIterator[bytes]]:
             try:
-                response = await self._call("get_object", Key=key, Range=f"bytes={start}-{end - 1}")
-            except ClientError:  # _call lets only "missing" through
-                raise TusError(errors.NOT_FOUND) from None
+                response = await self._download_client.get_object(
+                    Bucket=self.bucket, Key=key, Range=f"bytes={start}-{end - 1}"
+                )
+            except _STORAGE_ERRORS as exc:
+                if _code(exc) in _MISSING:
+                    raise TusError(errors.NOT_FOUND) from None
+                raise _unavailable(exc) from None
             async with response["Body"] as stream:
                 yield _read_chunks(stream)
 
