@@ -15,6 +15,7 @@ _EXPORTS = {
     "HookResult": ".hooks",
     "Hooks": ".hooks",
     "MemoryLocker": ".locks",
+    "Quota": ".owners",
     "Store": ".stores",
     "TusError": ".errors",
     "UploadInfo": ".info",
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from .hooks import HookEvent, HookRejected, HookResult, Hooks
     from .info import UploadInfo
     from .locks import MemoryLocker
+    from .owners import Quota
     from .ops import add_ops_routes
     from .stores import FileStore, Store
 
@@ -42,6 +44,7 @@ __all__ = [
     "HookResult",
     "Hooks",
     "MemoryLocker",
+    "Quota",
     "Store",
     "TusError",
     "UploadInfo",

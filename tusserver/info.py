@@ -21,6 +21,10 @@ class UploadInfo:
     partials: list[str] = field(default_factory=list)  # ids, for a final upload
     finished: bool = False
     storage: dict[str, Any] = field(default_factory=dict)  # store specifics (path, bucket, key...)
+    owner: str | None = None  # who may use it when tokens are on: the token's `sub`, or a hook's choice
+    # What hooks record for the server (never sent to clients, unlike `metadata`).
+    server_metadata: dict[str, str | None] = field(default_factory=dict)
+    listed: bool = False  # has entries in the owners' index (see owners.py)
     # Derived by the store on every read, never persisted: stored state is the truth.
     offset: int = 0
 
@@ -46,6 +50,9 @@ class UploadInfo:
             "partials": self.partials,
             "finished": self.finished,
             "storage": self.storage,
+            "owner": self.owner,
+            "server_metadata": self.server_metadata,
+            "listed": self.listed,
         }
         # ensure_ascii keeps surrogate-escaped metadata bytes representable.
         return json.dumps(doc, separators=(",", ":")).encode("ascii")
@@ -65,4 +72,8 @@ class UploadInfo:
             partials=list(doc.get("partials") or []),
             finished=bool(doc.get("finished")),
             storage=doc.get("storage") or {},
+            # Absent from .info files written before owners existed.
+            owner=doc.get("owner"),
+            server_metadata=doc.get("server_metadata") or {},
+            listed=bool(doc.get("listed")),
         )
