@@ -140,7 +140,9 @@ class Owners:
         async with slots:
             try:
                 info = await self.store.peek_info(upload_id)
-                if not info.finished:
+                if info.finished:
+                    info.offset = info.length or 0
+                else:
                     info = await self.store.get_info(upload_id)  # bytes received: derived, not stored
             except CorruptInfo:
                 return None  # the store logged it; an operator must look at it
