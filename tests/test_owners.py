@@ -169,7 +169,7 @@ async def test_the_authorize_hook_sees_the_action_and_can_refuse_before_the_lock
 
     @hooks.on("pre-access")
     def authorize(event):
-        seen.append((event.action, event.upload.id, event.upload.owner, event.request.subject))
+        seen.append((event.action, event.upload.id, event.upload.offset, event.upload.owner, event.request.subject))
         if event.action in ("patch", "delete") and event.upload.server_metadata.get("frozen"):
             raise HookRejected(423, "this upload is frozen")
 
@@ -188,9 +188,9 @@ async def test_the_authorize_hook_sees_the_action_and_can_refuse_before_the_lock
     assert (resp.status, resp.headers["Upload-Offset"]) == (200, "10")
     await assert_store_holds(store, store_factory, upload_id, data)
     assert seen == [
-        ("patch", upload_id, "alice", "alice"),
-        ("delete", upload_id, "alice", "alice"),
-        ("head", upload_id, "alice", "alice"),
+        ("patch", upload_id, 10, "alice", "alice"),
+        ("delete", upload_id, 10, "alice", "alice"),
+        ("head", upload_id, 10, "alice", "alice"),
     ]
     # Bob is refused by the owner check before the hook is asked.
     assert (await head(client, BOB, upload_id)).status == 404

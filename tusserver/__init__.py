@@ -32,8 +32,8 @@ if TYPE_CHECKING:
     from .hooks import HookEvent, HookRejected, HookResult, Hooks
     from .info import UploadInfo
     from .locks import MemoryLocker
-    from .owners import Quota
     from .ops import add_ops_routes
+    from .owners import Quota
     from .stores import FileStore, Store
 
 __all__ = [

@@ -162,7 +162,7 @@ def create_app(
     auth = BearerAuth(config) if auth_enabled(config) else None
     shutdown = Shutdown(config.shutdown_grace)
 
-    collection: dict[str, Handler] = {"OPTIONS": handlers.options, "POST": handlers.post, "GET": handlers.list}
+    collection: dict[str, Handler] = {"OPTIONS": handlers.options, "POST": handlers.post, "GET": handlers.listing}
     upload: dict[str, Handler] = {
         "OPTIONS": handlers.options,
         "HEAD": handlers.head,
