@@ -501,3 +501,18 @@ async def test_quota_for_tightens_the_configured_quota_per_request(aiohttp_clien
 def test_a_quota_without_tokens_stops_create_app(tmp_path):
     with pytest.raises(ConfigError, match="quota_bytes needs tokens"):
         create_app(Config(quota_bytes=1), store=_file(tmp_path))
+
+
+async def test_expiry_removes_the_index_entries_with_the_upload(start):
+    import time
+
+    from tusserver import MemoryLocker
+    from tusserver.cleanup import clean_expired
+
+    config = Config(auth_secret=SECRET, expire_after=60)
+    client, store = await start(config)
+    upload_id = await create(client, ALICE, 10, b"12345")
+    assert [u["id"] for u in (await listing(client, ALICE))["uploads"]] == [upload_id]
+    assert await clean_expired(store, config, MemoryLocker(), now=time.time() + 120) == 1
+    for key in ("all", owner_key("alice")):
+        assert await store.list_index(key, None, 10) == []

@@ -599,6 +599,9 @@ def test_info_json_schema_fields():
         "partials": [],
         "finished": False,
         "storage": {},
+        "owner": None,
+        "server_metadata": {},
+        "listed": False,
     }
 
 
