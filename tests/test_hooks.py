@@ -70,14 +70,18 @@ async def test_every_event_fires_once_in_order_with_upload_and_request(aiohttp_c
     assert seen.types() == [
         "pre-create",
         "post-create",
+        "pre-access",
         "pre-finish",
         "post-receive",
         "post-finish",
+        "pre-access",
         "pre-get",
+        "pre-access",
         "pre-terminate",
         "post-terminate",
     ]
-    pre_create, post_create, pre_finish, receive, post_finish = seen.events[:5]
+    assert [e.action for e in seen.of("pre-access")] == ["patch", "get", "delete"]
+    pre_create, post_create, _, pre_finish, receive, post_finish = seen.events[:6]
     assert pre_create.upload.id == upload_id
     assert pre_create.upload.length == 1000
     assert pre_create.upload.metadata == {"filename": "report.pdf", "private": None}

@@ -601,6 +601,9 @@ def test_info_json_schema_fields():
         "progress": None,
         "finished": False,
         "storage": {},
+        "owner": None,
+        "server_metadata": {},
+        "listed": False,
     }
 
 

@@ -105,12 +105,19 @@ async def test_pre_create_rejection_passes_status_and_message_through(aiohttp_cl
     assert [d["type"] for d in receiver.deliveries] == ["pre-create"]
 
 
+LONG = "line one\nline two " + "z" * 400
+
+
 @pytest.mark.parametrize(
     ("status", "body", "expected_status", "expected_text"),
     [
-        (302, "see elsewhere", 400, "see elsewhere"),  # not 2xx, but not an error status: 400
-        (403, "line one\nline two " + "z" * 400, 403, ("line one line two " + "z" * 400)[:197] + "..."),
-        (500, "", 500, "request was rejected by a hook"),
+        # Not 2xx, but not an error status: 400, and its body is not a message for the client.
+        (302, json.dumps({"message": "see elsewhere"}), 400, "request was rejected by a hook"),
+        (403, json.dumps({"message": LONG}), 403, ("line one line two " + "z" * 400)[:197] + "..."),
+        # Only a JSON message reaches the client: never a text or HTML body (a debug page, a trace).
+        (403, LONG, 403, "request was rejected by a hook"),
+        (404, "<html><body>Traceback: /srv/hooks/app.py line 9</body></html>", 404, "request was rejected by a hook"),
+        (422, json.dumps({"message": 7}), 422, "request was rejected by a hook"),
     ],
 )
 async def test_rejections_are_kept_within_limits(
@@ -121,6 +128,27 @@ async def test_rejections_are_kept_within_limits(
     resp = await client.post("/", headers={**TUS, "Upload-Length": "1"})
     assert resp.status == expected_status
     assert await resp.text() == expected_text + "\n"
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        lambda: web.Response(status=500, text="Traceback (most recent call last): db at 10.0.0.3"),
+        lambda: web.Response(status=502, text="<html>502 Bad Gateway nginx/1.25</html>", content_type="text/html"),
+        lambda: web.json_response({"message": "internal: db at 10.0.0.3 down"}, status=503),
+    ],
+)
+async def test_a_hook_service_5xx_is_503_hook_unavailable_and_its_body_stays_in_the_log(
+    aiohttp_client, receiver, tmp_path, caplog, reply
+):
+    receiver.answer = lambda payload: reply()
+    client = await aiohttp_client(create_app(hook_config(receiver), store=FileStore(str(tmp_path))))
+    resp = await client.post("/", headers={**TUS, "Upload-Length": "1"})
+    assert (resp.status, resp.headers["Retry-After"]) == (503, "5")
+    assert await resp.text() == "the hook service did not answer; retry later\n"
+    assert not any(tmp_path.iterdir())
+    assert "10.0.0.3" in caplog.text or "nginx" in caplog.text  # for the operator
 
 
 async def test_pre_create_answer_changes_metadata_and_id(aiohttp_client, receiver, tmp_path):
@@ -180,7 +208,7 @@ async def test_a_pre_create_answer_arriving_in_pieces_is_read_whole(aiohttp_clie
     ("status", "expected"),
     [
         (200, (500, "a server hook failed: the hook's reply is too large\n")),  # cannot be applied in part
-        (403, (403, "x" * 197 + "...\n")),  # a rejection stays one, its message cut as always
+        (403, (403, "request was rejected by a hook\n")),  # a rejection stays one; its text is no message
     ],
 )
 async def test_a_hook_reply_over_64_kib_is_not_read_in_part(

@@ -15,6 +15,7 @@ _EXPORTS = {
     "HookResult": ".hooks",
     "Hooks": ".hooks",
     "MemoryLocker": ".locks",
+    "Quota": ".owners",
     "Store": ".stores",
     "TusError": ".errors",
     "UploadInfo": ".info",
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
     from .info import UploadInfo
     from .locks import MemoryLocker
     from .ops import add_ops_routes
+    from .owners import Quota
     from .stores import FileStore, Store
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
     "HookResult",
     "Hooks",
     "MemoryLocker",
+    "Quota",
     "Store",
     "TusError",
     "UploadInfo",

@@ -22,6 +22,7 @@ from .keys import BODY, BYTES_IN, HOOK_HEADERS, UPLOAD_ID
 from .locks import Locker, locker_from_config
 from .logs import printable
 from .metrics import Metrics
+from .owners import Quota, check_quota_config
 from .shutdown import UPLOAD_METHODS, Shutdown
 from .stores.base import Store
 
@@ -133,12 +134,14 @@ def create_app(
     locker: Locker | None = None,
     hooks: Hooks | None = None,
     max_size_for: Callable[[web.Request], int | None] | None = None,
+    quota_for: Callable[[web.Request], Quota | None] | None = None,
 ) -> web.Application:
     """A tus server as an aiohttp Application, with routes at "/" and "/{id}".
     Run it directly, or mount it with `app.add_subapp("/uploads/", create_app(...))`.
 
     `hooks` holds Python callbacks per event (see tusserver.hooks); `max_size_for(request)`
-    may lower the maximum upload size per request (None: `config.max_size` applies)."""
+    may lower the maximum upload size per request (None: `config.max_size` applies), and
+    `quota_for(request)` the owner's quota (a `Quota`; None: `quota_bytes`/`quota_uploads`)."""
     config = config or Config()
     if store is None:
         from .stores.factory import store_from_config
@@ -147,13 +150,20 @@ def create_app(
     metrics = Metrics()
     webhook = Webhook(config) if config.hooks_url else None
     runner = HookRunner(hooks, webhook, metrics, timeout=config.hooks_timeout)
+    check_quota_config(config)
     handlers = TusHandlers(
-        config, store, locker or locker_from_config(config), runner, metrics=metrics, max_size_for=max_size_for
+        config,
+        store,
+        locker or locker_from_config(config),
+        runner,
+        metrics=metrics,
+        max_size_for=max_size_for,
+        quota_for=quota_for,
     )
     auth = BearerAuth(config) if auth_enabled(config) else None
     shutdown = Shutdown(config.shutdown_grace)
 
-    collection: dict[str, Handler] = {"OPTIONS": handlers.options, "POST": handlers.post}
+    collection: dict[str, Handler] = {"OPTIONS": handlers.options, "POST": handlers.post, "GET": handlers.listing}
     upload: dict[str, Handler] = {
         "OPTIONS": handlers.options,
         "HEAD": handlers.head,

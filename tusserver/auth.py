@@ -27,7 +27,7 @@ from yarl import URL
 from . import errors
 from .config import Config
 from .errors import TusError
-from .keys import AUTH_SUBJECT
+from .keys import AUTH_CLAIMS, AUTH_SUBJECT
 from .load import ConfigError
 from .protocol import is_valid_upload_id
 
@@ -366,9 +366,12 @@ class BearerAuth:
                 # As if the upload did not exist: a link reveals nothing about other ids.
                 raise TusError(errors.NOT_FOUND)
         needed = "download" if method == "GET" else "upload"
+        if method == "GET" and upload_id is None and claims.allows("upload"):
+            needed = "upload"  # a listing of one's uploads: for uploaders as for downloaders
         if not claims.allows(needed):
             raise _insufficient(needed, f"{needed} is not in the token's scope")
         request[AUTH_SUBJECT] = claims.subject
+        request[AUTH_CLAIMS] = claims
 
     async def close(self) -> None:
         if self.jwks is not None:

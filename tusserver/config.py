@@ -117,6 +117,14 @@ class Config:
     max_metadata_count: int | None = setting(
         32, 'Most keys accepted in Upload-Metadata (400 beyond). "none": no limit.'
     )
+    quota_bytes: int | None = setting(
+        None,
+        "Bytes one owner (a token's sub) may hold: the lengths of their uploads (bytes received while "
+        "deferred). Beyond it, creation and PATCH answer 413. Needs tokens. Unset: no limit.",
+    )
+    quota_uploads: int | None = setting(
+        None, "Uploads one owner may hold, finished ones included (413 beyond). Needs tokens. Unset: no limit."
+    )
     max_concurrent_uploads: int | None = setting(
         200,
         "Most uploads receiving bytes at once on this instance (PATCHes, and POSTs with a body); beyond it "
@@ -166,7 +174,7 @@ class Config:
     hooks_events: list[str] = setting(
         ["pre-create", "post-create", "post-finish", "post-terminate"],
         "Events sent to hooks_url: pre-create, post-create, post-receive, pre-finish, post-finish, "
-        "pre-terminate, post-terminate, pre-get.",
+        "pre-terminate, post-terminate, pre-get, pre-access.",
     )
     hooks_forward_headers: list[str] = setting(
         [], 'Request headers copied into the webhook payload (e.g. ["Authorization"]).'

@@ -112,6 +112,8 @@ HOOK_UNAVAILABLE = ErrorKind("ERR_HOOK_UNAVAILABLE", 503, "the hook service did 
 UPLOAD_ID_TAKEN = ErrorKind("ERR_UPLOAD_ID_TAKEN", 409, "an upload with the id chosen by a hook already exists")
 METADATA_TOO_LARGE = ErrorKind("ERR_METADATA_TOO_LARGE", 413, "Upload-Metadata is larger than the server allows")
 TOO_MANY_METADATA_KEYS = ErrorKind("ERR_TOO_MANY_METADATA_KEYS", 400, "Upload-Metadata has more keys than allowed")
+QUOTA_EXCEEDED = ErrorKind("ERR_QUOTA_EXCEEDED", 413, "the owner's quota does not allow this")
+INVALID_QUERY = ErrorKind("ERR_INVALID_QUERY", 400, "a query parameter is malformed")
 INTERNAL = ErrorKind("ERR_INTERNAL", 500, "internal server error")
 
 # Why a final upload can never complete, by the code its `.info` records.

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from aiohttp import web
 
 from . import errors, protocol
+from .auth import auth_enabled
 from .body import Body, ClientGone, ReleaseRequested
 from .cancellation import await_to_completion
 from .config import Config
@@ -24,22 +25,26 @@ from .hooks import (
     POST_FINISH,
     POST_RECEIVE,
     POST_TERMINATE,
+    PRE_ACCESS,
     PRE_CREATE,
     PRE_FINISH,
     PRE_GET,
     PRE_TERMINATE,
     HookRunner,
     checked_changes,
+    metadata_text,
 )
 from .info import FinalProgress, UploadInfo
-from .keys import BODY, BYTES_IN, HOOK_HEADERS, MAX_SIZE, STOP_REASON, UPLOAD_ID
+from .keys import AUTH_CLAIMS, AUTH_SUBJECT, BODY, BYTES_IN, HOOK_HEADERS, MAX_SIZE, QUOTA, STOP_REASON, UPLOAD_ID
 from .limits import DownloadSlots, UploadSlots, check_metadata
 from .locks import Locker
 from .metrics import Metrics
+from .owners import Caller, Owners, Quota, parse_cursor, parse_limit
 from .stores.base import (
     ConcatenatingStore,
     FileDownload,
     LengthDeferringStore,
+    OwnerIndexStore,
     RedirectDownload,
     Store,
     StreamDownload,
@@ -47,6 +52,7 @@ from .stores.base import (
     store_extensions,
     stream_file,
 )
+from .stores.owner_index import ALL, owner_key
 from .urls import collection_path, request_origin, upload_location
 
 log = logging.getLogger("tusserver")
@@ -80,12 +86,16 @@ class TusHandlers:
         *,
         metrics: Metrics | None = None,
         max_size_for: Callable[[web.Request], int | None] | None = None,
+        quota_for: Callable[[web.Request], Quota | None] | None = None,
     ) -> None:
         self.config = config
         self.store = store
         self.locker = locker
         self.hooks = hooks or HookRunner(None, None)
         self.max_size_for = max_size_for
+        self.quota_for = quota_for
+        # Owners are checked, indexed and held to quotas while tokens say who calls.
+        self.owners = Owners(store, indexing=auth_enabled(config))
         self.uploads = UploadSlots(config.max_concurrent_uploads)
         self.finals = FinalWorker(store, locker, self._post_finish)
         self.downloads = DownloadSlots(config.max_concurrent_downloads)
@@ -105,14 +115,52 @@ class TusHandlers:
         request[UPLOAD_ID] = upload_id
         return upload_id
 
-    async def _load(self, upload_id: str) -> UploadInfo:
+    async def _load(self, upload_id: str, request: web.Request | None = None) -> UploadInfo:
+        """The upload's state; for `request`, only if its caller may use it (else 404)."""
         info = await self.store.get_info(upload_id)
+        if request is not None:
+            self._check_owner(request, info)
         if info.expired(time.time(), self.config.expire_finished):
             raise TusError(errors.GONE)
         failed = failure(info)  # a final that can never complete says why, to HEAD, GET and PATCH
         if failed is not None:
             raise TusError(failed)
         return info
+
+    def _caller(self, request: web.Request) -> Caller | None:
+        """Who calls, by the bearer token; None while tokens are off."""
+        claims = request.get(AUTH_CLAIMS)
+        if claims is None:
+            return None
+        return Caller(claims.subject, "admin" in claims.scopes, claims.upload)
+
+    def _may_use(self, request: web.Request, info: UploadInfo) -> bool:
+        caller = self._caller(request)
+        return caller is None or caller.may_use(info)
+
+    def _check_owner(self, request: web.Request, info: UploadInfo) -> None:
+        if not self._may_use(request, info):
+            raise TusError(errors.NOT_FOUND)  # as if it did not exist: ids are not confirmed to others
+
+    async def _access(self, request: web.Request, upload_id: str, action: str) -> None:
+        """Before the upload's lock is taken, so that a request that will be refused never
+        asks the holder (the owner's PATCH) to let go: the owner check, then pre-access."""
+        caller = self._caller(request)
+        if (caller is None or caller.admin) and not self.hooks.wants(PRE_ACCESS):
+            return  # nothing to check
+        if isinstance(self.store, OwnerIndexStore) and not self.hooks.wants(PRE_ACCESS):
+            info = await self.store.peek_info(upload_id)  # one read: the owner check needs no offset
+        else:
+            info = await self.store.get_info(upload_id)
+        self._check_owner(request, info)
+        await self.hooks.pre(PRE_ACCESS, request, info, action=action)
+
+    def _quota(self, request: web.Request) -> Quota:
+        """`quota_bytes` / `quota_uploads`, tightened by the embedder's `quota_for(request)`."""
+        if QUOTA not in request:
+            quota = Quota(self.config.quota_bytes, self.config.quota_uploads)
+            request[QUOTA] = quota.tighter(self.quota_for(request) if self.quota_for else None)
+        return request[QUOTA]
 
     def _state_headers(self, info: UploadInfo) -> dict[str, str]:
         headers = {"Upload-Offset": str(info.offset), "Cache-Control": "no-store"}
@@ -132,7 +180,16 @@ class TusHandlers:
         if length is not None and max_size is not None and length > max_size:
             raise TusError(errors.MAX_SIZE_EXCEEDED, f"limit is {max_size} bytes")
 
-    async def _receive(self, request: web.Request, info: UploadInfo, posts: _Posts) -> None:
+    async def _receive_owned(self, request: web.Request, info: UploadInfo, posts: _Posts) -> None:
+        """_receive() within the owner's quota: a deferred upload's body may bring what the
+        quota has left, held for it meanwhile."""
+        content_length = protocol.parse_content_length(request.headers.get("Content-Length"))
+        async with self.owners.receiving(info, self._quota(request), content_length) as granted:
+            await self._receive(request, info, posts, granted)
+
+    async def _receive(
+        self, request: web.Request, info: UploadInfo, posts: _Posts, quota_left: int | None = None
+    ) -> None:
         """Append the request body to `info` (locked by the caller) and finish the
         upload when it is complete. Updates `info.offset`."""
         checksum = protocol.parse_checksum(_header(request, "Upload-Checksum"))
@@ -146,6 +203,9 @@ class TusHandlers:
             limit = None
         if content_length is not None and limit is not None and content_length > limit:
             raise TusError(errors.EXCEEDS_UPLOAD_LENGTH, f"{limit} bytes remain")
+        by_quota = quota_left is not None and (limit is None or quota_left < limit)
+        if by_quota:
+            limit = quota_left
         body = Body(request.content, limit, checksum, self.config.read_timeout)
         request[BODY] = body
         if STOP_REASON in request:  # asked to let go before the body started
@@ -178,6 +238,9 @@ class TusHandlers:
             await self._finish(request, info, posts)
         elif self.config.expire_after is not None:
             await self.store.save_info(info)
+        if body.overflowed and by_quota:
+            quota = self._quota(request).bytes
+            raise TusError(errors.QUOTA_EXCEEDED, f"quota_bytes is {quota} bytes; bytes past it were discarded")
         if body.overflowed:
             raise TusError(errors.EXCEEDS_UPLOAD_LENGTH, "bytes past the length were discarded")
 
@@ -303,7 +366,7 @@ class TusHandlers:
         if with_body:
             try:
                 async with self._locked(request, info.id) as posts:
-                    await self._receive(request, info, posts)
+                    await self._receive_owned(request, info, posts)
             except TusError as exc:
                 # The upload exists and keeps what arrived: the client can resume it.
                 exc.headers.setdefault("Location", headers["Location"])
@@ -320,11 +383,18 @@ class TusHandlers:
     async def _create_upload(self, request: web.Request, info: UploadInfo) -> None:
         """Run pre-create, apply what it changes (metadata, and the id = storage key), and
         create the upload in the store."""
+        info.owner = request.get(AUTH_SUBJECT)  # the hook sees it, and may choose another
         changes = checked_changes(await self.hooks.pre(PRE_CREATE, request, info))
         if changes.metadata is not None:
             info.metadata = changes.metadata
+        if changes.server_metadata is not None:
+            info.server_metadata = changes.server_metadata
+        if changes.owner is not None:
+            info.owner = changes.owner
         if changes.upload_id is None or changes.upload_id == info.id:
-            await self.store.create(info)
+            async with self.owners.creating(info, self._quota(request)):
+                await self.owners.add(info)
+                await self.store.create(info)
             return
         info.id = request[UPLOAD_ID] = changes.upload_id
         # A taken id is usually seen here, without asking a PATCH that holds its lock to let go.
@@ -332,8 +402,9 @@ class TusHandlers:
         # Two creations of one chosen id: the store's create is atomic per id, so the loser
         # gets 409. Checking again under the id's lock makes that hold also for S3-compatible
         # services that ignore If-None-Match (within one lock domain: the process, or Redis).
-        async with self.locker.lock(info.id):
+        async with self.owners.creating(info, self._quota(request)), self.locker.lock(info.id):
             await self._check_id_free(info.id)
+            await self.owners.add(info)
             await self.store.create(info)
 
     async def _check_id_free(self, upload_id: str) -> None:
@@ -367,7 +438,7 @@ class TusHandlers:
             if partial_id in named:
                 raise TusError(errors.DUPLICATE_PARTIAL, partial_id)
             named.add(partial_id)
-        partials = [await self._load_partial(partial_id) for partial_id in partial_ids]
+        partials = [await self._load_partial(request, partial_id) for partial_id in partial_ids]
         for partial in partials:
             await self._check_finals_of(partial.id)
         # Lengths still deferred are checked against the same limit once they are known.
@@ -401,13 +472,15 @@ class TusHandlers:
             headers["Upload-Expires"] = protocol.http_date(info.expires)
         return web.Response(status=201, headers=headers)
 
-    async def _load_partial(self, partial_id: str) -> UploadInfo:
+    async def _load_partial(self, request: web.Request, partial_id: str) -> UploadInfo:
         try:
             partial = await self._load(partial_id)
         except TusError as exc:
             if exc.kind in (errors.NOT_FOUND, errors.GONE):
                 raise TusError(errors.PARTIAL_NOT_FOUND, partial_id) from None
             raise
+        if not self._may_use(request, partial):  # someone else's: as if it did not exist
+            raise TusError(errors.PARTIAL_NOT_FOUND, partial_id)
         if partial.concat != "partial":
             raise TusError(errors.NOT_PARTIAL, partial_id)
         return partial
@@ -463,8 +536,9 @@ class TusHandlers:
 
     async def head(self, request: web.Request) -> web.Response:
         upload_id = self._upload_id(request)
+        await self._access(request, upload_id, "head")
         async with self._locked(request, upload_id) as posts:
-            info = await self._load(upload_id)
+            info = await self._load(upload_id, request)
             if info.concat != "final" and info.length == info.offset and not info.finished:
                 # Every byte is stored but the finish never ran (its PATCH was interrupted,
                 # or the server died): finish now, since the client takes this as done.
@@ -500,8 +574,9 @@ class TusHandlers:
         new_length = _header(request, "Upload-Length")
         length = None if new_length is None else protocol.parse_upload_length(new_length)
         protocol.parse_checksum(_header(request, "Upload-Checksum"))  # malformed: refused before any change
+        await self._access(request, upload_id, "patch")
         async with self._locked(request, upload_id) as posts:
-            info = await self._load(upload_id)
+            info = await self._load(upload_id, request)
             if info.concat == "final":
                 raise TusError(errors.MODIFY_FINAL)
             if offset != info.offset:
@@ -517,7 +592,7 @@ class TusHandlers:
                 if content_length or (content_length is None and request.body_exists):
                     raise TusError(errors.UPLOAD_FINISHED)
             else:
-                await self._receive(request, info, posts)
+                await self._receive_owned(request, info, posts)
         return web.Response(status=204, headers=self._state_headers(info))
 
     async def _set_length(self, request: web.Request, info: UploadInfo, length: int) -> None:
@@ -531,14 +606,17 @@ class TusHandlers:
         if content_length is not None and info.offset + content_length > length:
             raise TusError(errors.EXCEEDS_UPLOAD_LENGTH, f"{length - info.offset} bytes remain")
         assert isinstance(self.store, LengthDeferringStore)
-        await self.store.set_length(info, length)
+        store = self.store
+        await self.owners.set_length(info, length, self._quota(request), lambda: store.set_length(info, length))
 
     async def delete(self, request: web.Request) -> web.Response:
         upload_id = self._upload_id(request)
         if not isinstance(self.store, TerminatingStore):
             raise TusError(errors.METHOD_NOT_ALLOWED)
+        await self._access(request, upload_id, "delete")
         async with self.locker.lock(upload_id, self._release(request)):
             info = await self.store.get_info(upload_id)
+            self._check_owner(request, info)
             await self.hooks.pre(PRE_TERMINATE, request, info)
             await self.store.terminate(info)
         await self.hooks.post(POST_TERMINATE, request, info)
@@ -552,7 +630,8 @@ class TusHandlers:
         upload_id = self._upload_id(request)
         if not self.config.downloads:
             raise TusError(errors.DOWNLOAD_DISABLED)
-        info = await self._load(upload_id)
+        info = await self._load(upload_id, request)
+        await self.hooks.pre(PRE_ACCESS, request, info, action="get")
         if not info.finished:
             raise TusError(errors.UPLOAD_NOT_FINISHED, f"{info.offset} of {info.length} bytes received")
         if self.config.downloads_require_hook and not self.hooks.wants(PRE_GET):
@@ -565,6 +644,38 @@ class TusHandlers:
         if isinstance(download, FileDownload):
             download = await stream_file(download.path)
         return await _stream_download(request, download, headers, self.config.download_stall_timeout)
+
+    async def listing(self, request: web.Request) -> web.Response:
+        """GET on the collection: the caller's uploads as JSON, newest first, a page at a time
+        (`?limit=`, `?cursor=`); an admin's lists everyone's, or `?owner=`'s."""
+        caller = self._caller(request)
+        if caller is None or not self.owners.indexing:
+            raise TusError(errors.NOT_FOUND)  # nobody to list for without tokens
+        limit = parse_limit(request.query.get("limit"))
+        cursor = parse_cursor(request.query.get("cursor"))
+        owner = request.query.get("owner")
+        if owner is not None and not caller.admin and owner != caller.subject:
+            raise TusError(errors.INSUFFICIENT_SCOPE, "listing another owner's uploads needs admin")
+        if owner is None and not caller.admin:
+            if caller.subject is None:
+                raise TusError(errors.INSUFFICIENT_SCOPE, "the token names no subject (sub) whose uploads to list")
+            owner = caller.subject
+        key = ALL if owner is None else owner_key(owner)
+        found, after = await self.owners.uploads(key, cursor, limit)
+        uploads = [
+            {
+                "id": info.id,
+                "url": upload_location(request, self.config, info.id),
+                "length": info.length,
+                "offset": info.offset,
+                "finished": info.finished,
+                "metadata": {k: metadata_text(v) for k, v in info.metadata.items()},
+                "created": info.created,
+                "expires": info.expires,
+            }
+            for info in found
+        ]
+        return web.json_response({"uploads": uploads, "next": after}, headers={"Cache-Control": "no-store"})
 
 
 def _header(request: web.Request, name: str) -> str | None:

@@ -2,8 +2,10 @@
 
 Events, in order: pre-create, post-create, post-receive (progress, throttled),
 pre-finish, post-finish; pre-terminate, post-terminate around DELETE; pre-get before
-a download. A pre-* hook may reject the request by raising `HookRejected` (or, as a
-webhook, by answering other than 2xx); the client then sees its status and message.
+a download; pre-access (the authorize hook) before HEAD, PATCH, DELETE and GET of an upload,
+with the `action`, before the upload's lock is taken. A pre-* hook may reject the request by
+raising `HookRejected` (or, as a webhook, by answering 4xx with a JSON `message`); the client
+then sees its status and message. A webhook's 5xx is answered 503 (the hook is unavailable).
 post-* hooks only observe: their failures are logged and never fail the request.
 They run after the request released the upload's lock, so a finishing PATCH fires its
 pre-finish before its last post-receive. Python callbacks get `hooks_timeout` seconds,
@@ -32,6 +34,7 @@ from .errors import TusError
 from .info import UploadInfo
 from .keys import AUTH_SUBJECT
 from .metrics import Metrics
+from .stores.owner_index import MAX_OWNER, is_valid_owner
 
 log = logging.getLogger("tusserver.hooks")
 
@@ -43,7 +46,20 @@ POST_FINISH = "post-finish"
 PRE_TERMINATE = "pre-terminate"
 POST_TERMINATE = "post-terminate"
 PRE_GET = "pre-get"
-EVENTS = (PRE_CREATE, POST_CREATE, POST_RECEIVE, PRE_FINISH, POST_FINISH, PRE_TERMINATE, POST_TERMINATE, PRE_GET)
+PRE_ACCESS = "pre-access"
+EVENTS = (
+    PRE_CREATE,
+    POST_CREATE,
+    POST_RECEIVE,
+    PRE_FINISH,
+    POST_FINISH,
+    PRE_TERMINATE,
+    POST_TERMINATE,
+    PRE_GET,
+    PRE_ACCESS,
+)
+# What a pre-access event asks about: the request's verb on an existing upload.
+ACTIONS = ("head", "patch", "delete", "get")
 
 MAX_MESSAGE = 200  # characters of a rejection message that reach the client
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
@@ -99,11 +115,13 @@ class HookRequest:
 @dataclass(frozen=True)
 class HookEvent:
     """What a hook receives. `upload` is a copy: change it through `HookResult`.
-    At pre-create the upload is not stored yet, so `upload.storage` is empty."""
+    At pre-create the upload is not stored yet, so `upload.storage` is empty.
+    `action` (pre-access only): "head", "patch", "delete" or "get"."""
 
     type: str
     upload: UploadInfo
     request: HookRequest
+    action: str | None = None
 
     def to_json(self, forward_headers: list[str]) -> dict[str, Any]:
         """The webhook payload."""
@@ -114,12 +132,13 @@ class HookEvent:
                 forwarded[name] = self.request.headers[name]
         return {
             "type": self.type,
+            "action": self.action,
             "upload": {
                 "id": upload.id,
                 "size": upload.length,
                 "size_is_deferred": upload.length is None,
                 "offset": upload.offset,
-                "metadata": {k: _text(v) for k, v in upload.metadata.items()},
+                "metadata": {k: metadata_text(v) for k, v in upload.metadata.items()},
                 "is_partial": upload.concat == "partial",
                 "is_final": upload.concat == "final",
                 "partial_uploads": list(upload.partials),
@@ -127,6 +146,8 @@ class HookEvent:
                 "created": upload.created,
                 "expires": upload.expires,
                 "storage": {k: v for k, v in upload.storage.items() if k in ("type", "path", "bucket", "key")},
+                "owner": upload.owner,
+                "server_metadata": {k: metadata_text(v) for k, v in upload.server_metadata.items()},
             },
             "request": {
                 "method": self.request.method,
@@ -138,26 +159,35 @@ class HookEvent:
         }
 
 
-def _text(value: str | None) -> str | None:
+def metadata_text(value: str | None) -> str | None:
+    """A metadata value as JSON text."""
     # Metadata bytes that are not UTF-8 are kept as surrogates; JSON receivers want text.
     return None if value is None else value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 @dataclass
 class HookResult:
-    """What a hook may change. pre-create: `metadata` (replaces it) and `upload_id` (the
-    new upload's id, which is also its storage key: `<file_dir>/<id>`, `<s3_prefix><id>`).
+    """What a hook may change. pre-create: `metadata` (the client's, which HEAD echoes;
+    replaces it), `server_metadata` (kept for the server and hooks, never sent to clients;
+    replaces it), `owner` (instead of the token's `sub`) and `upload_id` (the new upload's
+    id, which is also its storage key: `<file_dir>/<id>`, `<s3_prefix><id>`).
     post-finish: `headers` added to the response that finished the upload."""
 
     metadata: dict[str, str | None] | None = None
     upload_id: str | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    owner: str | None = None
+    server_metadata: dict[str, str | None] | None = None
 
     def merge(self, other: HookResult) -> None:
         if other.metadata is not None:
             self.metadata = other.metadata
         if other.upload_id is not None:
             self.upload_id = other.upload_id
+        if other.owner is not None:
+            self.owner = other.owner
+        if other.server_metadata is not None:
+            self.server_metadata = other.server_metadata
         self.headers.update(other.headers)
 
 
@@ -251,11 +281,16 @@ class Webhook:
             log.warning("%s webhook to %s replied with more than %d bytes", event.type, self.where, MAX_REPLY)
             raise TusError(errors.HOOK_FAILED, "the hook's reply is too large")
         document = _json_object(body) if whole else None
+        if status >= 500:
+            # The hook service's own failure (a crash page, its proxy's 502): the client
+            # learns it is unavailable, never what it said.
+            reply = clean_message(body.decode("utf-8", "replace"))
+            log.warning("%s webhook to %s answered %d: %s", event.type, self.where, status, reply)
+            raise TusError(errors.HOOK_UNAVAILABLE, headers={"Retry-After": "5"})
         if not accepted:
-            message = document.get("message") if document else None
-            if not isinstance(message, str):
-                message = body.decode("utf-8", "replace")
-            raise HookRejected(status, message)
+            # Only a 4xx's explicit JSON message is meant for the client.
+            message = document.get("message") if document and 400 <= status < 500 else None
+            raise HookRejected(status, message if isinstance(message, str) else "")
         return result_from_json(document or {})
 
     def notify(self, event: HookEvent, on_error: Callable[[], None]) -> None:
@@ -292,12 +327,17 @@ def _json_object(body: bytes) -> dict[str, Any] | None:
 
 
 def result_from_json(document: dict[str, Any]) -> HookResult:
-    """A webhook's 2xx answer: `{"upload_id": "...", "metadata": {...}}`, both optional."""
+    """A webhook's 2xx answer: `{"upload_id": "...", "metadata": {...}, "owner": "...",
+    "server_metadata": {...}}`, each optional."""
     result = HookResult()
     if document.get("metadata") is not None:
         result.metadata = document["metadata"]
     if document.get("upload_id") is not None:
         result.upload_id = document["upload_id"]
+    if document.get("owner") is not None:
+        result.owner = document["owner"]
+    if document.get("server_metadata") is not None:
+        result.server_metadata = document["server_metadata"]
     return result
 
 
@@ -320,15 +360,17 @@ class HookRunner:
     def wants(self, event: str) -> bool:
         return bool(self.hooks.callbacks(event)) or (self.webhook is not None and event in self.webhook.events)
 
-    def _event(self, name: str, request: web.Request, info: UploadInfo) -> HookEvent:
-        return HookEvent(name, copy.deepcopy(info), HookRequest.from_request(request))
+    def _event(self, name: str, request: web.Request, info: UploadInfo, action: str | None = None) -> HookEvent:
+        return HookEvent(name, copy.deepcopy(info), HookRequest.from_request(request), action)
 
-    async def pre(self, name: str, request: web.Request, info: UploadInfo) -> HookResult:
+    async def pre(
+        self, name: str, request: web.Request, info: UploadInfo, *, action: str | None = None
+    ) -> HookResult:
         """Run a pre-* event; raises HookRejected (or a TusError) to refuse the request."""
         result = HookResult()
         if not self.wants(name):
             return result
-        event = self._event(name, request, info)
+        event = self._event(name, request, info, action)
         await self._run_callbacks(event, result, pre=True)
         if self.webhook is not None and name in self.webhook.events:
             self._count(name, "http")
@@ -431,5 +473,11 @@ def checked_changes(result: HookResult) -> HookResult:
         raise TusError(errors.HOOK_FAILED)
     if result.metadata is not None and not protocol.is_valid_metadata(result.metadata):
         log.error("pre-create hook returned invalid metadata (keys must be printable ASCII, values str or None)")
+        raise TusError(errors.HOOK_FAILED)
+    if result.server_metadata is not None and not protocol.is_valid_metadata(result.server_metadata):
+        log.error("pre-create hook returned invalid server_metadata (keys printable ASCII, values str or None)")
+        raise TusError(errors.HOOK_FAILED)
+    if result.owner is not None and not is_valid_owner(result.owner):
+        log.error("pre-create hook chose an invalid owner (a printable string of 1 to %d characters)", MAX_OWNER)
         raise TusError(errors.HOOK_FAILED)
     return result

@@ -45,6 +45,10 @@ class UploadInfo:
     progress: FinalProgress | None = None  # for a final upload
     finished: bool = False
     storage: dict[str, Any] = field(default_factory=dict)  # store specifics (path, bucket, key...)
+    owner: str | None = None  # who may use it when tokens are on: the token's `sub`, or a hook's choice
+    # What hooks record for the server (never sent to clients, unlike `metadata`).
+    server_metadata: dict[str, str | None] = field(default_factory=dict)
+    listed: bool = False  # has entries in the owners' index (see owners.py)
     # Derived by the store on every read, never persisted: stored state is the truth.
     offset: int = 0
 
@@ -71,6 +75,9 @@ class UploadInfo:
             "progress": None if self.progress is None else self.progress.to_doc(),
             "finished": self.finished,
             "storage": self.storage,
+            "owner": self.owner,
+            "server_metadata": self.server_metadata,
+            "listed": self.listed,
         }
         # ensure_ascii keeps surrogate-escaped metadata bytes representable.
         return json.dumps(doc, separators=(",", ":")).encode("ascii")
@@ -91,4 +98,8 @@ class UploadInfo:
             progress=FinalProgress.from_doc(doc["progress"]) if doc.get("progress") else None,
             finished=bool(doc.get("finished")),
             storage=doc.get("storage") or {},
+            # Absent from .info files written before owners existed.
+            owner=doc.get("owner"),
+            server_metadata=doc.get("server_metadata") or {},
+            listed=bool(doc.get("listed")),
         )

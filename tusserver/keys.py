@@ -12,5 +12,7 @@ STOP_REASON = web.RequestKey("tus_stop_reason", BaseException)  # a stop that ca
 BYTES_IN = web.RequestKey("tus_bytes_in", int)
 MAX_SIZE = web.RequestKey("tus_max_size", Any)  # int | None, computed once per request
 AUTH_SUBJECT = web.RequestKey("tus_auth_subject", Any)  # the bearer token's `sub`, if any
+AUTH_CLAIMS = web.RequestKey("tus_auth_claims", Any)  # auth.Claims of the bearer token, when tokens are on
+QUOTA = web.RequestKey("tus_quota", Any)  # owners.Quota, computed once per request
 HOOK_HEADERS = web.RequestKey("tus_hook_headers", dict)  # headers post-finish hooks asked for (2xx only)
 OPS_REQUEST = web.RequestKey("tus_ops_request", bool)  # /metrics, /healthz, /readyz: not counted

@@ -130,7 +130,7 @@ def field_specs() -> list[FieldSpec]:
             continue  # not expressible as text (callables, objects): embedding only
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
         # Byte counts are named *_size by convention; they accept "5MiB".
-        size = kind is int and f.name.endswith("_size")
+        size = kind is int and f.name.endswith(("_size", "_bytes"))
         help_text = f.metadata.get("help", "")
         specs.append(FieldSpec(f.name, kind, optional, size, default, secret=not f.repr, help=help_text))
     return specs

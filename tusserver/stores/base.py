@@ -33,7 +33,12 @@ def parse_info(upload_id: str, data: bytes) -> UploadInfo:
     """The `.info` record of `upload_id`; raises (and logs, naming the id) CorruptInfo."""
     try:
         info = UploadInfo.from_json(data)
-        if not isinstance(info.id, str) or not isinstance(info.storage, dict):
+        if (
+            not isinstance(info.id, str)
+            or not isinstance(info.storage, dict)
+            or not isinstance(info.owner, (str, type(None)))
+            or not isinstance(info.server_metadata, dict)
+        ):
             raise ValueError("fields of the wrong type")
         return info
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -187,6 +192,25 @@ class ExpiringStore(Protocol):
 
     async def clean_orphans(self, older_than: float) -> int:
         """Remove storage debris (e.g. multipart uploads with no .info) older than a timestamp."""
+
+
+@runtime_checkable
+class OwnerIndexStore(Protocol):
+    """Keeps an index per owner (see owners.py): entry names sort newest first, so that
+    listing an owner's uploads costs what the owner holds, not what the store holds."""
+
+    async def peek_info(self, upload_id: str) -> UploadInfo:
+        """The `.info` record as stored, in one read: `offset` is not derived (0).
+        Raises TusError(NOT_FOUND) for an unknown id."""
+
+    async def index_upload(self, info: UploadInfo) -> None:
+        """Write the index entries of `info` (before the upload is created)."""
+
+    async def list_index(self, key: str, after: str | None, limit: int) -> list[str]:
+        """At most `limit` entry names of one index, in order, after the entry `after`."""
+
+    async def unindex(self, key: str, entry: str) -> None:
+        """Remove one entry. Idempotent."""
 
 
 class StoreStartError(Exception):

@@ -1,4 +1,5 @@
-"""Local-disk store: `<dir>/<id>` holds the bytes, `<dir>/<id>.info` the state.
+"""Local-disk store: `<dir>/<id>` holds the bytes, `<dir>/<id>.info` the state, and
+`<dir>/.owners/<key>/<entry>` (empty files) the owners' index.
 
 The offset is the data file's size, so whatever reached the disk counts and a
 restart loses nothing. Large writes run in a worker thread, double-buffered, so
@@ -8,6 +9,7 @@ the event loop keeps reading the next chunk while the previous one is written.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import glob
 import os
 import secrets
@@ -21,6 +23,7 @@ from ..errors import TusError
 from ..info import UploadInfo
 from ..protocol import is_valid_upload_id
 from .base import Download, FileDownload, parse_info
+from .owner_index import entry_name, index_keys, is_entry, is_index_key
 
 WRITE_BATCH = 1 << 20  # bytes gathered before one write in the worker thread
 
@@ -75,13 +78,19 @@ class FileStore:
             raise
 
     async def get_info(self, upload_id: str) -> UploadInfo:
+        info = await self.peek_info(upload_id)
         try:
-            with open(self._path(upload_id, ".info"), "rb") as f:
-                info = parse_info(upload_id, f.read())
             info.offset = os.stat(self._path(upload_id)).st_size
         except FileNotFoundError:
             raise TusError(errors.NOT_FOUND) from None
         return info
+
+    async def peek_info(self, upload_id: str) -> UploadInfo:
+        try:
+            with open(self._path(upload_id, ".info"), "rb") as f:
+                return parse_info(upload_id, f.read())
+        except FileNotFoundError:
+            raise TusError(errors.NOT_FOUND) from None
 
     async def append(
         self, info: UploadInfo, body: AsyncIterable[bytes], *, atomic: bool = False
@@ -121,6 +130,9 @@ class FileStore:
         _remove(self._path(info.id, ".info"))
         _remove(self._path(info.id))
         shutil.rmtree(self._link_dir(info.id), ignore_errors=True)
+        if info.listed:  # after .info: an entry without its upload is skipped, never the reverse
+            for key in index_keys(info):
+                await self.unindex(key, entry_name(info))
 
     async def download(self, info: UploadInfo) -> Download:
         path = self._path(info.id)
@@ -158,6 +170,31 @@ class FileStore:
             os.rmdir(self._link_dir(partial_id))
         except OSError:
             pass  # other finals still wait on this partial, or it is gone already
+
+    # -- OwnerIndexStore ---------------------------------------------------------
+
+    def _index_dir(self, key: str) -> str:
+        if not is_index_key(key):
+            raise ValueError(f"not an index key: {key!r}")
+        return os.path.join(self.directory, ".owners", key)
+
+    async def index_upload(self, info: UploadInfo) -> None:
+        for key in index_keys(info):
+            os.makedirs(self._index_dir(key), exist_ok=True)
+            with open(os.path.join(self._index_dir(key), entry_name(info)), "wb"):
+                pass
+
+    async def list_index(self, key: str, after: str | None, limit: int) -> list[str]:
+        try:
+            names = sorted(name for name in os.listdir(self._index_dir(key)) if is_entry(name))
+        except FileNotFoundError:
+            return []
+        start = bisect.bisect_right(names, after) if after is not None else 0
+        return names[start : start + limit]
+
+    async def unindex(self, key: str, entry: str) -> None:
+        if is_entry(entry):
+            _remove(os.path.join(self._index_dir(key), entry))
 
     async def list_uploads(self) -> AsyncIterator[str]:
         for name in os.listdir(self.directory):

@@ -5,6 +5,8 @@ Keys under the prefix:
                exists, else built by a multipart upload
   `<id>.info`  the UploadInfo JSON (same schema as the disk store)
   `<id>.part`  a tail too short to be a part, while the upload is unfinished
+  `.owners/<key>/<entry>`  the owners' index (empty objects; see owners.py): ListObjectsV2
+               under one owner's key gives its uploads newest first
 
 The multipart upload is created when the first part is ready, and its UploadId is
 recorded in `.info` before any part is sent to it; one not recorded is an orphan
@@ -42,6 +44,7 @@ from ..errors import TusError
 from ..info import UploadInfo
 from ..protocol import download_headers, is_valid_upload_id
 from .base import CorruptInfo, Download, RedirectDownload, StoreStartError, StreamDownload, parse_info
+from .owner_index import entry_name, index_keys, is_entry, is_index_key
 from .spool import Piece, Spool, check_writable, remove_stale_spools
 
 log = logging.getLogger("tusserver.s3")
@@ -701,6 +704,8 @@ class S3Store:
         # .info last: while it exists, a failed DELETE can be retried.
         await self._delete(self._key(info.id, ".info"))
         self._upload_ids.pop(info.id, None)
+        if info.listed:  # after .info: an entry without its upload is skipped, never the reverse
+            await asyncio.gather(*(self.unindex(key, entry_name(info)) for key in index_keys(info)))
 
     async def _delete(self, key: str) -> None:
         with contextlib.suppress(ClientError):
@@ -872,6 +877,42 @@ class S3Store:
                 "upload_part", Key=key, UploadId=upload, PartNumber=number, Body=f, ContentLength=piece.size
             )
         return response["ETag"]
+
+    # -- OwnerIndexStore -----------------------------------------------------------
+
+    async def peek_info(self, upload_id: str) -> UploadInfo:
+        return await self._read_info(upload_id)
+
+    def _index_prefix(self, key: str) -> str:
+        if not is_index_key(key):
+            raise ValueError(f"not an index key: {key!r}")
+        return f"{self.prefix}.owners/{key}/"
+
+    async def index_upload(self, info: UploadInfo) -> None:
+        entry = entry_name(info)
+        await asyncio.gather(
+            *(self._call("put_object", Key=self._index_prefix(key) + entry, Body=b"") for key in index_keys(info))
+        )
+
+    async def list_index(self, key: str, after: str | None, limit: int) -> list[str]:
+        prefix = self._index_prefix(key)
+        names: list[str] = []
+        start_after = prefix + after if after is not None else None
+        while len(names) < limit:
+            params: dict[str, Any] = {"Prefix": prefix, "MaxKeys": min(limit - len(names), 1000)}
+            if start_after is not None:
+                params["StartAfter"] = start_after
+            response = await self._call("list_objects_v2", **params)
+            contents = response.get("Contents", [])
+            names += [item["Key"][len(prefix) :] for item in contents]
+            if not response.get("IsTruncated") or not contents:
+                break
+            start_after = contents[-1]["Key"]
+        return [name for name in names if is_entry(name)]
+
+    async def unindex(self, key: str, entry: str) -> None:
+        if is_entry(entry):
+            await self._delete(self._index_prefix(key) + entry)
 
     # -- ExpiringStore -------------------------------------------------------------
 
