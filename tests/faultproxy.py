@@ -34,7 +34,7 @@ def operation(request: web.Request) -> str:
         return "CreateMultipartUpload"
     if method == "POST" and "uploadId" in query:
         return "CompleteMultipartUpload"
-    if path.endswith(".part"):
+    if ".part." in path.rsplit("/", 1)[-1]:  # a tail chunk, <id>.part.<n>.<start>
         return {"GET": "GetPart", "HEAD": "HeadPart", "PUT": "PutPart", "DELETE": "DeletePart"}.get(method, method)
     return f"{method} {path.rsplit('.', 1)[-1] if '.' in path.rsplit('/', 1)[-1] else 'object'}"
 
