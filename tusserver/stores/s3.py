@@ -1056,14 +1056,13 @@ class _PartWriter:
                 errors.CHECKSUM_BODY_TOO_LARGE,
                 f"at most {self.store.checksum_limit} bytes per PATCH here; send smaller PATCHes",
             )
-        pieces = await self.spool.awrite(chunk)
-        try:
-            while pieces:
-                await self._queue(pieces[0])
-                pieces.pop(0)
-        finally:
-            for piece in pieces:
-                piece.remove()
+        await self.spool.awrite(chunk)
+        await self._queue_filled()
+
+    async def _queue_filled(self) -> None:
+        # Taken one at a time: from then on _queue owns the piece (sends, keeps or removes it).
+        while (piece := self.spool.take_filled()) is not None:
+            await self._queue(piece)
 
     async def _queue(self, piece: Piece) -> None:
         if self.phase is _Phase.PENDING:
@@ -1154,6 +1153,7 @@ class _PartWriter:
             return self.offset + self.tail_size  # the tail was not read in full: it stands
         error: BaseException | None = None
         try:
+            await self._queue_filled()  # filled by a write that a cancel interrupted
             while self.waiting:
                 number, piece = self.waiting.pop(0)
                 await self._send(number, piece)

@@ -85,6 +85,7 @@ class Spool:
         self.piece_size = piece_size
         self.budget = budget
         self._first_size = first_size  # until the first piece is cut
+        self._filled: list[Piece] = []
         self._piece: Piece | None = None
         self._file: BinaryIO | None = None
 
@@ -93,18 +94,26 @@ class Spool:
         """Bytes in the piece being filled."""
         return self._piece.size if self._piece else 0
 
-    async def awrite(self, data: bytes, *, force: bool = False) -> list[Piece]:
-        """`write`, off the event loop. A cancel waits for the thread: the file is never
-        closed under a write in flight."""
+    async def awrite(self, data: bytes, *, force: bool = False) -> None:
+        """`write`, off the event loop; the pieces it fills wait in `take_filled()`. A
+        cancel waits for the thread: the file is never closed under a write in flight,
+        and the filled pieces stay there for the owner to take."""
         if not data:
-            return []
+            return
         if self.budget is not None:
             self.budget.take(len(data), force=force)
+        work = asyncio.ensure_future(asyncio.to_thread(self._write, data))
         try:
-            return await await_to_completion(asyncio.to_thread(self._write, data))
+            await await_to_completion(work)
         finally:
             if self.budget is not None:
                 self.budget.give(len(data))  # now counted by the pieces that hold them
+            if work.done() and not work.cancelled() and work.exception() is None:
+                self._filled += work.result()
+
+    def take_filled(self) -> Piece | None:
+        """The oldest piece `awrite` filled (now owned by the caller), or None."""
+        return self._filled.pop(0) if self._filled else None
 
     def write(self, data: bytes) -> list[Piece]:
         """Append `data`; return the pieces it filled (now owned by the caller)."""
@@ -143,7 +152,7 @@ class Spool:
             raise
         return full
 
-    async def acopy(self, piece: Piece) -> list[Piece]:
+    async def acopy(self, piece: Piece) -> None:
         """Append the bytes of `piece` (already counted by the budget), off the event loop."""
 
         def copy() -> list[Piece]:
@@ -153,7 +162,7 @@ class Spool:
                     full += self._write(data)
             return full
 
-        return await await_to_completion(asyncio.to_thread(copy))
+        self._filled += await await_to_completion(asyncio.to_thread(copy))
 
     def cut(self) -> Piece | None:
         """Hand over the piece being filled (None if it is empty)."""
@@ -173,7 +182,10 @@ class Spool:
         return piece
 
     def discard(self) -> None:
-        """Remove the piece being filled."""
+        """Remove the piece being filled, and the filled ones not taken."""
+        for filled in self._filled:
+            filled.remove()
+        self._filled = []
         piece, self._piece = self._piece, None
         file, self._file = self._file, None
         if file is not None:
