@@ -14,6 +14,7 @@ import pytest
 
 from tests.test_s3_store import OCTETS, TUS, Bucket, MiB, S3Proxy, assert_no_temp_files, payload
 from tusserver import Config, create_app
+from tusserver.load import ConfigError, load_config
 from tusserver.stores.s3 import (
     S3Store,
     _Chunk,
@@ -275,3 +276,10 @@ async def test_spool_files_are_private_to_the_process(tmp_path):
         assert budget.used == 0 and os.listdir(tmp_path) == []  # the directory goes with its last file
     finally:
         os.umask(old)
+
+
+def test_a_temp_budget_below_two_parts_is_refused_at_start():
+    env = {"TUSSERVER_TEMP_MAX_SIZE": "31MiB", "TUSSERVER_S3_PART_SIZE": "16MiB"}
+    with pytest.raises(ConfigError, match=r"temp_max_size \(32505856\) must be at least twice s3_part_size"):
+        load_config(env=env, config_file=None)
+    assert load_config(env={**env, "TUSSERVER_TEMP_MAX_SIZE": "32MiB"}, config_file=None).temp_max_size == 32 * MiB

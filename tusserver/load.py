@@ -314,6 +314,11 @@ def validate(config: Config) -> None:
         raise ConfigError(
             f"s3_part_size ({config.s3_part_size}) must be at least s3_min_part_size ({config.s3_min_part_size})"
         )
+    if config.temp_max_size is not None and config.temp_max_size < 2 * config.s3_part_size:
+        # The PATCH that cuts a part holds its own bytes and the part they join at once.
+        raise ConfigError(
+            f"temp_max_size ({config.temp_max_size}) must be at least twice s3_part_size ({config.s3_part_size})"
+        )
     if config.s3_upload_concurrency < 1 or config.s3_max_concurrency < 1:
         raise ConfigError("s3_upload_concurrency and s3_max_concurrency must be at least 1")
     unknown = [name for name in config.hooks_events if name not in EVENTS]
