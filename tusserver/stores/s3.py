@@ -709,7 +709,8 @@ class S3Store:
 
     async def terminate(self, info: UploadInfo) -> None:
         key = self._key(info.id)
-        jobs = [self._delete(key), self._delete_tail(info.id)]
+        # `<id>.part`: the tail object of older versions.
+        jobs = [self._delete(key), self._delete_tail(info.id), self._delete(self._key(info.id, ".part"))]
         if info.storage.get("upload_id") and not info.finished:
             jobs.append(self._abort(key, info.storage["upload_id"]))
         await asyncio.gather(*jobs)
