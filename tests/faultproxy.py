@@ -34,7 +34,11 @@ def operation(request: web.Request) -> str:
         return "CreateMultipartUpload"
     if method == "POST" and "uploadId" in query:
         return "CompleteMultipartUpload"
-    if path.endswith(".part"):
+    if method == "GET" and "list-type" in query:
+        return "ListObjectsV2"  # on the bucket: not to be taken for a GET of an object
+    if method == "POST" and "delete" in query:
+        return "DeleteObjects"
+    if ".part." in path.rsplit("/", 1)[-1]:  # a tail chunk, <id>.part.<n>.<start>
         return {"GET": "GetPart", "HEAD": "HeadPart", "PUT": "PutPart", "DELETE": "DeletePart"}.get(method, method)
     return f"{method} {path.rsplit('.', 1)[-1] if '.' in path.rsplit('/', 1)[-1] else 'object'}"
 

@@ -1,5 +1,5 @@
 """Check what a store really holds for an upload, reading its storage directly
-(the disk file, or the S3 object, parts and `.part`), not through the store."""
+(the disk file, or the S3 object, parts and tail chunks), not through the store."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ async def _assert_s3_holds(factory, info: UploadInfo, data: bytes) -> None:
     """Finished, or written whole without a multipart upload: the object is `data`.
     Unfinished: parts 1..n of the multipart upload recorded in `.info` (each checked by
     its MD5 ETag, since S3 cannot read back the parts of an open multipart upload; none
-    while no upload is recorded) followed by the `.part` tail tagged for part n+1,
-    together `data`."""
+    while no upload is recorded) followed by the tail chunks for part n+1 chained from
+    where part n ends, together `data`."""
     from aiobotocore.session import get_session
 
     storage = info.storage
@@ -49,13 +49,16 @@ async def _assert_s3_holds(factory, info: UploadInfo, data: bytes) -> None:
             assert len(expected) == part["Size"], f"part {number} goes past the {len(data)} expected bytes"
             assert part["ETag"].strip('"') == hashlib.md5(expected).hexdigest(), f"part {number} differs"
             position += part["Size"]
-        tail = b""
-        try:
-            obj = await s3.get_object(Bucket=bucket, Key=key + ".part")
-            if obj["Metadata"].get("tus-next-part") == str(number + 1):
-                tail = await obj["Body"].read()
-        except s3.exceptions.NoSuchKey:
-            pass
+        # The tail: chunks <key>.part.<number + 1>.<start>, chained from `position` on.
+        prefix = f"{key}.part.{number + 1}."
+        listed = await s3.list_objects_v2(Bucket=bucket, Prefix=prefix)
+        by_start = {int(o["Key"][len(prefix) :]): o["Key"] for o in listed.get("Contents", [])}
+        tail, start = b"", position
+        while start in by_start:
+            obj = await s3.get_object(Bucket=bucket, Key=by_start.pop(start))
+            chunk = await obj["Body"].read()
+            tail += chunk
+            start += len(chunk)
         assert hashlib.sha256(tail).hexdigest() == hashlib.sha256(data[position:]).hexdigest(), (
-            f"{number} parts hold {position} bytes; .part holds {len(tail)}, expected {len(data) - position}"
+            f"{number} parts hold {position} bytes; the tail holds {len(tail)}, expected {len(data) - position}"
         )

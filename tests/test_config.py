@@ -268,6 +268,10 @@ def test_settings_with_a_floor_refuse_values_below_it(key, too_low, lowest, mess
 
 def test_s3_part_size_is_at_most_what_s3_accepts():
     assert load_config(env={"TUSSERVER_S3_PART_SIZE": "5GiB"}).s3_part_size == 5 << 30
+    s3 = {"TUSSERVER_STORE": "s3", "TUSSERVER_S3_BUCKET": "b", "TUSSERVER_S3_PART_SIZE": "5GiB"}
+    with pytest.raises(ConfigError, match="temp_max_size .* must be at least twice s3_part_size"):
+        load_config(env=s3)  # the spool must hold two such parts
+    assert load_config(env={**s3, "TUSSERVER_TEMP_MAX_SIZE": "10GiB"}).s3_part_size == 5 << 30
     with pytest.raises(ConfigError, match="s3_part_size must be at most 5GiB"):
         load_config(env={"TUSSERVER_S3_PART_SIZE": str((5 << 30) + 1)})
 

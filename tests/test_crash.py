@@ -106,7 +106,9 @@ async def test_sigkill_during_a_checksum_patch_keeps_nothing_of_it_and_cleans_up
         spool_prefix = upload_id + ".tmp-" if store_kind == "file" else "tusserver-spool-"
 
         def spooled() -> int:
-            return sum(p.stat().st_size for p in spool_dir.iterdir() if p.name.startswith(spool_prefix))
+            found = [p for p in spool_dir.iterdir() if p.name.startswith(spool_prefix)]
+            files = [f for p in found for f in (p.iterdir() if p.is_dir() else [p])]  # S3: a directory per process
+            return sum(f.stat().st_size for f in files)
 
         from tests.hanging import wait_until
 
@@ -142,5 +144,7 @@ async def test_startup_keeps_spool_files_of_a_live_process_and_removes_a_reused_
     dead_pid = tmp_path / f"{TEMP_PREFIX}{2**22 + 1}-5-{'1' * 16}"
     dead_pid.write_bytes(b"old")
     assert remove_stale_spools(str(tmp_path)) == 2
-    assert os.listdir(tmp_path) == [os.path.basename(live._piece.path)]
+    # The live process's spool directory stands, with its piece in it.
+    assert os.listdir(tmp_path) == [os.path.basename(os.path.dirname(live._piece.path))]
+    assert os.path.exists(live._piece.path)
     live.discard()

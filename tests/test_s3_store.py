@@ -86,9 +86,30 @@ class Bucket:
                 return parts
             marker = page["NextPartNumberMarker"]
 
+    def chunks(self, upload_id: str) -> list[str]:
+        """Every tail chunk object of the upload (`<id>.part.<n>.<start>`)."""
+        return [key for key in self.keys() if key.startswith(f"{upload_id}.part.")]
+
+    def tail(self, upload_id: str) -> bytes:
+        """The bytes of the tail: the chunks for the part after the stored ones, chained
+        from where the parts end (what the store counts in the offset)."""
+        parts = self.parts(upload_id)
+        position, wanted = sum(p["Size"] for p in parts), len(parts) + 1
+        by_start = {}
+        for key in self.chunks(upload_id):
+            number, start = key[len(f"{upload_id}.part.") :].split(".")
+            if int(number) == wanted:
+                by_start[int(start)] = key
+        held = b""
+        while position in by_start:
+            chunk = self.get(by_start.pop(position))
+            held += chunk
+            position += len(chunk)
+        return held
+
     def assert_object(self, upload_id: str, data: bytes) -> None:
         assert sha256(self.get(upload_id)) == sha256(data)
-        assert f"{upload_id}.part" not in self.keys()
+        assert self.chunks(upload_id) == []
         assert self.multipart_uploads() == []
 
 
@@ -196,8 +217,7 @@ async def test_part_tails_across_patch_sizes_are_byte_exact(serve, s3, spool_dir
             assert [p["PartNumber"] for p in parts] == list(range(1, len(parts) + 1))
             assert all(p["Size"] >= 5 * MiB for p in parts)
             in_parts = sum(p["Size"] for p in parts)
-            if in_parts < offset:  # the rest is the .part tail, exactly
-                assert s3.get(f"{upload_id}.part") == data[in_parts:offset]
+            assert s3.tail(upload_id) == data[in_parts:offset]  # the rest is the tail, exactly
     s3.assert_object(upload_id, data)
     assert set(s3.keys()) == {upload_id, f"{upload_id}.info"}
     info = json.loads(s3.get(f"{upload_id}.info"))
@@ -261,7 +281,7 @@ async def test_client_disconnect_mid_part_keeps_every_byte_and_resumes(serve, s3
     assert await server.offset(upload_id) == sent
     assert_no_temp_files(spool_dir)
     assert [p["Size"] for p in s3.parts(upload_id)] == [6 * MiB]
-    assert s3.get(f"{upload_id}.part") == data[6 * MiB : sent]
+    assert s3.tail(upload_id) == data[6 * MiB : sent]
     await server.drop_mid_patch(upload_id, sent, data[sent : sent + 100], announced=len(data) - sent)
     sent += 100
     assert await server.offset(upload_id) == sent
@@ -458,7 +478,7 @@ async def test_s3_down_during_upload_part_is_503_then_resumes_from_stored_bytes(
     await server.patch(upload_id, 8 * MiB, data[8 * MiB : 20 * MiB], expect=503)
     # Nothing of the failed PATCH is stored; the old .part is still the tail.
     assert await server.offset(upload_id) == 8 * MiB
-    assert s3.get(f"{upload_id}.part") == data[6 * MiB : 8 * MiB]
+    assert s3.tail(upload_id) == data[6 * MiB : 8 * MiB]
     assert_no_temp_files(spool_dir)
     proxy.fail_parts = 0
     assert await server.patch(upload_id, 8 * MiB, data[8 * MiB :]) == len(data)
@@ -491,7 +511,7 @@ async def test_cancelled_append_keeps_received_bytes_and_removes_temp_files(moto
                 break
             await asyncio.sleep(0.02)
         assert (await store.get_info(info.id)).offset == len(data)
-        assert s3.get(f"{info.id}.part") == data[5 * MiB :]
+        assert s3.tail(info.id) == data[5 * MiB :]
         assert_no_temp_files(spool_dir)
     finally:
         await store.close()
@@ -502,11 +522,12 @@ async def test_checksum_mismatch_leaves_parts_and_tail_untouched(serve, s3, spoo
     server = await serve()
     upload_id = await server.create(20 * MiB)
     assert await server.patch(upload_id, 0, data) == 8 * MiB
-    before = (s3.parts(upload_id), s3.get(f"{upload_id}.part"), s3.head(f"{upload_id}.part")["Metadata"])
+    before = (s3.parts(upload_id), s3.chunks(upload_id), s3.tail(upload_id))
+    assert before[2] == data[6 * MiB :]
     wrong = base64.b64encode(hashlib.sha1(b"something else").digest()).decode()
     body = payload(7 * MiB, seed=15)
     await server.patch(upload_id, 8 * MiB, body, expect=460, Upload_Checksum=f"sha1 {wrong}")
-    after = (s3.parts(upload_id), s3.get(f"{upload_id}.part"), s3.head(f"{upload_id}.part")["Metadata"])
+    after = (s3.parts(upload_id), s3.chunks(upload_id), s3.tail(upload_id))
     assert after == before
     assert await server.offset(upload_id) == 8 * MiB
     assert_no_temp_files(spool_dir)
@@ -556,8 +577,8 @@ async def test_small_upload_in_one_patch_is_one_put_object_without_multipart(ser
     assert calls == ["PutObject"]  # .info only: no multipart upload at creation
     calls.clear()
     assert await server.patch(upload_id, 0, data) == len(data)
-    # GET .info and HEAD .part (the state), the object in one PutObject, .info finished.
-    assert sorted(calls) == ["GetObject", "HeadObject", "PutObject", "PutObject"]
+    # GET .info and the tail chunks listed (the state), the object in one PutObject, .info finished.
+    assert sorted(calls) == ["GetObject", "ListObjectsV2", "PutObject", "PutObject"]
     s3.assert_object(upload_id, data)
     head = s3.head(upload_id)
     assert head["ContentType"] == "image/png" and head["Metadata"] == {"filetype": "image/png", "filename": "caf??.png"}
@@ -575,11 +596,11 @@ async def test_unfinished_upload_without_multipart_costs_two_calls_per_head(serv
     assert s3.multipart_uploads() == []
     calls = record_calls(server.store)
     assert await server.offset(upload_id) == MiB + 7
-    assert sorted(calls) == ["GetObject", "HeadObject"]
+    assert sorted(calls) == ["GetObject", "ListObjectsV2"]
     calls.clear()
     assert await server.patch(upload_id, MiB + 7, data[MiB + 7 :]) == len(data)
-    # The tail taken in front of the rest, all in one PutObject; .part deleted after .info.
-    assert sorted(calls) == ["DeleteObject", "GetObject", "GetObject", "HeadObject", "PutObject", "PutObject"]
+    # The tail read back in front of the rest, all in one PutObject; its chunk deleted after .info.
+    assert sorted(calls) == ["DeleteObjects", "GetObject", "GetObject", "ListObjectsV2", "PutObject", "PutObject"]
     s3.assert_object(upload_id, data)
 
 
@@ -601,7 +622,7 @@ async def test_multipart_upload_is_created_with_the_first_part_and_survives_rest
     recorded = json.loads(s3.get(f"{upload_id}.info"))["storage"]["upload_id"]
     assert [(u["Key"], u["UploadId"]) for u in s3.multipart_uploads()] == [(upload_id, recorded)]
     assert [p["Size"] for p in s3.parts(upload_id)] == [6 * MiB]
-    assert s3.head(f"{upload_id}.part")["ContentLength"] == 2 * MiB
+    assert s3.tail(upload_id) == data[6 * MiB : 8 * MiB]
     await second.client.close()
 
     third = await serve()  # finds the multipart upload through .info alone
@@ -621,7 +642,7 @@ async def test_a_patch_of_full_parts_completes_with_the_parts_it_stored(serve, s
     calls = record_calls(server.store)
     assert await server.patch(upload_id, 0, data) == len(data)
     assert sorted(calls) == sorted(
-        ["GetObject", "HeadObject", "CreateMultipartUpload", "PutObject"]
+        ["GetObject", "ListObjectsV2", "CreateMultipartUpload", "PutObject"]
         + ["UploadPart"] * 3
         + ["CompleteMultipartUpload", "PutObject"]
     )
@@ -648,7 +669,8 @@ async def test_delete_removes_every_key_and_is_idempotent(serve, s3):
     server = await serve()
     upload_id = await server.create(20 * MiB)
     await server.patch(upload_id, 0, data)
-    assert set(s3.keys()) == {f"{upload_id}.info", f"{upload_id}.part"} and len(s3.multipart_uploads()) == 1
+    tail = f"{upload_id}.part.2.{6 * MiB}"  # 2 MiB in front of part 2, from offset 6 MiB
+    assert set(s3.keys()) == {f"{upload_id}.info", tail} and len(s3.multipart_uploads()) == 1
     info = await server.store.get_info(upload_id)
     async with server.client.delete(f"/{upload_id}", headers=TUS) as resp:
         assert resp.status == 204

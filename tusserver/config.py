@@ -196,6 +196,11 @@ class Config:
         None,
         "Directory for spooling request bodies (checksummed PATCHes, S3 parts). Unset: the system temp directory.",
     )
+    temp_max_size: int | None = setting(
+        2048 * MiB,
+        "Most bytes the S3 store's spool files may hold at once; beyond it, PATCHes are answered 503 "
+        "(retry later). Unset: no limit.",
+    )
     s3_bucket: str | None = setting(
         None, "Bucket of the S3 store; checked at start-up (the server refuses to start without access)."
     )

@@ -44,6 +44,9 @@ INVALID_CONTENT_LENGTH = ErrorKind(
     "ERR_INVALID_CONTENT_LENGTH", 400, "Content-Length must be a non-negative integer"
 )
 INVALID_METADATA = ErrorKind("ERR_INVALID_METADATA", 400, "Upload-Metadata is malformed")
+CHECKSUM_BODY_TOO_LARGE = ErrorKind(
+    "ERR_CHECKSUM_BODY_TOO_LARGE", 413, "a PATCH with Upload-Checksum carries too many bytes for this server"
+)
 MAX_SIZE_EXCEEDED = ErrorKind("ERR_MAX_SIZE_EXCEEDED", 413, "upload is larger than the server's maximum size")
 EXCEEDS_UPLOAD_LENGTH = ErrorKind(
     "ERR_EXCEEDS_UPLOAD_LENGTH", 413, "request body goes past Upload-Length"
@@ -88,6 +91,9 @@ SHUTTING_DOWN = ErrorKind("ERR_SHUTTING_DOWN", 503, "server is shutting down; re
 TOO_MANY_UPLOADS = ErrorKind("ERR_TOO_MANY_UPLOADS", 503, "server has too many uploads in progress; retry shortly")
 TOO_MANY_DOWNLOADS = ErrorKind(
     "ERR_TOO_MANY_DOWNLOADS", 503, "server has too many downloads in progress; retry shortly"
+)
+TEMP_SPACE_EXHAUSTED = ErrorKind(
+    "ERR_TEMP_SPACE_EXHAUSTED", 503, "server's temporary space is taken by other uploads; retry shortly"
 )
 READ_TIMEOUT = ErrorKind("ERR_READ_TIMEOUT", 408, "request body stalled for longer than the read timeout")
 INVALID_RANGE = ErrorKind("ERR_INVALID_RANGE", 416, "Range is not satisfiable")

@@ -313,6 +313,11 @@ def validate(config: Config) -> None:
         )
     if config.s3_part_size > _S3_MAX_PART:
         raise ConfigError(f"s3_part_size must be at most 5GiB, the largest part S3 accepts, got {config.s3_part_size}")
+    if config.store == "s3" and config.temp_max_size is not None and config.temp_max_size < 2 * config.s3_part_size:
+        # The PATCH that cuts a part holds its own bytes and the part they join at once.
+        raise ConfigError(
+            f"temp_max_size ({config.temp_max_size}) must be at least twice s3_part_size ({config.s3_part_size})"
+        )
     if config.s3_upload_concurrency < 1 or config.s3_max_concurrency < 1:
         raise ConfigError("s3_upload_concurrency and s3_max_concurrency must be at least 1")
     if config.max_concurrent_downloads < 1:

@@ -3,9 +3,6 @@ process keep separate numbers)."""
 
 from __future__ import annotations
 
-import glob
-import os
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -14,7 +11,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from .keys import BYTES_IN, OPS_REQUEST
-from .stores.spool import TEMP_PREFIX
+from .stores.spool import spool_bytes
 
 _METHODS = frozenset({"OPTIONS", "POST", "HEAD", "PATCH", "DELETE", "GET"})
 _UPLOAD_COUNTERS = {"post-create": "created", "post-finish": "finished", "post-terminate": "terminated"}
@@ -74,7 +71,7 @@ class Metrics:
             events.register("after-call.s3", self._s3_finished)
             events.register("after-call-error.s3", self._s3_failed)
         if hasattr(store, "temp_dir"):
-            temp_dir = store.temp_dir or tempfile.gettempdir()
+            temp_dir = store.temp_dir
             self.temp_bytes.set_function(lambda: spool_bytes(temp_dir))
 
     # botocore event handlers: `context` is the same dict from before-call to after-call.
@@ -118,14 +115,3 @@ class Metrics:
         received = request.get(BYTES_IN, 0)
         if received:
             self.received_bytes.inc(received)
-
-
-def spool_bytes(temp_dir: str) -> int:
-    """Bytes in this process's spool files (see stores/spool.py)."""
-    total = 0
-    for path in glob.glob(os.path.join(glob.escape(temp_dir), f"{TEMP_PREFIX}{os.getpid()}-*")):
-        try:
-            total += os.stat(path).st_size
-        except FileNotFoundError:
-            continue  # removed while we looked
-    return total

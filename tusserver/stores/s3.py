@@ -1,28 +1,44 @@
 """S3 store: one multipart upload per tus upload, all state in the bucket.
 
 Keys under the prefix:
-  `<id>`       the object: one PutObject when every byte arrives before a full part
-               exists, else built by a multipart upload
-  `<id>.info`  the UploadInfo JSON (same schema as the disk store)
-  `<id>.part`  a tail too short to be a part, while the upload is unfinished
-  `.owners/<key>/<entry>`  the owners' index (empty objects; see owners.py): ListObjectsV2
-               under one owner's key gives its uploads newest first
+  `<id>`                  the object: one PutObject when every byte arrives before a full
+                          part exists, else built by a multipart upload
+  `<id>.info`             the UploadInfo JSON (same schema as the disk store)
+  `<id>.part.<n>.<start>` a tail chunk: bytes from upload offset <start> on, too few to be
+                          a part yet, that go in front of part <n>
+  `.owners/<key>/<entry>`   the owners' index (empty objects; see owners.py): ListObjectsV2
+                          under one owner's key gives its uploads newest first
 
 The multipart upload is created when the first part is ready, and its UploadId is
 recorded in `.info` before any part is sent to it; one not recorded is an orphan
 (`clean_orphans`). An upload written whole without one records `object_stored` (the
 object's ETag) in `.info` only if it is not finished in the same request.
 
-The offset is derived on every read: the parts numbered 1..n without gaps, plus
-`.part` when it is tagged as belonging in front of part n+1. The tag makes the
-hand-over of a tail crash-safe: once its bytes are in part n+1, a `.part` that is
-still there is ignored (and overwritten or deleted by the next PATCH).
+The offset is derived on every read: the parts numbered 1..n without gaps, plus the
+tail: the chain of chunks for part n+1 that starts where part n ends, each chunk
+starting where the one before it ends (one ListObjectsV2). Every change of the tail
+is one PutObject that S3 applies whole, and anything off the chain is ignored (and
+deleted by the next PATCH), so HEAD reports exactly what is stored, on any instance:
+- a PATCH too short to make a part adds a chunk at the chain's end;
+- the PATCH that makes the part reads the chain back once, sends it with its own
+  bytes as part n+1, then deletes the chunks: the part makes them stale, since the
+  chain now starts at part n+1's end and is for part n+2;
+- to bound the number of chunks, a new chunk absorbs the chunks at the chain's end
+  that hold at most `merge_limit` bytes together, rewritten as one object under the key
+  of the first of them (the others fall off the chain).
+
+Cost (S3 bytes moved per PATCH, besides `.info` and the listings): a PATCH that adds a
+chunk moves its own bytes plus at most 2 x merge_limit (128 KiB with 5 MiB parts); each
+byte of a tail is read back once when its part is cut, so amortised every byte is
+uploaded at most twice and downloaded once, plus the merges. Any two neighbouring
+chunks hold more than merge_limit bytes, so a tail has at most 2 x 64 + 1 chunks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import math
 import re
@@ -45,7 +61,7 @@ from ..info import UploadInfo
 from ..protocol import download_headers, is_valid_upload_id
 from .base import CorruptInfo, Download, RedirectDownload, StoreStartError, StreamDownload, parse_info
 from .owner_index import entry_name, index_keys, is_entry, is_index_key
-from .spool import Piece, Spool, check_writable, remove_stale_spools
+from .spool import Piece, Spool, TempBudget, check_writable, remove_stale_spools
 
 log = logging.getLogger("tusserver.s3")
 
@@ -60,9 +76,12 @@ DEFERRED_FREE_PARTS = MAX_PARTS // 2
 MAX_USER_METADATA = 2000  # bytes; S3 allows 2 KiB of user metadata in all
 READ_CHUNK = 1 * MiB
 UPLOAD_ID_CACHE = 4096
-TAIL_TAG = "tus-next-part"  # .part user metadata: the part number it goes in front of
 POOL_WAIT = 10.0  # seconds an S3 request may wait for a pooled connection, connecting included
 READY_CACHE = 1.0  # seconds one HeadBucket answers /readyz for
+TAIL_SUFFIX = ".part."  # <id>.part.<next part>.<start offset>: a tail chunk
+MERGE_FLOOR = 64 * 1024  # see merge_limit()
+MERGE_SHARE = 64
+DELETE_BATCH = 1000  # keys per DeleteObjects
 
 _STORAGE_ERRORS = (ClientError, BotoCoreError, aiohttp.ClientError, OSError)
 _MISSING = {"NoSuchKey", "NoSuchUpload", "404", "NotFound"}
@@ -167,9 +186,24 @@ class _PoolWaitSession(AIOHTTPSession):
 
 
 @dataclass(frozen=True)
-class _Tail:
-    size: int
+class _Chunk:
+    """One tail object: `size` bytes from upload offset `start`, in front of part `next_part`."""
+
+    key: str
     next_part: int
+    start: int
+    size: int
+
+
+def tail_chain(chunks: list[_Chunk], next_part: int, start: int) -> tuple[list[_Chunk], list[_Chunk]]:
+    """(the tail: the chunks for `next_part` chained from offset `start` on, every other chunk)."""
+    by_start = {c.start: c for c in chunks if c.next_part == next_part and c.size > 0}
+    chain: list[_Chunk] = []
+    while start in by_start:
+        chain.append(by_start.pop(start))
+        start += chain[-1].size
+    on_chain = {c.key for c in chain}
+    return chain, [c for c in chunks if c.key not in on_chain]
 
 
 @dataclass
@@ -177,12 +211,13 @@ class _State:
     """What S3 holds of an unfinished upload right now."""
 
     parts: list[dict[str, Any]]  # contiguous from part 1: PartNumber, ETag, Size
-    tail: _Tail | None  # a valid .part, or None
+    tail: list[_Chunk]  # the chain of chunks in front of the next part
+    stale: list[_Chunk]  # chunks off the chain, to delete
     stored: int = 0  # bytes of an object written whole, without a multipart upload
 
     @property
     def offset(self) -> int:
-        return sum(p["Size"] for p in self.parts) + (self.tail.size if self.tail else 0) + self.stored
+        return sum(p["Size"] for p in self.parts) + sum(c.size for c in self.tail) + self.stored
 
 
 class S3Store:
@@ -205,6 +240,7 @@ class S3Store:
         presigned_downloads: bool = False,
         presign_expiry: float = 3600.0,
         download_concurrency: int = 32,
+        temp_max_size: int | None = None,
     ) -> None:
         self.bucket = bucket
         self.prefix = prefix
@@ -217,6 +253,7 @@ class S3Store:
         self.upload_concurrency = max(1, upload_concurrency)
         self.max_concurrency = max(1, max_concurrency)
         self.temp_dir = temp_dir
+        self.temp = TempBudget(temp_max_size)
         self.presigned_downloads = presigned_downloads
         self.presign_expiry = presign_expiry
         # Streaming downloads get a client and pool of their own: a download holds its
@@ -237,9 +274,9 @@ class S3Store:
         # id -> (the UploadInfo get_info() returned, the state it read), for the append()
         # that follows in the same request; see _kept_state().
         self._states: OrderedDict[str, tuple[UploadInfo, _State]] = OrderedDict()
-        # id -> (the UploadInfo append() completed, its parts, whether a `.part` may be
+        # id -> (the UploadInfo append() completed, its parts, the tail chunks that may be
         # left), for the finish() that follows under the same lock; see finish().
-        self._completed: OrderedDict[str, tuple[UploadInfo, list[dict[str, Any]], bool]] = OrderedDict()
+        self._completed: OrderedDict[str, tuple[UploadInfo, list[dict[str, Any]], list[str]]] = OrderedDict()
 
     @classmethod
     def from_config(cls, config: Config) -> S3Store:
@@ -260,6 +297,7 @@ class S3Store:
             presigned_downloads=config.s3_presigned_downloads,
             presign_expiry=config.s3_presign_expiry,
             download_concurrency=config.max_concurrent_downloads,
+            temp_max_size=config.temp_max_size,
         )
 
     # -- lifecycle -------------------------------------------------------------
@@ -326,6 +364,12 @@ class S3Store:
             raise StoreStartError(f"S3: endpoint {where} unreachable: {exc}") from None
 
     @property
+    def checksum_limit(self) -> int:
+        """Most bytes of one PATCH with Upload-Checksum: it is spooled whole before any
+        part is sent, so no more than a plain PATCH keeps in flight."""
+        return self.part_size * self.upload_concurrency
+
+    @property
     def client(self) -> Any:
         """The aiobotocore S3 client (after start()), e.g. to observe its requests."""
         return self._client
@@ -387,15 +431,47 @@ class S3Store:
             raise _unavailable(exc) from None
         return parse_info(upload_id, data)
 
-    async def _head_tail(self, upload_id: str) -> _Tail | None:
+    def _chunk_key(self, upload_id: str, next_part: int, start: int) -> str:
+        return f"{self._key(upload_id, TAIL_SUFFIX)}{next_part}.{start}"
+
+    async def _list_chunks(self, upload_id: str) -> list[_Chunk]:
+        """Every tail chunk of the upload, on the chain or not."""
+        prefix = self._key(upload_id, TAIL_SUFFIX)
+        chunks = []
+        paginator = self._client.get_paginator("list_objects_v2")
         try:
-            response = await self._call("head_object", Key=self._key(upload_id, ".part"))
-        except ClientError:
-            return None
-        tag = response.get("Metadata", {}).get(TAIL_TAG, "")
-        if not tag.isdigit():
-            return None
-        return _Tail(int(response["ContentLength"]), int(tag))
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                for item in page.get("Contents", []):
+                    next_part, _, start = item["Key"][len(prefix) :].partition(".")
+                    if next_part.isdigit() and start.isdigit():
+                        chunks.append(_Chunk(item["Key"], int(next_part), int(start), int(item["Size"])))
+        except _STORAGE_ERRORS as exc:
+            raise _unavailable(exc) from None
+        return chunks
+
+    async def _read_chunks_into(self, chunks: list[_Chunk], spool: Spool) -> None:
+        """Append the bytes of `chunks`, in order, to `spool`; each must be there in full."""
+        for chunk in chunks:
+            got = 0
+            try:
+                response = await self._call("get_object", Key=chunk.key)
+                async with response["Body"] as stream:
+                    async for data in stream.iter_chunks(READ_CHUNK):
+                        got += len(data)
+                        await spool.awrite(data)
+            except _STORAGE_ERRORS as exc:
+                raise _unavailable(exc) from None
+            if got != chunk.size:
+                log.warning("tail chunk %s: read %d of %d bytes", chunk.key, got, chunk.size)
+                raise TusError(errors.STORAGE_UNAVAILABLE)
+
+    async def _delete_keys(self, keys: list[str]) -> None:
+        for i in range(0, len(keys), DELETE_BATCH):
+            batch = [{"Key": key} for key in keys[i : i + DELETE_BATCH]]
+            await self._call("delete_objects", Delete={"Objects": batch, "Quiet": True})
+
+    async def _delete_tail(self, upload_id: str) -> None:
+        await self._delete_keys([c.key for c in await self._list_chunks(upload_id)])
 
     async def _list_parts(self, info: UploadInfo) -> list[dict[str, Any]]:
         """Every part of the upload, in order, following PartNumberMarker past 1000."""
@@ -416,24 +492,23 @@ class S3Store:
                 return parts
             marker = int(response["NextPartNumberMarker"])
 
-    def _state(self, info: UploadInfo, listed: list[dict[str, Any]], tail: _Tail | None) -> _State:
+    def _state(self, info: UploadInfo, listed: list[dict[str, Any]], chunks: list[_Chunk]) -> _State:
         if info.storage.get("object_stored") is not None:  # every byte is in the object
-            return _State([], None, info.length or 0)
+            return _State([], [], chunks, info.length or 0)
         stale = set(info.storage.get("stale_parts", []))
         parts = []
         for number, part in enumerate(sorted(listed, key=lambda p: p["PartNumber"]), 1):
             if part["PartNumber"] != number or number in stale:
                 break
             parts.append(part)
-        if tail is not None and tail.next_part != len(parts) + 1:
-            tail = None
-        return _State(parts, tail)
+        tail, stale = tail_chain(chunks, len(parts) + 1, sum(p["Size"] for p in parts))
+        return _State(parts, tail, stale)
 
     async def _read_state(self, info: UploadInfo) -> _State:
         if not info.storage.get("upload_id"):
-            return self._state(info, [], await self._head_tail(info.id))
-        listed, tail = await asyncio.gather(self._list_parts(info), self._head_tail(info.id))
-        return self._state(info, listed, tail)
+            return self._state(info, [], await self._list_chunks(info.id))
+        listed, chunks = await asyncio.gather(self._list_parts(info), self._list_chunks(info.id))
+        return self._state(info, listed, chunks)
 
     def _kept_state(self, info: UploadInfo) -> _State | None:
         """The state get_info() read for this very `info` object, once. The handler holds the
@@ -519,8 +594,8 @@ class S3Store:
                 )
             return None
 
-        info, tail, listed = await asyncio.gather(
-            self._read_info(upload_id), self._head_tail(upload_id), early_parts()
+        info, chunks, listed = await asyncio.gather(
+            self._read_info(upload_id), self._list_chunks(upload_id), early_parts()
         )
         if info.finished:
             info.offset = info.length or 0
@@ -535,7 +610,7 @@ class S3Store:
                 return await self._recover_completed(info)
         if upload:
             self._keep(self._upload_ids, upload_id, upload)
-        state = self._state(info, listed, tail)
+        state = self._state(info, listed, chunks)
         info.offset = state.offset
         self._keep(self._states, upload_id, (info, state))
         return info
@@ -584,8 +659,7 @@ class S3Store:
         # when S3 has it: the caller releases the upload's lock when this returns.
         offset = await await_to_completion(settle())
         if error is None and info.length is not None and offset == info.length:
-            tail_left = writer.tail_left or state.stored > 0
-            self._keep(self._completed, info.id, (info, writer.parts(state), tail_left))
+            self._keep(self._completed, info.id, (info, writer.parts(state), writer.leftover))
         if error is not None:
             raise error
         return offset
@@ -612,7 +686,7 @@ class S3Store:
         # The append() just before, under the same lock, knows every part and ETag.
         completed = self._completed.pop(info.id, None)
         if completed is not None and completed[0] is info:
-            parts, tail_left = completed[1], completed[2]
+            parts, leftover = completed[1], completed[2]
         else:
             state = self._kept_state(info)
             if state is None:
@@ -620,14 +694,14 @@ class S3Store:
                     state = await self._read_state(info)
                 except ClientError:
                     raise TusError(errors.NOT_FOUND) from None
-            # A `.part` may be left by a request that wrote the whole object, then failed.
-            tail_left = state.tail is not None or state.stored > 0
+            # Chunks may be left by a request that wrote the whole object, then failed.
+            leftover = [c.key for c in state.tail + state.stale]
             parts = state.parts
-            if state.tail is not None:  # not reached via append(), which uploads the last part itself
+            if state.tail:  # not reached via append(), which uploads the last part itself
                 writer = _PartWriter(self, info, state, atomic=False)
                 if await writer.flush() != info.length:
                     raise TusError(errors.STORAGE_UNAVAILABLE)
-                parts = writer.parts(state)
+                parts, leftover = writer.parts(state), writer.leftover
         stored = info.storage.pop("object_stored", None)
         if stored is not None:
             info.storage["etag"] = stored
@@ -636,8 +710,8 @@ class S3Store:
         info.finished = True
         info.offset = info.length or 0
         await self.save_info(info)
-        if tail_left:  # after .info: until then, a crash leaves a resumable upload
-            await self._delete(self._key(info.id, ".part"))
+        if leftover:  # after .info: until then, a crash leaves a resumable upload
+            await self._delete_keys(leftover)
         self._upload_ids.pop(info.id, None)
 
     async def _complete(self, info: UploadInfo, parts: list[dict[str, Any]]) -> None:
@@ -695,7 +769,8 @@ class S3Store:
 
     async def terminate(self, info: UploadInfo) -> None:
         key = self._key(info.id)
-        jobs = [self._delete(key), self._delete(self._key(info.id, ".part"))]
+        # `<id>.part`: the tail object of older versions.
+        jobs = [self._delete(key), self._delete_tail(info.id), self._delete(self._key(info.id, ".part"))]
         if info.storage.get("upload_id") and not info.finished:
             jobs.append(self._abort(key, info.storage["upload_id"]))
         await asyncio.gather(*jobs)
@@ -952,7 +1027,7 @@ class S3Store:
 
     async def clean_orphans(self, older_than: float) -> int:
         """Abort multipart uploads that no `.info` records (a crash between creating one
-        and recording it, or a deleted upload) and delete `.part` objects without `.info`."""
+        and recording it, or a deleted upload) and delete tail chunks without `.info`."""
         removed = 0
         paginator = self._client.get_paginator("list_multipart_uploads")
         try:
@@ -968,10 +1043,10 @@ class S3Store:
             async for page in pages:
                 for item in page.get("Contents", []):
                     name = item["Key"][len(self.prefix) :]
-                    if not name.endswith(".part") or item["LastModified"].timestamp() >= older_than:
+                    upload_id = _chunk_owner(name)
+                    if upload_id is None or item["LastModified"].timestamp() >= older_than:
                         continue
-                    upload_id = name[: -len(".part")]
-                    if is_valid_upload_id(upload_id) and not await self._has_info(upload_id):
+                    if not await self._has_info(upload_id):
                         await self._delete(item["Key"])
                         removed += 1
         except _STORAGE_ERRORS as exc:
@@ -979,9 +1054,59 @@ class S3Store:
         return removed
 
 
+class _Phase(enum.Enum):
+    """Where the tail (the chain of chunks in front of part `first_part`) stands while
+    one PATCH body is written. Moves only forward: PENDING -> ASSEMBLED | BROKEN."""
+
+    PENDING = "pending"  # in S3, not read; the body's first bytes wait in the spool behind it
+    ASSEMBLED = "assembled"  # read back once and joined with the body's first bytes into one piece
+    BROKEN = "broken"  # reading it back failed: it stands as it is, and the body is dropped
+
+
+class _Rest(enum.Enum):
+    """What becomes of the bytes left when a body ends (see plan_rest)."""
+
+    NONE = "none"  # nothing left to store
+    PART = "part"  # the next part (the last one, or at least the smallest part size)
+    WHOLE = "whole"  # every byte of the upload, and no multipart upload: one PutObject
+    CHUNK = "chunk"  # too short to be a part: a tail chunk in front of the next part
+
+
+def plan_rest(*, pending: int, rest: int, completes: bool, smallest: int, uniform: bool, whole: bool) -> _Rest:
+    """The fate of what is left at the end of a body: `pending` bytes not in a part (a
+    pending tail included), `rest` of them from this body."""
+    if pending == 0:
+        return _Rest.NONE
+    if completes:
+        return _Rest.WHOLE if whole else _Rest.PART
+    if pending >= smallest and not uniform:
+        return _Rest.PART
+    return _Rest.CHUNK if rest else _Rest.NONE
+
+
+def merge_limit(smallest: int) -> int:
+    """Trailing chunks up to this many bytes in all are absorbed by the next chunk."""
+    return max(MERGE_FLOOR, smallest // MERGE_SHARE)
+
+
+def chunks_to_absorb(chain: list[_Chunk], limit: int) -> list[_Chunk]:
+    """The trailing chunks of `chain`, at most `limit` bytes together, that the next
+    chunk absorbs. Then any two neighbours hold more than `limit` bytes, so a tail of T
+    bytes has at most 2T/limit + 1 chunks."""
+    taken, size = 0, 0
+    for chunk in reversed(chain):
+        if size + chunk.size > limit:
+            break
+        size += chunk.size
+        taken += 1
+    return chain[len(chain) - taken :]
+
+
 class _PartWriter:
     """One PATCH body on its way into parts: spooled to temp files, full pieces sent
-    while the next is received, the short tail kept as `.part`."""
+    while the next is received, what is too short to be a part kept as a tail chunk.
+
+    The tail already in S3 is read back only when its part is cut (`_Phase`)."""
 
     def __init__(self, store: S3Store, info: UploadInfo, state: _State, atomic: bool) -> None:
         self.store = store
@@ -989,24 +1114,28 @@ class _PartWriter:
         self.atomic = atomic
         self.key = info.storage["key"]
         self.upload: str | None = info.storage.get("upload_id")  # created with the first part
-        self.tail = state.tail  # the .part to take in front of the body, if any
+        self.phase = _Phase.PENDING
+        self.chain = state.tail
+        self.stale = state.stale
+        self.tail_size = sum(c.size for c in state.tail)
         self.first_part = len(state.parts) + 1
         self.next_part = self.first_part
-        self.offset = state.offset - (state.tail.size if state.tail else 0)  # bytes in parts
+        self.offset = state.offset - self.tail_size  # bytes in parts
         self.uniform = info.storage.get("part_size")
-        self.spool = Spool(store.temp_dir, self._sizes()[0])
+        cut = self._sizes()[0]
+        # The first piece is what the body adds to the tail to make the part.
+        self.spool = Spool(store.temp_dir, cut, store.temp, first_size=max(cut - self.tail_size, 1))
         self.received = 0
-        self.taken = False  # the .part bytes are in the spool
-        self.tail_broken = False  # reading the .part failed half way
         # Spooled, to be sent by flush(): atomic bodies once they check out, and a piece
         # whose wait for an upload slot was interrupted.
         self.waiting: list[tuple[int, Piece]] = []
-        self.short: Piece | None = None  # the tail too short to be a part
+        self.short: Piece | None = None  # the rest, too short to be a part
         self.tasks: set[asyncio.Task] = set()
         self.sent: set[int] = set()
         self.stored: dict[int, dict[str, Any]] = {}  # part number -> PartNumber, ETag, Size
         self.failed: int | None = None  # lowest part number that could not be stored
         self.limit = asyncio.Semaphore(store.upload_concurrency)
+        self.cleaned = False  # the chunks listed at the start are deleted
 
     def _sizes(self) -> tuple[int, int]:
         if self.uniform:
@@ -1020,28 +1149,23 @@ class _PartWriter:
         )
 
     async def write(self, chunk: bytes) -> None:
-        if self.tail is not None and not self.taken:
-            await self._take_tail()
         self.received += len(chunk)
-        for piece in self.spool.write(chunk):
+        if self.atomic and self.received > self.store.checksum_limit:
+            raise TusError(
+                errors.CHECKSUM_BODY_TOO_LARGE,
+                f"at most {self.store.checksum_limit} bytes per PATCH here; send smaller PATCHes",
+            )
+        await self.spool.awrite(chunk)
+        await self._queue_filled()
+
+    async def _queue_filled(self) -> None:
+        # Taken one at a time: from then on _queue owns the piece (sends, keeps or removes it).
+        while (piece := self.spool.take_filled()) is not None:
             await self._queue(piece)
 
-    async def _take_tail(self) -> None:
-        """Put the `.part` bytes in front of the body. `.part` stays in S3 until its bytes
-        are safely in a part (its tag then marks it stale) or a new `.part` replaces it.
-        A `.part` is shorter than a part, so it never fills a piece on its own."""
-        self.taken = True
-        self.tail_broken = True
-        try:
-            response = await self.store._call("get_object", Key=self.store._key(self.info.id, ".part"))
-            async with response["Body"] as stream:
-                async for chunk in stream.iter_chunks(READ_CHUNK):
-                    self.spool.write(chunk)
-        except _STORAGE_ERRORS as exc:
-            raise _unavailable(exc) from None
-        self.tail_broken = False
-
     async def _queue(self, piece: Piece) -> None:
+        if self.phase is _Phase.PENDING:
+            piece = await self._assemble(piece)
         number = self.next_part
         self.next_part += 1
         self.offset += piece.size
@@ -1050,6 +1174,28 @@ class _PartWriter:
             self.waiting.append((number, piece))
         else:
             await self._send(number, piece)
+
+    async def _assemble(self, piece: Piece | None) -> Piece:
+        """The tail read back (once) in front of `piece`: the bytes of part `first_part`.
+        The chunks stay in S3 until that part is stored; the part makes them stale."""
+        self.phase = _Phase.BROKEN
+        if not self.chain:
+            assert piece is not None
+            self.phase = _Phase.ASSEMBLED
+            return piece
+        joined = Spool(self.store.temp_dir, MAX_PART_SIZE + 1, self.store.temp)
+        try:
+            await self.store._read_chunks_into(self.chain, joined)
+            if piece is not None:
+                await joined.acopy(piece)
+            result = joined.cut()
+        finally:
+            joined.discard()
+            if piece is not None:
+                piece.remove()
+        assert result is not None
+        self.phase = _Phase.ASSEMBLED
+        return result
 
     async def _send(self, number: int, piece: Piece) -> None:
         """Start uploading `piece`; waits for a free slot first (backpressure)."""
@@ -1095,48 +1241,101 @@ class _PartWriter:
             self.limit.release()
 
     async def flush(self) -> int:
-        """Send what is left, store the short tail, and return the safely stored offset."""
+        """Send what is left, store the short rest, and return the safely stored offset."""
         try:
             return await self._flush()
         finally:
             self.discard()
 
     async def _flush(self) -> int:
-        if self.tail is not None and self.tail_broken:
-            return self.offset + self.tail.size  # the old .part was not read in full: it stands
-        if self.tail is not None and not self.taken and self._complete(self.tail.size):
-            await self._take_tail()
-        with contextlib.suppress(TusError):  # a part failed: stop sending; reported below
+        if self.phase is _Phase.BROKEN:
+            return self.offset + self.tail_size  # the tail was not read in full: it stands
+        error: BaseException | None = None
+        try:
+            await self._queue_filled()  # filled by a write that a cancel interrupted
             while self.waiting:
                 number, piece = self.waiting.pop(0)
                 await self._send(number, piece)
-            self.short = self.spool.cut()
-            if self.short is not None:
-                size = self.short.size
-                if self._complete(size) or (size >= self._sizes()[1] and not self.uniform):
-                    piece, self.short = self.short, None
-                    number = self.next_part
-                    # Every byte, and no multipart upload yet: the object in one PutObject.
-                    whole = self.upload is None and number == 1 and self._complete(size)
-                    self.next_part += 1
-                    self.offset += size
-                    if whole:
-                        await self._put_whole(piece)
-                    else:
-                        await self._send(number, piece)
+            await self._place_rest()
+        except BaseException as exc:  # reported once every part in flight settled
+            error = exc
         while self.tasks:
             await asyncio.gather(*self.tasks)
         await self._record_stale()
+        if self.phase is _Phase.BROKEN or (error is not None and self.failed is None):
+            assert error is not None
+            raise error
         if self.failed is not None:
             raise TusError(errors.STORAGE_UNAVAILABLE)
-        if self.short is not None:  # kept as .part, in front of the next part
-            await self._put_tail(self.short)
-            return self.offset + self.short.size
-        if self.tail is not None and not self.taken:
-            return self.offset + self.tail.size  # nothing new arrived: the old .part stands
-        if self.tail is not None and self.first_part in self.sent:
-            await self.store._delete(self.store._key(self.info.id, ".part"))
-        return self.offset
+        end = self.offset + (self.tail_size if self.phase is _Phase.PENDING else 0)
+        if self.short is not None:
+            end = await self._put_chunk(self.short)
+        if self.phase is _Phase.ASSEMBLED and self.first_part in self.sent:
+            await self._delete_chunks(self.chain + self.stale)  # behind a stored part: stale
+            self.cleaned = True
+        return end
+
+    async def _place_rest(self) -> None:
+        rest = self.spool.cut()
+        pending = (rest.size if rest else 0) + (self.tail_size if self.phase is _Phase.PENDING else 0)
+        plan = plan_rest(
+            pending=pending,
+            rest=rest.size if rest else 0,
+            completes=self._complete(pending),
+            smallest=self._sizes()[1],
+            uniform=bool(self.uniform),
+            whole=self.upload is None and self.next_part == 1,
+        )
+        if plan is _Rest.CHUNK:
+            self.short = rest
+            return
+        if plan is _Rest.NONE:
+            return
+        piece = rest if self.phase is _Phase.ASSEMBLED else await self._assemble(rest)
+        number = self.next_part
+        self.next_part += 1
+        self.offset += piece.size
+        if plan is _Rest.WHOLE:
+            await self._put_whole(piece)
+        else:
+            await self._send(number, piece)
+
+    async def _put_chunk(self, piece: Piece) -> int:
+        """Store `piece` as the next tail chunk; return the offset after it. Behind a
+        pending tail it absorbs the small chunks at the tail's end (chunks_to_absorb),
+        written over the key of the first of them: one PutObject switches to the new
+        chain, and the others are left behind it (stale)."""
+        if self.phase is _Phase.ASSEMBLED:  # a new tail, in front of the part after ours
+            start, absorbed = self.offset, []
+        else:
+            start = self.offset + self.tail_size
+            absorbed = chunks_to_absorb(self.chain, merge_limit(self._sizes()[1]))
+        if absorbed:
+            joined = Spool(self.store.temp_dir, MAX_PART_SIZE + 1, self.store.temp)
+            try:
+                await self.store._read_chunks_into(absorbed, joined)
+                await joined.acopy(piece)
+                merged = joined.cut()
+                assert merged is not None
+                piece.remove()
+                self.short = piece = merged
+                start = absorbed[0].start
+            except TusError:  # not read back: this body becomes a chunk of its own
+                absorbed = []
+            finally:
+                joined.discard()
+        key = self.store._chunk_key(self.info.id, self.next_part, start)
+        with piece.open() as f:
+            await self.store._call("put_object", Key=key, Body=f, ContentLength=piece.size)
+        if len(absorbed) > 1:
+            await self._delete_chunks(absorbed[1:])
+        if self.phase is _Phase.PENDING:
+            await self._delete_chunks(self.stale)
+        return start + piece.size
+
+    async def _delete_chunks(self, chunks: list[_Chunk]) -> None:
+        if chunks:
+            await self.store._delete_keys([c.key for c in chunks])
 
     async def _put_whole(self, piece: Piece) -> None:
         try:
@@ -1158,22 +1357,13 @@ class _PartWriter:
         return state.parts + [self.stored[n] for n in sorted(self.stored)]
 
     @property
-    def tail_left(self) -> bool:
-        """Whether the `.part` taken in front of this body may still be in S3."""
-        return self.tail is not None and self.first_part not in self.sent
+    def leftover(self) -> list[str]:
+        """Keys of the tail chunks that may still be in S3 after a completing flush()
+        (finish() deletes them once `.info` says finished)."""
+        return [] if self.cleaned else [c.key for c in self.chain + self.stale]
 
     def _complete(self, pending: int) -> bool:
         return self.info.length is not None and self.offset + pending == self.info.length
-
-    async def _put_tail(self, piece: Piece) -> None:
-        with piece.open() as f:
-            await self.store._call(
-                "put_object",
-                Key=self.store._key(self.info.id, ".part"),
-                Body=f,
-                ContentLength=piece.size,
-                Metadata={TAIL_TAG: str(self.next_part)},
-            )
 
     async def _record_stale(self) -> None:
         """Parts stored after a part that failed hold bytes at no known offset; they
@@ -1198,6 +1388,18 @@ class _PartWriter:
             self.short.remove()
             self.short = None
         self.spool.discard()
+
+
+def _chunk_owner(name: str) -> str | None:
+    """The upload id a tail chunk's key (without the prefix) belongs to, else None.
+    `<id>.part` is the tail of older versions."""
+    if name.endswith(".part") and is_valid_upload_id(name[: -len(".part")]):
+        return name[: -len(".part")]
+    upload_id, found, rest = name.rpartition(TAIL_SUFFIX)
+    next_part, _, start = rest.partition(".")
+    if found and next_part.isdigit() and start.isdigit() and is_valid_upload_id(upload_id):
+        return upload_id
+    return None
 
 
 async def _read_chunks(stream: Any) -> AsyncIterator[bytes]:
