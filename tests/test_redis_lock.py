@@ -104,6 +104,31 @@ async def test_release_request_reaches_the_holder_on_another_instance(lockers):
     await helper
 
 
+async def test_a_blocked_waiter_asks_the_holder_a_few_times_not_every_poll(lockers, redis_url, prefix):
+    """A holder that cannot let go (no on_release, e.g. a concatenation) blocks a waiter for
+    the whole lock_timeout: the waiter publishes a handful of release requests (at 0, 1
+    and 3 s), not one per 100 ms poll (30 of them before), and still gets its 423."""
+    a, b = await lockers(), await lockers(timeout=3.0)
+    watcher = Redis.from_url(redis_url)
+    pubsub = watcher.pubsub()
+    await pubsub.subscribe(f"{prefix}:release")
+    await pubsub.get_message(timeout=1)  # the subscribe confirmation
+    try:
+        async with a.lock("u1"):
+            with pytest.raises(TusError) as refused:
+                async with b.lock("u1"):
+                    pass
+            assert refused.value.status == 423
+        requests = []
+        while (message := await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)) is not None:
+            requests.append(message["data"])
+        assert 1 <= len(requests) <= 3, requests
+        assert len(set(requests)) == 1  # every request names the one holder
+    finally:
+        await pubsub.aclose()
+        await watcher.aclose()
+
+
 async def test_renewal_keeps_a_long_holders_lock(lockers):
     a = await lockers(lease=0.3)  # renewed every 0.1 s
     b = await lockers(timeout=1.2)  # waits four leases
