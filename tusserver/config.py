@@ -152,6 +152,12 @@ class Config:
         3, "How often a failed post-* webhook is retried (in the background) after a network error or a 5xx answer."
     )
     hooks_backoff: float = setting(1.0, "Seconds before the first retry; each further retry waits twice as long.")
+    hooks_queue_size: int = setting(
+        1000,
+        "post-* webhook events waiting for delivery, at most; beyond it new events are dropped and counted "
+        "in tusserver_hook_dropped_total.",
+    )
+    hooks_workers: int = setting(8, "post-* webhook events delivered at once (each with its retries).")
     progress_interval: float = setting(1.0, "Seconds between post-receive (progress) events while a PATCH is running.")
     # Stores
     store: str = setting("file", 'Where uploads are kept: "file" (local disk) or "s3".')

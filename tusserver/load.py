@@ -316,6 +316,9 @@ def validate(config: Config) -> None:
         )
     if config.s3_upload_concurrency < 1 or config.s3_max_concurrency < 1:
         raise ConfigError("s3_upload_concurrency and s3_max_concurrency must be at least 1")
+    if config.hooks_queue_size < 1 or config.hooks_workers < 1:
+        # asyncio.Queue(0) would be unbounded.
+        raise ConfigError("hooks_queue_size and hooks_workers must be at least 1")
     unknown = [name for name in config.hooks_events if name not in EVENTS]
     if unknown:
         raise ConfigError(f"hooks_events: unknown {', '.join(unknown)}; expected some of {', '.join(EVENTS)}")
