@@ -99,8 +99,11 @@ async def test_background_cleaner_removes_expired_uploads(aiohttp_client, store_
     assert (await head(client, path)).status == 404
 
 
-def test_cleanup_command_removes_expired_uploads(tmp_path):
-    """`tusserver cleanup` as a one-shot process over a disk store."""
+def test_cleanup_command_removes_expired_uploads_and_only_our_own_debris(tmp_path):
+    """`tusserver cleanup` as a one-shot process over a disk store written by a version
+    without the unfinished index (it is built on the way). Of the files without `.info`,
+    only the empty data file a crash inside create() leaves is removed: `lost+found`, a
+    Makefile, a symlink and a non-empty file named like an id stay (M12, L9)."""
     from tusserver.info import UploadInfo
 
     directory = tmp_path / "data"
@@ -109,9 +112,17 @@ def test_cleanup_command_removes_expired_uploads(tmp_path):
         (directory / upload_id).write_bytes(b"data")
         info = UploadInfo(id=upload_id, length=100, expires=expires)
         (directory / f"{upload_id}.info").write_bytes(info.to_json())
+    old = time.time() - 7200
     orphan = directory / ("c" * 32)
-    orphan.write_bytes(b"left by a crash")
-    os.utime(orphan, (time.time() - 7200, time.time() - 7200))
+    orphan.write_bytes(b"")  # a crash between claiming the id and writing .info
+    (directory / "lost+found").mkdir()
+    (directory / "Makefile").write_bytes(b"all:\n")
+    (directory / "LICENSE").write_bytes(b"")
+    (directory / "notes").write_bytes(b"not an upload")
+    (directory / "link").symlink_to(directory / "Makefile")
+    for path in (orphan, directory / "lost+found", directory / "Makefile", directory / "notes"):
+        os.utime(path, (old, old))
+    os.utime(directory / "LICENSE", (old, old))
     result = subprocess.run(
         [sys.executable, "-m", "tusserver", "cleanup", "--file-dir", str(directory), "--expire-after", "60"],
         capture_output=True,
@@ -119,8 +130,15 @@ def test_cleanup_command_removes_expired_uploads(tmp_path):
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in directory.iterdir()) == ["b" * 32, "b" * 32 + ".info"]
+    # LICENSE is empty and named like an id, as our own debris is: it is the one foreign
+    # name that goes, and it held nothing.
+    assert sorted(p.name for p in directory.iterdir()) == sorted(
+        [".unfinished", ".unfinished-indexed", "Makefile", "b" * 32, "b" * 32 + ".info", "link", "lost+found", "notes"]
+    )
+    assert os.listdir(directory / ".unfinished") == ["b" * 32]  # the index of unfinished uploads
     assert sha256((directory / ("b" * 32)).read_bytes()) == sha256(b"data")
+    assert (directory / "Makefile").read_bytes() == b"all:\n"
+    assert (directory / "notes").read_bytes() == b"not an upload"
 
 
 # -- uploads receiving bytes are alive (issue 11) ----------------------------------------

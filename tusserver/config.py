@@ -174,6 +174,11 @@ class Config:
     s3_endpoint: str | None = setting(None, "Endpoint for S3-compatible services (MinIO, R2, ...). Unset: AWS.")
     s3_region: str | None = setting(None, "Region. Unset: from the AWS chain (AWS_DEFAULT_REGION, ~/.aws/config).")
     s3_prefix: str = setting("", 'Key prefix for every object this server writes (e.g. "uploads/").')
+    s3_dedicated_bucket: bool = setting(
+        False,
+        "The bucket holds nothing but this server's uploads. Orphan cleanup (aborting multipart uploads and "
+        "deleting .part objects that no .info records) runs only with a non-empty s3_prefix or this set.",
+    )
     s3_path_style: bool = setting(
         False, "Path-style URLs (endpoint/bucket/key), needed by MinIO and most self-hosted S3."
     )

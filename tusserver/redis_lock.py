@@ -186,6 +186,15 @@ class RedisLocker:
         async with self._holding(upload_id, key, token, None):
             yield True
 
+    async def lease(self, name: str, seconds: float) -> bool:
+        try:
+            taken = await self.redis.set(
+                f"{self.prefix}:lease:{name}", secrets.token_hex(8), nx=True, px=max(1, int(seconds * 1000))
+            )
+        except RedisError as exc:
+            raise TusError(errors.STORAGE_UNAVAILABLE, "lock service unreachable") from exc
+        return bool(taken)
+
     @asynccontextmanager
     async def _holding(
         self, upload_id: str, key: str, token: str, on_release: ReleaseCallback | None

@@ -5,6 +5,7 @@ Keys under the prefix:
                exists, else built by a multipart upload
   `<id>.info`  the UploadInfo JSON (same schema as the disk store)
   `<id>.part`  a tail too short to be a part, while the upload is unfinished
+  `.unfinished/<id>`  empty, from creation to finish: expiry lists these, not every upload
 
 The multipart upload is created when the first part is ready, and its UploadId is
 recorded in `.info` before any part is sent to it; one not recorded is an orphan
@@ -57,6 +58,8 @@ MAX_USER_METADATA = 2000  # bytes; S3 allows 2 KiB of user metadata in all
 READ_CHUNK = 1 * MiB
 UPLOAD_ID_CACHE = 4096
 TAIL_TAG = "tus-next-part"  # .part user metadata: the part number it goes in front of
+UNFINISHED = ".unfinished/"  # under the prefix; a dot: never an upload id
+INDEXED = ".indexed"  # under UNFINISHED: every unfinished upload has its entry
 
 _STORAGE_ERRORS = (ClientError, BotoCoreError, aiohttp.ClientError, OSError)
 _MISSING = {"NoSuchKey", "NoSuchUpload", "404", "NotFound"}
@@ -177,9 +180,12 @@ class S3Store:
         temp_dir: str | None = None,
         presigned_downloads: bool = False,
         presign_expiry: float = 3600.0,
+        dedicated_bucket: bool = False,
     ) -> None:
         self.bucket = bucket
         self.prefix = prefix
+        # Orphan cleanup deletes by key shape: only in a keyspace that is ours alone.
+        self.dedicated_bucket = dedicated_bucket
         self.endpoint_url = endpoint_url
         self.region = region
         self.path_style = path_style
@@ -223,6 +229,7 @@ class S3Store:
             temp_dir=config.temp_dir,
             presigned_downloads=config.s3_presigned_downloads,
             presign_expiry=config.s3_presign_expiry,
+            dedicated_bucket=config.s3_dedicated_bucket,
         )
 
     # -- lifecycle -------------------------------------------------------------
@@ -423,6 +430,9 @@ class S3Store:
         info.storage = {"type": "s3", "bucket": self.bucket, "key": self._key(info.id)}
         if self.uniform_parts:
             info.storage["part_size"] = uniform_part_size(info.length, self.part_size, self.min_part_size)
+        # Before `.info`, and kept if the id is taken: a stale entry costs the cleaner one
+        # read, a missing one would keep an unfinished upload forever.
+        await self._call("put_object", Key=self._marker(info.id), Body=b"")
         await self._put_new_info(info)
 
     async def _put_new_info(self, info: UploadInfo) -> None:
@@ -582,6 +592,7 @@ class S3Store:
         await self.save_info(info)
         if tail_left:  # after .info: until then, a crash leaves a resumable upload
             await self._delete(self._key(info.id, ".part"))
+        await self._delete(self._marker(info.id))
         self._upload_ids.pop(info.id, None)
 
     async def _complete(self, info: UploadInfo, parts: list[dict[str, Any]]) -> None:
@@ -643,6 +654,7 @@ class S3Store:
             await self.unlink_final(info.id, final_id)
         # .info last: while it exists, a failed DELETE can be retried.
         await self._delete(self._key(info.id, ".info"))
+        await self._delete(self._marker(info.id))
         self._upload_ids.pop(info.id, None)
 
     async def _delete(self, key: str) -> None:
@@ -818,18 +830,62 @@ class S3Store:
 
     # -- ExpiringStore -------------------------------------------------------------
 
+    def _marker(self, upload_id: str) -> str:
+        self._key(upload_id)  # validates the id
+        return f"{self.prefix}{UNFINISHED}{upload_id}"
+
+    async def read_info(self, upload_id: str) -> UploadInfo:
+        return await self._read_info(upload_id)
+
+    async def forget_unfinished(self, upload_id: str) -> None:
+        await self._delete(self._marker(upload_id))
+
     async def list_uploads(self) -> AsyncIterator[str]:
         async for key in self._keys():
             name = key[len(self.prefix) :]
             if name.endswith(".info") and is_valid_upload_id(name[: -len(".info")]):
                 yield name[: -len(".info")]
 
+    async def list_unfinished(self, created_before: float) -> AsyncIterator[str]:
+        index = self.prefix + UNFINISHED
+        indexed = False
+        async for item in self._items(index):
+            name = item["Key"][len(index) :]
+            if name == INDEXED:
+                indexed = True
+            elif is_valid_upload_id(name) and item["LastModified"].timestamp() < created_before:
+                yield name
+        if not indexed:
+            async for upload_id in self._build_index():
+                yield upload_id
+
+    async def _build_index(self) -> AsyncIterator[str]:
+        """Uploads of a version without the index: one read of every `.info`, once."""
+        count = 0
+        async for upload_id in self.list_uploads():
+            try:
+                info = await self._read_info(upload_id)
+            except TusError as exc:
+                if exc.kind is errors.STORAGE_UNAVAILABLE:
+                    raise
+                continue  # gone meanwhile, or unreadable (logged): never expired
+            if not info.finished:
+                await self._call("put_object", Key=self._marker(upload_id), Body=b"")
+                count += 1
+                yield upload_id
+        await self._call("put_object", Key=self.prefix + UNFINISHED + INDEXED, Body=b"")
+        log.info("indexed %d unfinished uploads under %s/%s for expiry", count, self.bucket, self.prefix)
+
     async def _keys(self, prefix: str | None = None) -> AsyncIterator[str]:
+        async for item in self._items(prefix):
+            yield item["Key"]
+
+    async def _items(self, prefix: str | None = None) -> AsyncIterator[dict[str, Any]]:
         paginator = self._client.get_paginator("list_objects_v2")
         try:
             async for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix if prefix is None else prefix):
                 for item in page.get("Contents", []):
-                    yield item["Key"]
+                    yield item
         except _STORAGE_ERRORS as exc:
             raise _unavailable(exc) from None
 
@@ -839,6 +895,14 @@ class S3Store:
         except ClientError:
             return False
         return True
+
+    async def _tagged_tail(self, key: str) -> bool:
+        """Whether the object carries the user metadata every `.part` we write has."""
+        try:
+            response = await self._call("head_object", Key=key)
+        except ClientError:
+            return False
+        return TAIL_TAG in response.get("Metadata", {})
 
     async def _records(self, upload_id: str, s3_upload_id: str) -> bool:
         """Whether `.info` exists and names this multipart upload (or cannot be read)."""
@@ -854,7 +918,19 @@ class S3Store:
 
     async def clean_orphans(self, older_than: float) -> int:
         """Abort multipart uploads that no `.info` records (a crash between creating one
-        and recording it, or a deleted upload) and delete `.part` objects without `.info`."""
+        and recording it, or a deleted upload) and delete `.part` objects without `.info`.
+
+        Only in a keyspace that is ours: a non-empty prefix, or a bucket declared
+        dedicated. There, a multipart upload counts as ours by its key (`<prefix><id>`;
+        S3 shows no tags or metadata of an upload in progress), a `.part` object only if
+        it carries the `tus-next-part` metadata every `.part` we write has."""
+        if not self.prefix and not self.dedicated_bucket:
+            log.warning(
+                "S3 orphan cleanup skipped: s3_prefix is empty, so the bucket may hold other data; "
+                "set s3_prefix, or s3_dedicated_bucket = true if only tusserver writes to %s",
+                self.bucket,
+            )
+            return 0
         removed = 0
         paginator = self._client.get_paginator("list_multipart_uploads")
         try:
@@ -866,16 +942,19 @@ class S3Store:
                     if not await self._records(name, upload["UploadId"]):
                         await self._abort(upload["Key"], upload["UploadId"])
                         removed += 1
-            pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix)
-            async for page in pages:
-                for item in page.get("Contents", []):
-                    name = item["Key"][len(self.prefix) :]
-                    if not name.endswith(".part") or item["LastModified"].timestamp() >= older_than:
-                        continue
-                    upload_id = name[: -len(".part")]
-                    if is_valid_upload_id(upload_id) and not await self._has_info(upload_id):
-                        await self._delete(item["Key"])
-                        removed += 1
+            listed_info = None  # `<id>.info` sorts just before `<id>.part`: no HEAD for those
+            async for item in self._items():
+                name = item["Key"][len(self.prefix) :]
+                if name.endswith(".info"):
+                    listed_info = name[: -len(".info")]
+                if not name.endswith(".part") or item["LastModified"].timestamp() >= older_than:
+                    continue
+                upload_id = name[: -len(".part")]
+                if not is_valid_upload_id(upload_id) or upload_id == listed_info:
+                    continue
+                if await self._tagged_tail(item["Key"]) and not await self._has_info(upload_id):
+                    await self._delete(item["Key"])
+                    removed += 1
         except _STORAGE_ERRORS as exc:
             raise _unavailable(exc) from None
         return removed
