@@ -265,3 +265,44 @@ async def test_an_unreadable_info_is_left_alone_and_expiry_goes_on(aiohttp_clien
         await store.get_info(truncated)
     with pytest.raises(CorruptInfo):
         await store.get_info(newer)
+
+
+# -- a pass costs nothing per finished upload (issue 12) -----------------------------------
+
+
+async def test_a_cleanup_pass_reads_no_finished_upload_and_no_young_one(aiohttp_client, store_factory, store_kind):
+    """40 finished uploads (zero-length POSTs, as a flood makes them) and a young unfinished
+    one cost a pass no read: on S3 the pass is one ListObjectsV2 of the index, on disk no
+    `.info` is read. The expired upload costs its own reads and is removed. (The first
+    pass on storage without the index builds it, reading each `.info` once.)"""
+    store = store_factory()
+    config = Config(expire_after=EXPIRY)
+    client = await aiohttp_client(create_app(config, store=store))
+    assert await clean_expired(store, config, MemoryLocker(), orphans=False) == 0  # builds the index
+    for _ in range(40):
+        resp = await client.post("/", headers={"Tus-Resumable": "1.0.0", "Upload-Length": "0"})
+        assert resp.status == 201
+    young = await create(client, 10)
+    calls: list[str] = []
+    if store_kind == "s3":
+        store.client.meta.events.register("before-call.s3", lambda model, **_: calls.append(model.name))
+    else:
+        for name in ("read_info", "get_info"):
+            method = getattr(store, name)
+
+            def counted(upload_id, _method=method, _name=name):
+                calls.append(_name)
+                return _method(upload_id)
+
+            setattr(store, name, counted)
+    assert await clean_expired(store, config, MemoryLocker(), orphans=False) == 0
+    assert calls == (["ListObjectsV2"] if store_kind == "s3" else [])
+
+    calls.clear()  # past the expiry: only the unfinished upload is read, and removed
+    assert await clean_expired(store, config, MemoryLocker(), now=time.time() + EXPIRY + 1, orphans=False) == 1
+    if store_kind == "s3":
+        assert calls[0] == "ListObjectsV2" and calls.count("GetObject") == 2  # .info, then under the lock
+    else:
+        assert calls == ["read_info", "get_info"]
+    assert (await head(client, young)).status == 404
+    assert len([u async for u in store.list_uploads()]) == 40

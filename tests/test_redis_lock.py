@@ -391,3 +391,34 @@ async def test_cleanup_from_cron_with_redis_never_interrupts_an_upload_receiving
     assert cron.completed_between(created + 3.5, finished) >= 1, cron.runs
     await assert_store_holds(store, store_factory, path.rsplit("/", 1)[1], data)
     assert sha256(await download(client, path)) == sha256(data)
+
+
+async def test_with_redis_one_instance_cleans_per_interval(lockers, tmp_path):
+    """Two instances over one store: the first to try runs the pass (and the orphan
+    sweep), the other skips it without a single store call until the interval passed."""
+    from tusserver import FileStore
+    from tusserver.cleanup import clean_if_due
+    from tusserver.info import UploadInfo
+
+    config = Config(expire_after=0.2, cleanup_interval=1.0)
+    a, b = await lockers(), await lockers()
+    store_a, store_b = FileStore(str(tmp_path)), FileStore(str(tmp_path))
+    await store_a.start()
+    expired = UploadInfo("e" * 32, 10, expires=time.time() - 1)
+    await store_a.create(expired)
+    os.utime(tmp_path / ".unfinished" / expired.id, (time.time() - 5, time.time() - 5))
+    listed: list[str] = []
+    original = store_b.list_unfinished
+
+    def counting(created_before):
+        listed.append("b")
+        return original(created_before)
+
+    store_b.list_unfinished = counting
+    assert await clean_if_due(store_a, config, a) == 1
+    assert await clean_if_due(store_b, config, b) is None
+    assert await clean_if_due(store_a, config, a) is None  # the lease binds its taker too
+    assert listed == []
+    await asyncio.sleep(1.0)  # the lease (0.9 of the interval) ran out
+    assert await clean_if_due(store_b, config, b) == 0
+    assert listed == ["b"]

@@ -82,9 +82,9 @@ def orphan_sweep_interval(config: Config) -> float:
 async def clean_if_due(store: Store, config: Config, locker: Locker) -> int | None:
     """One pass, if no instance sharing `locker` ran one within `cleanup_interval`;
     None when another did."""
-    if not await locker.lease("cleanup", config.cleanup_interval * LEASE_SHARE):
+    if not await locker.take_lease("cleanup", config.cleanup_interval * LEASE_SHARE):
         return None
-    orphans = await locker.lease("orphans", orphan_sweep_interval(config) * LEASE_SHARE)
+    orphans = await locker.take_lease("orphans", orphan_sweep_interval(config) * LEASE_SHARE)
     return await clean_expired(store, config, locker, orphans=orphans)
 
 

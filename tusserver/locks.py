@@ -33,7 +33,7 @@ class Locker(Protocol):
         """Hold the upload's lock for the `async with` block if nobody holds or awaits it
         right now (yields True); else yield False at once, without asking anyone to let go."""
 
-    async def lease(self, name: str, seconds: float) -> bool:
+    async def take_lease(self, name: str, seconds: float) -> bool:
         """Take the named lease for `seconds` unless someone (any instance sharing the
         locks) holds it; it is never released early. For "one instance does this job per
         period"."""
@@ -84,7 +84,7 @@ class MemoryLocker:
             if entry.users == 0:
                 del self._entries[upload_id]
 
-    async def lease(self, name: str, seconds: float) -> bool:
+    async def take_lease(self, name: str, seconds: float) -> bool:
         now = asyncio.get_running_loop().time()
         if self._leases.get(name, now) > now:
             return False

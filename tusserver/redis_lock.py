@@ -186,7 +186,7 @@ class RedisLocker:
         async with self._holding(upload_id, key, token, None):
             yield True
 
-    async def lease(self, name: str, seconds: float) -> bool:
+    async def take_lease(self, name: str, seconds: float) -> bool:
         try:
             taken = await self.redis.set(
                 f"{self.prefix}:lease:{name}", secrets.token_hex(8), nx=True, px=max(1, int(seconds * 1000))

@@ -186,6 +186,7 @@ class S3Store:
         self.prefix = prefix
         # Orphan cleanup deletes by key shape: only in a keyspace that is ours alone.
         self.dedicated_bucket = dedicated_bucket
+        self._orphans_warned = False
         self.endpoint_url = endpoint_url
         self.region = region
         self.path_style = path_style
@@ -925,6 +926,9 @@ class S3Store:
         S3 shows no tags or metadata of an upload in progress), a `.part` object only if
         it carries the `tus-next-part` metadata every `.part` we write has."""
         if not self.prefix and not self.dedicated_bucket:
+            if self._orphans_warned:
+                return 0
+            self._orphans_warned = True
             log.warning(
                 "S3 orphan cleanup skipped: s3_prefix is empty, so the bucket may hold other data; "
                 "set s3_prefix, or s3_dedicated_bucket = true if only tusserver writes to %s",
