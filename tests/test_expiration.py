@@ -104,8 +104,11 @@ async def test_background_cleaner_removes_expired_uploads(aiohttp_client, store_
     assert (await head(client, path)).status == 404
 
 
-def test_cleanup_command_removes_expired_uploads(tmp_path):
-    """`tusserver cleanup` as a one-shot process over a disk store."""
+def test_cleanup_command_removes_expired_uploads_and_only_our_own_debris(tmp_path):
+    """`tusserver cleanup` as a one-shot process over a disk store written by a version
+    without the unfinished index (it is built on the way). Of the files without `.info`,
+    only the empty data file a crash inside create() leaves is removed: `lost+found`, a
+    Makefile, a symlink and a non-empty file named like an id stay (M12, L9)."""
     from tusserver.info import UploadInfo
 
     directory = tmp_path / "data"
@@ -114,9 +117,17 @@ def test_cleanup_command_removes_expired_uploads(tmp_path):
         (directory / upload_id).write_bytes(b"data")
         info = UploadInfo(id=upload_id, length=100, expires=expires)
         (directory / f"{upload_id}.info").write_bytes(info.to_json())
+    old = time.time() - 7200
     orphan = directory / ("c" * 32)
-    orphan.write_bytes(b"left by a crash")
-    os.utime(orphan, (time.time() - 7200, time.time() - 7200))
+    orphan.write_bytes(b"")  # a crash between claiming the id and writing .info
+    (directory / "lost+found").mkdir()
+    (directory / "Makefile").write_bytes(b"all:\n")
+    (directory / "LICENSE").write_bytes(b"")
+    (directory / "notes").write_bytes(b"not an upload")
+    (directory / "link").symlink_to(directory / "Makefile")
+    for path in (orphan, directory / "lost+found", directory / "Makefile", directory / "notes"):
+        os.utime(path, (old, old))
+    os.utime(directory / "LICENSE", (old, old))
     result = subprocess.run(
         [sys.executable, "-m", "tusserver", "cleanup", "--file-dir", str(directory), "--expire-after", "60"],
         capture_output=True,
@@ -124,8 +135,15 @@ def test_cleanup_command_removes_expired_uploads(tmp_path):
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in directory.iterdir()) == ["b" * 32, "b" * 32 + ".info"]
+    # LICENSE is empty and named like an id, as our own debris is: it is the one foreign
+    # name that goes, and it held nothing.
+    assert sorted(p.name for p in directory.iterdir()) == sorted(
+        [".unfinished", ".unfinished-indexed", "Makefile", "b" * 32, "b" * 32 + ".info", "link", "lost+found", "notes"]
+    )
+    assert os.listdir(directory / ".unfinished") == ["b" * 32]  # the index of unfinished uploads
     assert sha256((directory / ("b" * 32)).read_bytes()) == sha256(b"data")
+    assert (directory / "Makefile").read_bytes() == b"all:\n"
+    assert (directory / "notes").read_bytes() == b"not an upload"
 
 
 # -- uploads receiving bytes are alive (issue 11) ----------------------------------------
@@ -252,3 +270,44 @@ async def test_an_unreadable_info_is_left_alone_and_expiry_goes_on(aiohttp_clien
         await store.get_info(truncated)
     with pytest.raises(CorruptInfo):
         await store.get_info(newer)
+
+
+# -- a pass costs nothing per finished upload (issue 12) -----------------------------------
+
+
+async def test_a_cleanup_pass_reads_no_finished_upload_and_no_young_one(aiohttp_client, store_factory, store_kind):
+    """40 finished uploads (zero-length POSTs, as a flood makes them) and a young unfinished
+    one cost a pass no read: on S3 the pass is one ListObjectsV2 of the index, on disk no
+    `.info` is read. The expired upload costs its own reads and is removed. (The first
+    pass on storage without the index builds it, reading each `.info` once.)"""
+    store = store_factory()
+    config = Config(expire_after=EXPIRY)
+    client = await aiohttp_client(create_app(config, store=store))
+    assert await clean_expired(store, config, MemoryLocker(), orphans=False) == 0  # builds the index
+    for _ in range(40):
+        resp = await client.post("/", headers={"Tus-Resumable": "1.0.0", "Upload-Length": "0"})
+        assert resp.status == 201
+    young = await create(client, 10)
+    calls: list[str] = []
+    if store_kind == "s3":
+        store.client.meta.events.register("before-call.s3", lambda model, **_: calls.append(model.name))
+    else:
+        for name in ("read_info", "get_info"):
+            method = getattr(store, name)
+
+            def counted(upload_id, _method=method, _name=name):
+                calls.append(_name)
+                return _method(upload_id)
+
+            setattr(store, name, counted)
+    assert await clean_expired(store, config, MemoryLocker(), orphans=False) == 0
+    assert calls == (["ListObjectsV2"] if store_kind == "s3" else [])
+
+    calls.clear()  # past the expiry: only the unfinished upload is read, and removed
+    assert await clean_expired(store, config, MemoryLocker(), now=time.time() + EXPIRY + 1, orphans=False) == 1
+    if store_kind == "s3":
+        assert calls[0] == "ListObjectsV2" and calls.count("GetObject") == 2  # .info, then under the lock
+    else:
+        assert calls == ["read_info", "get_info"]
+    assert (await head(client, young)).status == 404
+    assert len([u async for u in store.list_uploads()]) == 40

@@ -104,6 +104,31 @@ async def test_release_request_reaches_the_holder_on_another_instance(lockers):
     await helper
 
 
+async def test_a_blocked_waiter_asks_the_holder_a_few_times_not_every_poll(lockers, redis_url, prefix):
+    """A holder that cannot let go (no on_release, e.g. a concatenation) blocks a waiter for
+    the whole lock_timeout: the waiter publishes a handful of release requests (at 0, 1
+    and 3 s), not one per 100 ms poll (30 of them before), and still gets its 423."""
+    a, b = await lockers(), await lockers(timeout=3.0)
+    watcher = Redis.from_url(redis_url)
+    pubsub = watcher.pubsub()
+    await pubsub.subscribe(f"{prefix}:release")
+    await pubsub.get_message(timeout=1)  # the subscribe confirmation
+    try:
+        async with a.lock("u1"):
+            with pytest.raises(TusError) as refused:
+                async with b.lock("u1"):
+                    pass
+            assert refused.value.status == 423
+        requests = []
+        while (message := await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)) is not None:
+            requests.append(message["data"])
+        assert 1 <= len(requests) <= 3, requests
+        assert len(set(requests)) == 1  # every request names the one holder
+    finally:
+        await pubsub.aclose()
+        await watcher.aclose()
+
+
 async def test_renewal_keeps_a_long_holders_lock(lockers):
     a = await lockers(lease=0.3)  # renewed every 0.1 s
     b = await lockers(timeout=1.2)  # waits four leases
@@ -366,3 +391,34 @@ async def test_cleanup_from_cron_with_redis_never_interrupts_an_upload_receiving
     assert cron.completed_between(created + 3.5, finished) >= 1, cron.runs
     await assert_store_holds(store, store_factory, path.rsplit("/", 1)[1], data)
     assert sha256(await download(client, path)) == sha256(data)
+
+
+async def test_with_redis_one_instance_cleans_per_interval(lockers, tmp_path):
+    """Two instances over one store: the first to try runs the pass (and the orphan
+    sweep), the other skips it without a single store call until the interval passed."""
+    from tusserver import FileStore
+    from tusserver.cleanup import clean_if_due
+    from tusserver.info import UploadInfo
+
+    config = Config(expire_after=0.2, cleanup_interval=1.0)
+    a, b = await lockers(), await lockers()
+    store_a, store_b = FileStore(str(tmp_path)), FileStore(str(tmp_path))
+    await store_a.start()
+    expired = UploadInfo("e" * 32, 10, expires=time.time() - 1)
+    await store_a.create(expired)
+    os.utime(tmp_path / ".unfinished" / expired.id, (time.time() - 5, time.time() - 5))
+    listed: list[str] = []
+    original = store_b.list_unfinished
+
+    def counting(created_before):
+        listed.append("b")
+        return original(created_before)
+
+    store_b.list_unfinished = counting
+    assert await clean_if_due(store_a, config, a) == 1
+    assert await clean_if_due(store_b, config, b) is None
+    assert await clean_if_due(store_a, config, a) is None  # the lease binds its taker too
+    assert listed == []
+    await asyncio.sleep(1.0)  # the lease (0.9 of the interval) ran out
+    assert await clean_if_due(store_b, config, b) == 0
+    assert listed == ["b"]

@@ -574,11 +574,13 @@ async def test_small_upload_in_one_patch_is_one_put_object_without_multipart(ser
     upload_id = await server.create(
         len(data), Upload_Metadata=f"filetype {b64('image/png')},filename {b64('café.png')}"
     )
-    assert calls == ["PutObject"]  # .info only: no multipart upload at creation
+    # The expiry index entry and .info only: no multipart upload at creation.
+    assert calls == ["PutObject", "PutObject"]
     calls.clear()
     assert await server.patch(upload_id, 0, data) == len(data)
-    # GET .info and the tail chunks listed (the state), the object in one PutObject, .info finished.
-    assert sorted(calls) == ["GetObject", "ListObjectsV2", "PutObject", "PutObject"]
+    # GET .info and the tail chunks listed (the state), the object in one PutObject, .info finished,
+    # the index entry deleted.
+    assert sorted(calls) == ["DeleteObject", "GetObject", "ListObjectsV2", "PutObject", "PutObject"]
     s3.assert_object(upload_id, data)
     head = s3.head(upload_id)
     assert head["ContentType"] == "image/png" and head["Metadata"] == {"filetype": "image/png", "filename": "caf??.png"}
@@ -599,8 +601,11 @@ async def test_unfinished_upload_without_multipart_costs_two_calls_per_head(serv
     assert sorted(calls) == ["GetObject", "ListObjectsV2"]
     calls.clear()
     assert await server.patch(upload_id, MiB + 7, data[MiB + 7 :]) == len(data)
-    # The tail read back in front of the rest, all in one PutObject; its chunk deleted after .info.
-    assert sorted(calls) == ["DeleteObjects", "GetObject", "GetObject", "ListObjectsV2", "PutObject", "PutObject"]
+    # The tail read back in front of the rest, all in one PutObject; its chunk and the index
+    # entry deleted after .info.
+    assert sorted(calls) == sorted(
+        ["DeleteObject", "DeleteObjects", "GetObject", "GetObject", "ListObjectsV2", "PutObject", "PutObject"]
+    )
     s3.assert_object(upload_id, data)
 
 
@@ -644,7 +649,7 @@ async def test_a_patch_of_full_parts_completes_with_the_parts_it_stored(serve, s
     assert sorted(calls) == sorted(
         ["GetObject", "ListObjectsV2", "CreateMultipartUpload", "PutObject"]
         + ["UploadPart"] * 3
-        + ["CompleteMultipartUpload", "PutObject"]
+        + ["CompleteMultipartUpload", "PutObject", "DeleteObject"]
     )
     s3.assert_object(upload_id, data)
 
@@ -670,7 +675,8 @@ async def test_delete_removes_every_key_and_is_idempotent(serve, s3):
     upload_id = await server.create(20 * MiB)
     await server.patch(upload_id, 0, data)
     tail = f"{upload_id}.part.2.{6 * MiB}"  # 2 MiB in front of part 2, from offset 6 MiB
-    assert set(s3.keys()) == {f"{upload_id}.info", tail} and len(s3.multipart_uploads()) == 1
+    assert set(s3.keys()) == {f"{upload_id}.info", tail, f".unfinished/{upload_id}"}
+    assert len(s3.multipart_uploads()) == 1
     info = await server.store.get_info(upload_id)
     async with server.client.delete(f"/{upload_id}", headers=TUS) as resp:
         assert resp.status == 204
@@ -729,29 +735,55 @@ async def test_start_removes_spool_files_of_dead_processes(moto_endpoint, bucket
 
 
 async def test_clean_orphans_aborts_uploads_without_info(moto_endpoint, bucket, s3, spool_dir):
-    store = S3Store(bucket, endpoint_url=moto_endpoint, path_style=True, temp_dir=spool_dir)
+    store = S3Store(bucket, prefix="tus/", endpoint_url=moto_endpoint, path_style=True, temp_dir=spool_dir)
     await store.start()
     try:
         kept = UploadInfo(new_upload_id(), 10)
         await store.create(kept)
         recorded = await store._start_upload(kept)  # as a PATCH does when its first part is ready
         # A crash between creating a multipart upload and recording it in `.info`.
-        unrecorded = s3.s3.create_multipart_upload(Bucket=bucket, Key=kept.id)["UploadId"]
+        unrecorded = s3.s3.create_multipart_upload(Bucket=bucket, Key=f"tus/{kept.id}")["UploadId"]
         orphan = new_upload_id()
-        s3.s3.create_multipart_upload(Bucket=bucket, Key=orphan)
-        s3.s3.put_object(Bucket=bucket, Key=f"{orphan}.part", Body=b"x")
+        s3.s3.create_multipart_upload(Bucket=bucket, Key=f"tus/{orphan}")
+        s3.s3.put_object(Bucket=bucket, Key=f"tus/{orphan}.part", Body=b"x", Metadata={"tus-next-part": "1"})
+        # Another application's object named like a tail, without our metadata: not ours.
+        s3.s3.put_object(Bucket=bucket, Key=f"tus/{new_upload_id()}.part", Body=b"theirs")
+        foreign = sorted(k for k in s3.keys() if k.endswith(".part") and orphan not in k)
         assert await store.clean_orphans(time.time() + 60) == 3
-        assert [(u["Key"], u["UploadId"]) for u in s3.multipart_uploads()] == [(kept.id, recorded)]
+        assert [(u["Key"], u["UploadId"]) for u in s3.multipart_uploads()] == [(f"tus/{kept.id}", recorded)]
         assert recorded != unrecorded
-        assert s3.keys() == [f"{kept.id}.info"]
+        assert s3.keys() == sorted([f"tus/{kept.id}.info", f"tus/.unfinished/{kept.id}"] + foreign)
         # Younger than the cut-off: kept. (moto reports a fixed Initiated date for
         # multipart uploads, so only the .part object's age can be checked here.)
-        s3.s3.put_object(Bucket=bucket, Key=f"{orphan}.part", Body=b"x")
+        s3.s3.put_object(Bucket=bucket, Key=f"tus/{orphan}.part", Body=b"x", Metadata={"tus-next-part": "1"})
         assert await store.clean_orphans(time.time() - 3600) == 0
-        assert s3.keys() == sorted([f"{orphan}.part", f"{kept.id}.info"])
+        assert f"tus/{orphan}.part" in s3.keys()
         assert [i async for i in store.list_uploads()] == [kept.id]
     finally:
         await store.close()
+
+
+async def test_orphan_cleanup_needs_a_prefix_or_a_dedicated_bucket(moto_endpoint, bucket, s3, spool_dir, caplog):
+    """With an empty s3_prefix on a bucket that may be shared, other applications'
+    multipart uploads and objects named like ours are never touched (M12)."""
+    theirs = s3.s3.create_multipart_upload(Bucket=bucket, Key="backup-2024")["UploadId"]
+    s3.s3.put_object(Bucket=bucket, Key="report.part", Body=b"x", Metadata={"tus-next-part": "1"})
+    shared = S3Store(bucket, endpoint_url=moto_endpoint, path_style=True, temp_dir=spool_dir)
+    await shared.start()
+    try:
+        assert await shared.clean_orphans(time.time() + 60) == 0
+    finally:
+        await shared.close()
+    assert "set s3_prefix, or s3_dedicated_bucket = true" in caplog.text
+    assert [u["UploadId"] for u in s3.multipart_uploads()] == [theirs]
+    assert s3.keys() == ["report.part"]
+    dedicated = S3Store(bucket, endpoint_url=moto_endpoint, path_style=True, temp_dir=spool_dir, dedicated_bucket=True)
+    await dedicated.start()
+    try:  # the operator said the bucket is ours alone
+        assert await dedicated.clean_orphans(time.time() + 60) == 2
+    finally:
+        await dedicated.close()
+    assert s3.multipart_uploads() == [] and s3.keys() == []
 
 
 async def test_concatenation_mixes_part_copies_and_streamed_small_partials(serve, s3, spool_dir):

@@ -356,3 +356,81 @@ async def test_pre_finish_rejection_by_the_hook_service_keeps_the_upload(aiohttp
     assert (await client.get(path)).status == 409
     await patch(client, path, len(data), b"")
     assert await download(client, path) == data
+
+
+# -- bounded background delivery (issue 12) ------------------------------------------------
+
+
+async def test_a_flood_of_post_events_on_a_slow_hook_is_queued_up_to_the_bound_and_the_rest_dropped(
+    aiohttp_client, receiver, tmp_path
+):
+    """One worker busy with a hook that does not answer, a queue of 5: of 30 post-create
+    events, 1 is in delivery, 5 wait, 24 are dropped and counted in /metrics. The dropped
+    ones are never sent; the queue works on once the hook answers again."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tusserver import add_ops_routes
+
+    release = asyncio.Event()
+
+    async def answer(payload):
+        await asyncio.wait_for(release.wait(), PATIENCE)
+        return web.json_response({})
+
+    receiver.answer = answer
+    config = hook_config(
+        receiver, hooks_events=["post-create"], hooks_workers=1, hooks_queue_size=5, hooks_timeout=PATIENCE
+    )
+    app = create_app(config, store=FileStore(str(tmp_path)))
+    add_ops_routes(app, app)
+    client = await aiohttp_client(app)
+    ids = []
+    for _ in range(30):
+        path = await create(client, 1)
+        ids.append(path[1:])
+        if len(ids) == 1:
+            await receiver.wait_for("post-create", 1)  # the worker holds the first one
+    samples = {}
+    for family in text_string_to_metric_families(await (await client.get("/metrics")).text()):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    assert samples[("tusserver_hook_dropped_total", (("event", "post-create"),))] == 24
+    assert samples[("tusserver_hook_invocations_total", (("event", "post-create"), ("source", "http")))] == 30
+    release.set()
+    await receiver.wait_for("post-create", 6)  # the queue is empty once the sixth is taken
+    last = (await create(client, 1))[1:]
+    delivered = await receiver.wait_for("post-create", 7)
+    assert [d["upload"]["id"] for d in delivered] == ids[:6] + [last]
+
+
+async def test_shutdown_delivers_queued_events_within_hooks_timeout_then_stops(receiver):
+    """close(grace) sends what is queued while the hook answers, and returns after
+    `grace` when it does not, dropping the rest."""
+    from tusserver.hooks import HookEvent, HookRequest, Webhook
+    from tusserver.info import UploadInfo
+
+    def event(n: int) -> HookEvent:
+        return HookEvent("post-finish", UploadInfo(f"u{n}", 1), HookRequest("PATCH", "/", None, {}))
+
+    webhook = Webhook(hook_config(receiver, hooks_workers=2))
+    await webhook.start()
+    for n in range(6):
+        assert webhook.notify(event(n), lambda: None)
+    await webhook.close(PATIENCE)
+    assert sorted(d["upload"]["id"] for d in receiver.deliveries) == [f"u{n}" for n in range(6)]
+
+    never = asyncio.Event()
+
+    async def hang(payload):
+        await never.wait()
+
+    receiver.answer = hang
+    webhook = Webhook(hook_config(receiver, hooks_workers=1, hooks_timeout=60))
+    await webhook.start()
+    for n in range(3):
+        webhook.notify(event(n), lambda: None)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await webhook.close(0.5)
+    assert loop.time() - started < PATIENCE  # bounded by the grace, not by the hanging hook
+    assert all(worker.done() for worker in webhook._workers) and webhook._workers == []

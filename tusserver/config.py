@@ -186,6 +186,12 @@ class Config:
         3, "How often a failed post-* webhook is retried (in the background) after a network error or a 5xx answer."
     )
     hooks_backoff: float = setting(1.0, "Seconds before the first retry; each further retry waits twice as long.")
+    hooks_queue_size: int = setting(
+        1000,
+        "post-* webhook events waiting for delivery, at most; beyond it new events are dropped and counted "
+        "in tusserver_hook_dropped_total.",
+    )
+    hooks_workers: int = setting(8, "post-* webhook events delivered at once (each with its retries).")
     progress_interval: float = setting(1.0, "Seconds between post-receive (progress) events while a PATCH is running.")
     # Stores
     store: str = setting("file", 'Where uploads are kept: "file" (local disk) or "s3".')
@@ -207,6 +213,11 @@ class Config:
     s3_endpoint: str | None = setting(None, "Endpoint for S3-compatible services (MinIO, R2, ...). Unset: AWS.")
     s3_region: str | None = setting(None, "Region. Unset: from the AWS chain (AWS_DEFAULT_REGION, ~/.aws/config).")
     s3_prefix: str = setting("", 'Key prefix for every object this server writes (e.g. "uploads/").')
+    s3_dedicated_bucket: bool = setting(
+        False,
+        "The bucket holds nothing but this server's uploads. Orphan cleanup (aborting multipart uploads and "
+        "deleting .part objects that no .info records) runs only with a non-empty s3_prefix or this set.",
+    )
     s3_path_style: bool = setting(
         False, "Path-style URLs (endpoint/bucket/key), needed by MinIO and most self-hosted S3."
     )

@@ -15,6 +15,7 @@ like the webhook; sync ones run in a worker thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import inspect
 import json
@@ -225,7 +226,9 @@ class Webhook:
     """Sends events as JSON POSTs to `config.hooks_url` over one ClientSession.
 
     pre-* events wait for the answer (a non-2xx answer rejects the request); post-*
-    events are sent in the background and retried with exponential backoff."""
+    events go through a queue of `hooks_queue_size` to `hooks_workers` workers, which
+    retry with exponential backoff. A full queue drops the event (a slow or down hook
+    service must not make the server hold events, payloads and tasks without bound)."""
 
     def __init__(self, config: Config) -> None:
         assert config.hooks_url is not None
@@ -237,19 +240,26 @@ class Webhook:
         self.retries = config.hooks_retries
         self.backoff = config.hooks_backoff
         self.session: aiohttp.ClientSession | None = None
-        self._pending: set[asyncio.Task] = set()
+        self._queue: asyncio.Queue[tuple[HookEvent, Callable[[], None]]] = asyncio.Queue(config.hooks_queue_size)
+        self._worker_count = config.hooks_workers
+        self._workers: list[asyncio.Task] = []
+        self._dropping = False  # warn once per spell of drops, not once per event
 
     async def start(self) -> None:
         self.session = aiohttp.ClientSession(timeout=self.timeout)
+        self._workers = [asyncio.create_task(self._work()) for _ in range(self._worker_count)]
 
     async def close(self, grace: float) -> None:
-        """Give background deliveries `grace` seconds, then cancel the rest."""
-        if self._pending:
-            await asyncio.wait(set(self._pending), timeout=grace)
-        for task in list(self._pending):
-            task.cancel()
-        if self._pending:
-            await asyncio.gather(*self._pending, return_exceptions=True)
+        """Give queued and running deliveries `grace` seconds, then cancel the rest."""
+        if self._workers:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._queue.join(), grace)
+            for worker in self._workers:
+                worker.cancel()
+            await asyncio.gather(*self._workers, return_exceptions=True)
+            self._workers = []
+            if self._queue.qsize():
+                log.warning("%d post-* webhook events not delivered at shutdown", self._queue.qsize())
         if self.session is not None:
             await self.session.close()
 
@@ -293,11 +303,32 @@ class Webhook:
             raise HookRejected(status, message if isinstance(message, str) else "")
         return result_from_json(document or {})
 
-    def notify(self, event: HookEvent, on_error: Callable[[], None]) -> None:
-        """Deliver a post-* event in the background."""
-        task = asyncio.create_task(self._deliver(event, on_error))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
+    def notify(self, event: HookEvent, on_error: Callable[[], None]) -> bool:
+        """Queue a post-* event for delivery in the background; False if the queue is
+        full and the event was dropped."""
+        try:
+            self._queue.put_nowait((event, on_error))
+        except asyncio.QueueFull:
+            if not self._dropping:
+                log.warning(
+                    "webhook queue full (%d events): dropping post-* events until %s catches up",
+                    self._queue.maxsize,
+                    self.where,
+                )
+            self._dropping = True
+            return False
+        self._dropping = False
+        return True
+
+    async def _work(self) -> None:
+        while True:
+            event, on_error = await self._queue.get()
+            try:
+                await self._deliver(event, on_error)
+            except Exception:  # a worker lives as long as the webhook
+                log.exception("%s webhook for %s failed", event.type, event.upload.id)
+            finally:
+                self._queue.task_done()
 
     async def _deliver(self, event: HookEvent, on_error: Callable[[], None]) -> None:
         for attempt in range(self.retries + 1):
@@ -394,7 +425,9 @@ class HookRunner:
         await self._run_callbacks(event, result, pre=False)
         if self.webhook is not None and name in self.webhook.events:
             self._count(name, "http")
-            self.webhook.notify(event, lambda: self._count_error(name, "http"))
+            if not self.webhook.notify(event, lambda: self._count_error(name, "http")):
+                if self.metrics is not None:
+                    self.metrics.hook_dropped.labels(name).inc()
         return result
 
     async def _run_callbacks(self, event: HookEvent, result: HookResult, *, pre: bool) -> None:

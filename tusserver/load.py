@@ -324,6 +324,9 @@ def validate(config: Config) -> None:
         raise ConfigError("max_concurrent_downloads must be at least 1")
     if config.download_stall_timeout <= 0:
         raise ConfigError(f"download_stall_timeout must be more than 0 seconds, got {config.download_stall_timeout}")
+    if config.hooks_queue_size < 1 or config.hooks_workers < 1:
+        # asyncio.Queue(0) would be unbounded.
+        raise ConfigError("hooks_queue_size and hooks_workers must be at least 1")
     unknown = [name for name in config.hooks_events if name not in EVENTS]
     if unknown:
         raise ConfigError(f"hooks_events: unknown {', '.join(unknown)}; expected some of {', '.join(EVENTS)}")

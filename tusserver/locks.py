@@ -33,6 +33,11 @@ class Locker(Protocol):
         """Hold the upload's lock for the `async with` block if nobody holds or awaits it
         right now (yields True); else yield False at once, without asking anyone to let go."""
 
+    async def take_lease(self, name: str, seconds: float) -> bool:
+        """Take the named lease for `seconds` unless someone (any instance sharing the
+        locks) holds it; it is never released early. For "one instance does this job per
+        period"."""
+
 
 @dataclass
 class _Entry:
@@ -47,6 +52,7 @@ class MemoryLocker:
     def __init__(self, timeout: float = 3.0) -> None:
         self.timeout = timeout
         self._entries: dict[str, _Entry] = {}
+        self._leases: dict[str, float] = {}  # name -> when it ends (loop time)
 
     async def start(self) -> None:
         return None
@@ -77,6 +83,13 @@ class MemoryLocker:
             entry.users -= 1
             if entry.users == 0:
                 del self._entries[upload_id]
+
+    async def take_lease(self, name: str, seconds: float) -> bool:
+        now = asyncio.get_running_loop().time()
+        if self._leases.get(name, now) > now:
+            return False
+        self._leases[name] = now + seconds
+        return True
 
     @asynccontextmanager
     async def try_lock(self, upload_id: str) -> AsyncIterator[bool]:

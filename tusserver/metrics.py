@@ -56,6 +56,12 @@ class Metrics:
         self.hook_errors = Counter(
             "tusserver_hook_errors", "Hook calls that failed, by event and source", ["event", "source"], registry=r
         )
+        self.hook_dropped = Counter(
+            "tusserver_hook_dropped",
+            "post-* webhook events dropped because the delivery queue was full, by event",
+            ["event"],
+            registry=r,
+        )
 
     def upload_event(self, event: str) -> None:
         name = _UPLOAD_COUNTERS.get(event)

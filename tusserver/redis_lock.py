@@ -6,7 +6,9 @@ release are Lua scripts that check the token first: nobody extends or frees a lo
 has passed to someone else. A request that finds the lock held publishes a release
 request naming the holder's token; the instance running that request stops its body
 (the bytes received are kept) and releases. Releases are published too, so waiters
-retry at once instead of waiting for their next poll.
+retry at once; between them a waiter polls with backoff and asks each holder once
+(again only after a long pause, in case the request was lost), so a blocked request
+costs a handful of Redis commands, not one broadcast per poll.
 
 Needs the optional dependency: `pip install 'tusserver[redis]'`.
 """
@@ -32,8 +34,13 @@ from .locks import ReleaseCallback
 
 log = logging.getLogger("tusserver.locks")
 
-# A waiter retries this often even without news, e.g. while a crashed holder's lease runs out.
-POLL_INTERVAL = 0.1
+# A waiter retries without news (e.g. while a crashed holder's lease runs out) first after
+# FIRST_POLL seconds, then twice as long each time, at most every MAX_POLL seconds.
+FIRST_POLL = 0.1
+MAX_POLL = 1.0
+# A release request can be lost (pub/sub reconnecting); the same holder is asked again only
+# after this long, then twice as long each time.
+REPEAT_RELEASE_REQUEST = 1.0
 
 # 1: acquired. Otherwise the holder's token (0 if the key vanished meanwhile: retry).
 _ACQUIRE = """
@@ -179,6 +186,15 @@ class RedisLocker:
         async with self._holding(upload_id, key, token, None):
             yield True
 
+    async def take_lease(self, name: str, seconds: float) -> bool:
+        try:
+            taken = await self.redis.set(
+                f"{self.prefix}:lease:{name}", secrets.token_hex(8), nx=True, px=max(1, int(seconds * 1000))
+            )
+        except RedisError as exc:
+            raise TusError(errors.STORAGE_UNAVAILABLE, "lock service unreachable") from exc
+        return bool(taken)
+
     @asynccontextmanager
     async def _holding(
         self, upload_id: str, key: str, token: str, on_release: ReleaseCallback | None
@@ -219,6 +235,9 @@ class RedisLocker:
         deadline = loop.time() + self.timeout
         wake = asyncio.Event()
         self._waiters.setdefault(upload_id, set()).add(wake)
+        poll = FIRST_POLL
+        asked: object = None  # the holder we last asked to release, and when to ask it again
+        ask_again = repeat = 0.0
         try:
             while True:
                 wake.clear()  # before the attempt, so a release published after it still wakes us
@@ -226,7 +245,9 @@ class RedisLocker:
                     result = await self._try_acquire(upload_id, key, token)
                     if result == 1:
                         return
-                    if result != 0:
+                    if result != 0 and (result != asked or loop.time() >= ask_again):
+                        repeat = REPEAT_RELEASE_REQUEST if result != asked else repeat * 2
+                        asked, ask_again = result, loop.time() + repeat
                         await self.redis.publish(self._release_channel, result)
                 except RedisError as exc:
                     raise TusError(errors.STORAGE_UNAVAILABLE, "lock service unreachable") from exc
@@ -234,9 +255,9 @@ class RedisLocker:
                 if remaining <= 0:
                     raise TusError(errors.LOCKED, headers={"Retry-After": "1"})
                 try:
-                    await asyncio.wait_for(wake.wait(), min(POLL_INTERVAL, remaining))
+                    await asyncio.wait_for(wake.wait(), min(poll, remaining))
                 except asyncio.TimeoutError:
-                    pass
+                    poll = min(poll * 2, MAX_POLL)
         finally:
             waiters = self._waiters[upload_id]
             waiters.discard(wake)

@@ -187,11 +187,28 @@ class ConcatenatingStore(Protocol):
 
 @runtime_checkable
 class ExpiringStore(Protocol):
+    """What expiry needs. A pass must not cost a read per stored upload: finished uploads
+    (which never expire by default) are skipped by listing an index of unfinished ones."""
+
     async def list_uploads(self) -> AsyncIterator[str]:
-        """Every upload id the store holds."""
+        """Every upload id the store holds, from a listing alone."""
+
+    async def list_unfinished(self, created_before: float) -> AsyncIterator[str]:
+        """Ids in the store's index of unfinished uploads whose entry was made before
+        `created_before`, from a listing alone. An entry may outlive the unfinished state
+        (a crash, a concatenation): the caller drops it with `forget_unfinished`. On
+        storage written by a version without the index, the first call builds it,
+        reading every `.info` once."""
+
+    async def forget_unfinished(self, upload_id: str) -> None: ...
+
+    async def read_info(self, upload_id: str) -> UploadInfo:
+        """The `.info` record alone (`offset` not derived). Raises TusError(NOT_FOUND)
+        or CorruptInfo."""
 
     async def clean_orphans(self, older_than: float) -> int:
-        """Remove storage debris (e.g. multipart uploads with no .info) older than a timestamp."""
+        """Remove storage debris older than a timestamp that is recognisably this
+        server's own (e.g. multipart uploads no `.info` records). Returns a count."""
 
 
 @runtime_checkable

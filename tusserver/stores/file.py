@@ -1,5 +1,6 @@
 """Local-disk store: `<dir>/<id>` holds the bytes, `<dir>/<id>.info` the state, and
-`<dir>/.owners/<key>/<entry>` (empty files) the owners' index.
+`<dir>/.owners/<key>/<entry>` (empty files) the owners' index, and `<dir>/.unfinished/<id>`
+(empty, removed at finish) the uploads that may expire.
 
 The offset is the data file's size, so whatever reached the disk counts and a
 restart loses nothing. Large writes run in a worker thread, double-buffered, so
@@ -10,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import glob
+import contextlib
+import logging
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -26,6 +29,12 @@ from .base import Download, FileDownload, parse_info
 from .owner_index import entry_name, index_keys, is_entry, is_index_key
 
 WRITE_BATCH = 1 << 20  # bytes gathered before one write in the worker thread
+UNFINISHED_DIR = ".unfinished"  # a dot: never an upload id
+INDEXED = ".unfinished-indexed"  # written once every unfinished upload has its entry
+# Temp files this store names (`_append_atomic`, `save_info`); nothing else is removed.
+_OWN_TEMP = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}(\.info)?\.tmp-[0-9a-f]{8}")
+
+log = logging.getLogger("tusserver.stores")
 
 
 class FileStore:
@@ -43,8 +52,9 @@ class FileStore:
         with tempfile.TemporaryFile(dir=self.directory):
             pass
         # Debris of a crash: half-written .info files and unverified PATCH spools.
-        for leftover in glob.glob(os.path.join(self.directory, "*.tmp-*")):
-            _remove(leftover)
+        for name in os.listdir(self.directory):
+            if _OWN_TEMP.fullmatch(name):
+                _remove(os.path.join(self.directory, name))
 
     async def close(self) -> None:
         return None
@@ -72,9 +82,11 @@ class FileStore:
         except FileExistsError:
             raise TusError(errors.UPLOAD_ID_TAKEN) from None
         try:
+            self._mark(info.id)
             await self.save_info(info)
         except BaseException:
             _remove(path)  # e.g. a full disk: no data file without its .info
+            self._unmark(info.id)
             raise
 
     async def get_info(self, upload_id: str) -> UploadInfo:
@@ -125,11 +137,15 @@ class FileStore:
     async def finish(self, info: UploadInfo) -> None:
         info.finished = True
         await self.save_info(info)
+        self._unmark(info.id)
 
     async def terminate(self, info: UploadInfo) -> None:
-        _remove(self._path(info.id, ".info"))
+        # .info after the bytes: a data file is never left without it (orphan cleanup only
+        # removes empty ones), and a failed removal is retried by the next expiry pass.
         _remove(self._path(info.id))
         shutil.rmtree(self._link_dir(info.id), ignore_errors=True)
+        _remove(self._path(info.id, ".info"))
+        self._unmark(info.id)
         if info.listed:  # after .info: an entry without its upload is skipped, never the reverse
             for key in index_keys(info):
                 await self.unindex(key, entry_name(info))
@@ -196,23 +212,107 @@ class FileStore:
         if is_entry(entry):
             _remove(os.path.join(self._index_dir(key), entry))
 
+    # -- ExpiringStore -------------------------------------------------------------
+
+    def _marker(self, upload_id: str) -> str:
+        self._path(upload_id)  # validates the id
+        return os.path.join(self.directory, UNFINISHED_DIR, upload_id)
+
+    def _mark(self, upload_id: str) -> None:
+        marker = self._marker(upload_id)
+        for attempt in range(3):  # another process may remove the empty directory meanwhile
+            try:
+                with open(marker, "wb"):
+                    return
+            except FileNotFoundError:
+                if attempt == 2:
+                    raise
+                os.makedirs(os.path.dirname(marker), exist_ok=True)
+
+    def _unmark(self, upload_id: str) -> None:
+        marker = self._marker(upload_id)
+        _remove(marker)
+        try:
+            os.rmdir(os.path.dirname(marker))  # only when empty: no trace once all are finished
+        except OSError:
+            pass
+
+    async def forget_unfinished(self, upload_id: str) -> None:
+        self._unmark(upload_id)
+
+    async def read_info(self, upload_id: str) -> UploadInfo:
+        try:
+            with open(self._path(upload_id, ".info"), "rb") as f:
+                return parse_info(upload_id, f.read())
+        except FileNotFoundError:
+            raise TusError(errors.NOT_FOUND) from None
+
     async def list_uploads(self) -> AsyncIterator[str]:
-        for name in os.listdir(self.directory):
-            if name.endswith(".info"):
-                yield name[: -len(".info")]
+        for upload_id in await asyncio.to_thread(self._scan_ids):
+            yield upload_id
+
+    def _scan_ids(self) -> list[str]:
+        ids = []
+        with os.scandir(self.directory) as entries:
+            for entry in entries:
+                if entry.name.endswith(".info") and is_valid_upload_id(entry.name[: -len(".info")]):
+                    ids.append(entry.name[: -len(".info")])
+        return ids
+
+    async def list_unfinished(self, created_before: float) -> AsyncIterator[str]:
+        for upload_id in await asyncio.to_thread(self._scan_unfinished, created_before):
+            yield upload_id
+
+    def _scan_unfinished(self, created_before: float) -> list[str]:
+        """In a worker thread: directory scans must not stall the event loop."""
+        found = []
+        try:
+            with os.scandir(os.path.join(self.directory, UNFINISHED_DIR)) as entries:
+                for entry in entries:
+                    with contextlib.suppress(FileNotFoundError):
+                        if is_valid_upload_id(entry.name) and entry.stat().st_mtime < created_before:
+                            found.append(entry.name)
+        except FileNotFoundError:
+            pass  # no unfinished upload
+        indexed = os.path.join(self.directory, INDEXED)
+        if os.path.exists(indexed):
+            return found
+        # Written by a version without the index: give every unfinished upload its entry, once.
+        built = []
+        for upload_id in self._scan_ids():
+            try:
+                with open(self._path(upload_id, ".info"), "rb") as f:
+                    finished = parse_info(upload_id, f.read()).finished
+            except (OSError, TusError):
+                continue  # gone meanwhile, or unreadable (logged): never expired
+            if not finished:
+                self._mark(upload_id)
+                built.append(upload_id)
+        with open(indexed, "wb"):
+            pass
+        log.info("indexed %d unfinished uploads in %s for expiry", len(built), self.directory)
+        return sorted(set(found) | set(built))
 
     async def clean_orphans(self, older_than: float) -> int:
+        return await asyncio.to_thread(self._clean_orphans, older_than)
+
+    def _clean_orphans(self, older_than: float) -> int:
+        """Data files without `.info`. Only what this store could have left: an empty
+        regular file named like an upload id (a crash inside create(); terminate() removes
+        the bytes first), never a directory (`lost+found`), a link, or a file with data."""
         removed = 0
-        for name in os.listdir(self.directory):
-            path = os.path.join(self.directory, name)
-            if "." in name or os.path.exists(path + ".info"):
-                continue
-            try:
-                if os.stat(path).st_mtime < older_than:
-                    _remove(path)
+        with os.scandir(self.directory) as entries:
+            for entry in entries:
+                if not is_valid_upload_id(entry.name) or not entry.is_file(follow_symlinks=False):
+                    continue
+                try:
+                    stat = entry.stat(follow_symlinks=False)
+                    if stat.st_size or stat.st_mtime >= older_than or os.path.exists(entry.path + ".info"):
+                        continue
+                    os.remove(entry.path)
                     removed += 1
-            except FileNotFoundError:
-                continue
+                except FileNotFoundError:
+                    continue
         return removed
 
 

@@ -8,6 +8,7 @@ Keys under the prefix:
                           a part yet, that go in front of part <n>
   `.owners/<key>/<entry>`   the owners' index (empty objects; see owners.py): ListObjectsV2
                           under one owner's key gives its uploads newest first
+  `.unfinished/<id>`      empty, from creation to finish: expiry lists these, not every upload
 
 The multipart upload is created when the first part is ready, and its UploadId is
 recorded in `.info` before any part is sent to it; one not recorded is an orphan
@@ -82,6 +83,9 @@ TAIL_SUFFIX = ".part."  # <id>.part.<next part>.<start offset>: a tail chunk
 MERGE_FLOOR = 64 * 1024  # see merge_limit()
 MERGE_SHARE = 64
 DELETE_BATCH = 1000  # keys per DeleteObjects
+TAIL_TAG = "tus-next-part"  # .part user metadata: the part number it goes in front of
+UNFINISHED = ".unfinished/"  # under the prefix; a dot: never an upload id
+INDEXED = ".indexed"  # under UNFINISHED: every unfinished upload has its entry
 
 _STORAGE_ERRORS = (ClientError, BotoCoreError, aiohttp.ClientError, OSError)
 _MISSING = {"NoSuchKey", "NoSuchUpload", "404", "NotFound"}
@@ -241,9 +245,13 @@ class S3Store:
         presign_expiry: float = 3600.0,
         download_concurrency: int = 32,
         temp_max_size: int | None = None,
+        dedicated_bucket: bool = False,
     ) -> None:
         self.bucket = bucket
         self.prefix = prefix
+        # Orphan cleanup deletes by key shape: only in a keyspace that is ours alone.
+        self.dedicated_bucket = dedicated_bucket
+        self._orphans_warned = False
         self.endpoint_url = endpoint_url
         self.region = region
         self.path_style = path_style
@@ -298,6 +306,7 @@ class S3Store:
             presign_expiry=config.s3_presign_expiry,
             download_concurrency=config.max_concurrent_downloads,
             temp_max_size=config.temp_max_size,
+            dedicated_bucket=config.s3_dedicated_bucket,
         )
 
     # -- lifecycle -------------------------------------------------------------
@@ -554,6 +563,9 @@ class S3Store:
         info.storage = {"type": "s3", "bucket": self.bucket, "key": self._key(info.id)}
         if self.uniform_parts:
             info.storage["part_size"] = uniform_part_size(info.length, self.part_size, self.min_part_size)
+        # Before `.info`, and kept if the id is taken: a stale entry costs the cleaner one
+        # read, a missing one would keep an unfinished upload forever.
+        await self._call("put_object", Key=self._marker(info.id), Body=b"")
         await self._put_new_info(info)
 
     async def _put_new_info(self, info: UploadInfo) -> None:
@@ -712,6 +724,7 @@ class S3Store:
         await self.save_info(info)
         if leftover:  # after .info: until then, a crash leaves a resumable upload
             await self._delete_keys(leftover)
+        await self._delete(self._marker(info.id))
         self._upload_ids.pop(info.id, None)
 
     async def _complete(self, info: UploadInfo, parts: list[dict[str, Any]]) -> None:
@@ -778,6 +791,7 @@ class S3Store:
             await self.unlink_final(info.id, final_id)
         # .info last: while it exists, a failed DELETE can be retried.
         await self._delete(self._key(info.id, ".info"))
+        await self._delete(self._marker(info.id))
         self._upload_ids.pop(info.id, None)
         if info.listed:  # after .info: an entry without its upload is skipped, never the reverse
             await asyncio.gather(*(self.unindex(key, entry_name(info)) for key in index_keys(info)))
@@ -991,18 +1005,62 @@ class S3Store:
 
     # -- ExpiringStore -------------------------------------------------------------
 
+    def _marker(self, upload_id: str) -> str:
+        self._key(upload_id)  # validates the id
+        return f"{self.prefix}{UNFINISHED}{upload_id}"
+
+    async def read_info(self, upload_id: str) -> UploadInfo:
+        return await self._read_info(upload_id)
+
+    async def forget_unfinished(self, upload_id: str) -> None:
+        await self._delete(self._marker(upload_id))
+
     async def list_uploads(self) -> AsyncIterator[str]:
         async for key in self._keys():
             name = key[len(self.prefix) :]
             if name.endswith(".info") and is_valid_upload_id(name[: -len(".info")]):
                 yield name[: -len(".info")]
 
+    async def list_unfinished(self, created_before: float) -> AsyncIterator[str]:
+        index = self.prefix + UNFINISHED
+        indexed = False
+        async for item in self._items(index):
+            name = item["Key"][len(index) :]
+            if name == INDEXED:
+                indexed = True
+            elif is_valid_upload_id(name) and item["LastModified"].timestamp() < created_before:
+                yield name
+        if not indexed:
+            async for upload_id in self._build_index():
+                yield upload_id
+
+    async def _build_index(self) -> AsyncIterator[str]:
+        """Uploads of a version without the index: one read of every `.info`, once."""
+        count = 0
+        async for upload_id in self.list_uploads():
+            try:
+                info = await self._read_info(upload_id)
+            except TusError as exc:
+                if exc.kind is errors.STORAGE_UNAVAILABLE:
+                    raise
+                continue  # gone meanwhile, or unreadable (logged): never expired
+            if not info.finished:
+                await self._call("put_object", Key=self._marker(upload_id), Body=b"")
+                count += 1
+                yield upload_id
+        await self._call("put_object", Key=self.prefix + UNFINISHED + INDEXED, Body=b"")
+        log.info("indexed %d unfinished uploads under %s/%s for expiry", count, self.bucket, self.prefix)
+
     async def _keys(self, prefix: str | None = None) -> AsyncIterator[str]:
+        async for item in self._items(prefix):
+            yield item["Key"]
+
+    async def _items(self, prefix: str | None = None) -> AsyncIterator[dict[str, Any]]:
         paginator = self._client.get_paginator("list_objects_v2")
         try:
             async for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix if prefix is None else prefix):
                 for item in page.get("Contents", []):
-                    yield item["Key"]
+                    yield item
         except _STORAGE_ERRORS as exc:
             raise _unavailable(exc) from None
 
@@ -1012,6 +1070,14 @@ class S3Store:
         except ClientError:
             return False
         return True
+
+    async def _tagged_tail(self, key: str) -> bool:
+        """Whether the object carries the user metadata every `.part` we write has."""
+        try:
+            response = await self._call("head_object", Key=key)
+        except ClientError:
+            return False
+        return TAIL_TAG in response.get("Metadata", {})
 
     async def _records(self, upload_id: str, s3_upload_id: str) -> bool:
         """Whether `.info` exists and names this multipart upload (or cannot be read)."""
@@ -1027,7 +1093,23 @@ class S3Store:
 
     async def clean_orphans(self, older_than: float) -> int:
         """Abort multipart uploads that no `.info` records (a crash between creating one
-        and recording it, or a deleted upload) and delete tail chunks without `.info`."""
+        and recording it, or a deleted upload) and delete tail chunks without `.info`.
+
+        Only in a keyspace that is ours: a non-empty prefix, or a bucket declared
+        dedicated. There, a multipart upload counts as ours by its key (`<prefix><id>`;
+        S3 shows no tags or metadata of an upload in progress), a tail chunk by its key
+        (`<id>.part.<n>.<start>`), and an older version's `<id>.part` only if it carries the
+        `tus-next-part` metadata every such object had."""
+        if not self.prefix and not self.dedicated_bucket:
+            if self._orphans_warned:
+                return 0
+            self._orphans_warned = True
+            log.warning(
+                "S3 orphan cleanup skipped: s3_prefix is empty, so the bucket may hold other data; "
+                "set s3_prefix, or s3_dedicated_bucket = true if only tusserver writes to %s",
+                self.bucket,
+            )
+            return 0
         removed = 0
         paginator = self._client.get_paginator("list_multipart_uploads")
         try:
@@ -1039,16 +1121,19 @@ class S3Store:
                     if not await self._records(name, upload["UploadId"]):
                         await self._abort(upload["Key"], upload["UploadId"])
                         removed += 1
-            pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix)
-            async for page in pages:
-                for item in page.get("Contents", []):
-                    name = item["Key"][len(self.prefix) :]
-                    upload_id = _chunk_owner(name)
-                    if upload_id is None or item["LastModified"].timestamp() >= older_than:
-                        continue
-                    if not await self._has_info(upload_id):
-                        await self._delete(item["Key"])
-                        removed += 1
+            listed_info = None  # `<id>.info` sorts just before `<id>.part...`: no HEAD for those
+            async for item in self._items():
+                name = item["Key"][len(self.prefix) :]
+                if name.endswith(".info"):
+                    listed_info = name[: -len(".info")]
+                upload_id = _chunk_owner(name)
+                if upload_id is None or upload_id == listed_info or item["LastModified"].timestamp() >= older_than:
+                    continue
+                if name.endswith(".part") and not await self._tagged_tail(item["Key"]):
+                    continue  # an older version's tail is recognised by its metadata only
+                if not await self._has_info(upload_id):
+                    await self._delete(item["Key"])
+                    removed += 1
         except _STORAGE_ERRORS as exc:
             raise _unavailable(exc) from None
         return removed
