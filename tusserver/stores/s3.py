@@ -831,7 +831,7 @@ class S3Store:
     async def _concatenate_parts(self, key: str, upload: str, partials: list[UploadInfo]) -> list[dict[str, Any]]:
         """Each partial of at least the minimum size as parts copied whole; smaller ones streamed."""
         parts: list[dict[str, Any]] = []
-        spool = Spool(self.temp_dir, self.part_size)
+        spool = Spool(self.temp_dir, self.part_size, self.temp)
         try:
             for index, partial in enumerate(partials):
                 size = partial.length or 0
@@ -844,7 +844,8 @@ class S3Store:
                     response = await self._call("get_object", Key=partial.storage["key"])
                     async with response["Body"] as stream:
                         async for chunk in stream.iter_chunks(READ_CHUNK):
-                            for piece in spool.write(chunk):
+                            await spool.awrite(chunk)  # off the event loop
+                            while (piece := spool.take_filled()) is not None:
                                 await self._send_piece(key, upload, piece, parts)
                 if spool.pending >= self.min_part_size or (last and spool.pending):
                     piece = spool.cut()
@@ -899,13 +900,13 @@ class S3Store:
 
     async def _spool_ranges(self, ranges: list[tuple[str, int, int]]) -> Piece:
         """The bytes of (key, start, end) ranges, in order, in one temp file."""
-        spool = Spool(self.temp_dir, MAX_PART_SIZE + 1)  # never cut: one piece
+        spool = Spool(self.temp_dir, MAX_PART_SIZE + 1, self.temp)  # never cut: one piece
         try:
             for source, start, end in ranges:
                 response = await self._call("get_object", Key=source, Range=f"bytes={start}-{end - 1}")
                 async with response["Body"] as stream:
                     async for chunk in stream.iter_chunks(READ_CHUNK):
-                        spool.write(chunk)
+                        await spool.awrite(chunk)  # off the event loop
             piece = spool.cut()
         finally:
             spool.discard()
