@@ -223,8 +223,10 @@ class TusHandlers:
                 on_cancel=lambda: stop_body(request, ClientGone("the request was cancelled")),
             )
         except Exception:
-            if body.received and self.config.expire_after is not None:
-                await self._save_expiry(info)  # the client resumes from here: a full expire_after
+            # A checksummed body is all or nothing: failed, it stored nothing, and a rejected
+            # request changes nothing. Otherwise the client resumes from what was kept.
+            if body.received and checksum is None and self.config.expire_after is not None:
+                await self._save_expiry(info)  # a full expire_after from here
             raise
         finally:
             request[BYTES_IN] = body.received
