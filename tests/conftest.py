@@ -123,3 +123,22 @@ def server_args(store_kind, tmp_path, request) -> list[str]:
         return store_args("file", tmp_path)
     endpoint = request.getfixturevalue("moto_endpoint")
     return store_args("s3", tmp_path, endpoint, request.getfixturevalue("bucket"))
+
+
+@pytest.fixture
+def servers(tmp_path):
+    """Start real `tusserver` processes (tests.test_cli.Server) in tmp_path; all are killed after."""
+    from tests.test_cli import Server
+
+    started: list[Server] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> Server:
+        server = Server(tmp_path, *args, env=env)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        if server.proc.poll() is None:
+            server.proc.kill()
+            server.proc.wait()

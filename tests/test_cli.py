@@ -12,8 +12,6 @@ import sys
 import threading
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import free_port
 
 TUS = {"Tus-Resumable": "1.0.0"}
@@ -70,22 +68,6 @@ class Server:
                 self.proc.wait()
         self.reader.join(PATIENCE)
         return code
-
-
-@pytest.fixture
-def servers(tmp_path):
-    started: list[Server] = []
-
-    def start(*args: str, env: dict[str, str] | None = None) -> Server:
-        server = Server(tmp_path, *args, env=env)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        if server.proc.poll() is None:
-            server.proc.kill()
-            server.proc.wait()
 
 
 def test_upload_over_http_then_download_byte_exact_and_stop_on_sigterm(servers, tmp_path):

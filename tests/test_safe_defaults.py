@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from tests.hanging import HangingPatch, wait_until
-from tests.test_cli import Server
 from tests.tus_client import OCTETS, TUS, create, head, patch
 from tusserver import Config, FileStore, create_app
 from tusserver.app import HANDLERS_KEY
@@ -24,22 +23,6 @@ from tusserver.load import field_specs, load_config, parse_text
 GiB = 1 << 30
 DEFAULT_MAX_SIZE = 10 * GiB
 WARNING = "SECURITY: no authentication"
-
-
-@pytest.fixture
-def servers(tmp_path):
-    started: list[Server] = []
-
-    def start(*args: str, env: dict[str, str] | None = None) -> Server:
-        server = Server(tmp_path, *args, env=env)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        if server.proc.poll() is None:
-            server.proc.kill()
-            server.proc.wait()
 
 
 def infos(directory: Path) -> list[str]:
