@@ -869,16 +869,7 @@ class S3Store:
             async with limit:
                 if len(ranges) == 1:
                     index, start, end = ranges[0]
-                    async with self._slots:
-                        response = await self._call(
-                            "upload_part_copy",
-                            Key=key,
-                            UploadId=upload,
-                            PartNumber=number,
-                            CopySource={"Bucket": self.bucket, "Key": partials[index].storage["key"]},
-                            CopySourceRange=f"bytes={start}-{end - 1}",
-                        )
-                    etag = response["CopyPartResult"]["ETag"]
+                    etag = await self._copy_part(key, upload, number, partials[index].storage["key"], (start, end))
                 else:
                     piece = await self._spool_ranges([(partials[i].storage["key"], s, e) for i, s, e in ranges])
                     try:
@@ -935,21 +926,28 @@ class S3Store:
         count = max(1, math.ceil(size / MAX_PART_SIZE))
         step = math.ceil(size / count)
         for start in range(0, size, step):
-            end = min(start + step, size) - 1
+            end = min(start + step, size)
             number = len(parts) + 1
-            params: dict[str, Any] = {}
-            if count > 1:
-                params["CopySourceRange"] = f"bytes={start}-{end}"
-            async with self._slots:
-                response = await self._call(
-                    "upload_part_copy",
-                    Key=key,
-                    UploadId=upload,
-                    PartNumber=number,
-                    CopySource={"Bucket": self.bucket, "Key": source},
-                    **params,
-                )
-            parts.append({"PartNumber": number, "ETag": response["CopyPartResult"]["ETag"], "Size": end - start + 1})
+            etag = await self._copy_part(key, upload, number, source, (start, end) if count > 1 else None)
+            parts.append({"PartNumber": number, "ETag": etag, "Size": end - start})
+
+    async def _copy_part(
+        self, key: str, upload: str, number: int, source: str, byte_range: tuple[int, int] | None
+    ) -> str:
+        """Part `number` copied from `source` (bytes [start, end), or all of it) inside S3; its ETag."""
+        params: dict[str, Any] = {}
+        if byte_range is not None:
+            params["CopySourceRange"] = f"bytes={byte_range[0]}-{byte_range[1] - 1}"
+        async with self._slots:
+            response = await self._call(
+                "upload_part_copy",
+                Key=key,
+                UploadId=upload,
+                PartNumber=number,
+                CopySource={"Bucket": self.bucket, "Key": source},
+                **params,
+            )
+        return response["CopyPartResult"]["ETag"]
 
     async def _send_piece(self, key: str, upload: str, piece: Piece, parts: list[dict[str, Any]]) -> None:
         try:
