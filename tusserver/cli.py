@@ -17,6 +17,7 @@ from aiohttp import web, web_response
 from . import __version__
 from .app import SERVER_NAME, SHUTDOWN_KEY, create_app, server_headers
 from .auth import make_token
+from .body import READ_BUFFER
 from .config import Config
 from .load import CHOICES, CONFIG_ENV, ConfigError, FieldSpec, field_specs, load_config, parse_text, service_links
 from .logs import setup_logging
@@ -208,6 +209,7 @@ def serve(config: Config) -> int:
         print=started,
         handle_signals=True,
         loop=new_event_loop(config.uvloop),
+        read_bufsize=READ_BUFFER,  # what aiohttp buffers of a body before the handler runs
     )
     log.info("tusserver stopped")
     return 0
