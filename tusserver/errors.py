@@ -71,6 +71,7 @@ CLIENT_GONE = ErrorKind("ERR_CLIENT_GONE", 400, "the request body ended before i
 SHUTTING_DOWN = ErrorKind("ERR_SHUTTING_DOWN", 503, "server is shutting down; retry on another instance")
 TOO_MANY_UPLOADS = ErrorKind("ERR_TOO_MANY_UPLOADS", 503, "server has too many uploads in progress; retry shortly")
 READ_TIMEOUT = ErrorKind("ERR_READ_TIMEOUT", 408, "request body stalled for longer than the read timeout")
+UPLOAD_TOO_SLOW = ErrorKind("ERR_UPLOAD_TOO_SLOW", 408, "request body arrived slower than the minimum upload rate")
 INVALID_RANGE = ErrorKind("ERR_INVALID_RANGE", 416, "Range is not satisfiable")
 INVALID_HEADER = ErrorKind("ERR_INVALID_HEADER", 400, "a request header is malformed")
 AMBIGUOUS_HEADER = ErrorKind("ERR_AMBIGUOUS_HEADER", 400, "a tus header was sent with more than one value")

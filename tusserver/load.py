@@ -326,5 +326,7 @@ def validate(config: Config) -> None:
         raise ConfigError("auth_secret must be at least 16 characters (32 random ones are better)")
     if config.max_concurrent_uploads is not None and config.max_concurrent_uploads < 1:
         raise ConfigError("max_concurrent_uploads must be at least 1 (or unset)")
+    if config.min_upload_rate_window < 1:
+        raise ConfigError(f"min_upload_rate_window must be at least 1 second, got {config.min_upload_rate_window}")
     if not 1 <= config.s3_presign_expiry <= 7 * 86400:
         raise ConfigError(f"s3_presign_expiry must be 1 to 604800 seconds (7 days), got {config.s3_presign_expiry}")
