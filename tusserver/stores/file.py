@@ -30,6 +30,7 @@ WRITE_BATCH = 1 << 16  # bytes of a PATCH waiting for, or in, a write: its RAM i
 FAST_WRITERS = 8
 FAST_BATCH = 1 << 20
 FLUSH_AFTER = 0.05  # seconds
+INLINE_WRITE = 1 << 16  # a chunk this small is written on the event loop when no write runs
 _fast_writers = 0
 
 
@@ -225,6 +226,11 @@ class _Writer:
     async def write(self, chunk: bytes) -> None:
         self._settle()
         self._raise_error()
+        if not self._fast and self._pending is None and not self._waiting and len(chunk) <= INLINE_WRITE:
+            # A read's worth into the page cache costs less than the hop to a thread and back.
+            _write_chunks(self._f, [chunk])
+            self.written += len(chunk)
+            return
         self._waiting.append(chunk)
         self._waiting_size += len(chunk)
         if self._pending is None:
