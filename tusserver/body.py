@@ -15,6 +15,20 @@ from . import errors
 from .errors import TusError
 from .protocol import Checksum
 
+# What aiohttp and asyncio may hold of one body before the store takes it: the reader
+# stops reading the socket beyond 2 x READ_BUFFER, and one socket read adds at most
+# SOCKET_READ. Their defaults (2 x 64 KiB and 256 KiB) would be most of a PATCH's RAM,
+# so 500 bodies in flight would hold hundreds of MiB. Each read still takes 64 KiB.
+READ_BUFFER = 1 << 14
+SOCKET_READ = 1 << 16
+# Except for the first FAST_BODIES bodies in flight, which read FAST_SOCKET_READ at a time:
+# each read costs the same Python work whatever its size, and at 64 KiB one large upload
+# ran at half the speed. They hold up to 32 + 256 KiB each here (and see the file store's
+# FAST_WRITERS), while many bodies in flight keep their small RAM each.
+FAST_BODIES = 8
+FAST_SOCKET_READ = 1 << 18
+_fast_bodies = 0
+
 
 class ClientGone(Exception):
     """The client stopped sending before the body was complete."""
@@ -48,15 +62,22 @@ class Body:
         limit: int | None,
         checksum: Checksum | None = None,
         read_timeout: float | None = None,
+        min_rate: int | None = None,
+        rate_window: float = 60.0,
     ) -> None:
         self._content = content
+        bound_buffering(content)
         self._limit = limit
         self._checksum = checksum
         self._hasher = new_hasher(checksum.algorithm) if checksum else None
         self._read_timeout = read_timeout
+        self._min_rate = min_rate
+        self._rate_window = rate_window
         # When the pending read of the client's bytes began; None while the store is busy
-        # (waiting for S3, for an upload slot): only the client's silence is idleness.
+        # (waiting for S3, for an upload slot): only the client's silence is idleness, and
+        # only time spent waiting for the client counts against its rate.
         self._reading_since: float | None = None
+        self._waited = 0.0  # seconds the finished reads waited for the client
         self.received = 0
         self.overflowed = False
         self.stop_reason: Exception | None = None
@@ -67,27 +88,50 @@ class Body:
             self.stop_reason = reason
             self._content.set_exception(reason)
 
-    async def _watch_idle(self) -> None:
-        assert self._read_timeout is not None
+    async def _watch(self) -> None:
+        """Stop the body when the client is silent for read_timeout, or sends fewer than
+        min_rate x rate_window bytes in a window of rate_window seconds of waiting for it."""
+        window_waited, window_received = 0.0, 0
         while self.stop_reason is None:
             since = self._reading_since
             idle = 0.0 if since is None else time.monotonic() - since
-            if idle >= self._read_timeout:
-                self.stop(TusError(errors.READ_TIMEOUT))
-                return
+            naps = []
+            if self._read_timeout:
+                if idle >= self._read_timeout:
+                    self.stop(TusError(errors.READ_TIMEOUT))
+                    return
+                naps.append(self._read_timeout - idle)
+            if self._min_rate:
+                waited = self._waited + idle - window_waited
+                if waited >= self._rate_window:
+                    got = self.received - window_received
+                    if got < self._min_rate * self._rate_window:
+                        self.stop(
+                            TusError(
+                                errors.UPLOAD_TOO_SLOW,
+                                f"{got} bytes in {waited:.0f} s; the minimum is {self._min_rate} bytes/s",
+                            )
+                        )
+                        return
+                    window_waited, window_received = window_waited + waited, self.received
+                    waited = 0.0
+                naps.append(self._rate_window - waited)
             # Exact either way: a read that starts after this check times out no earlier.
-            await asyncio.sleep(self._read_timeout - idle)
+            await asyncio.sleep(min(naps))
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         watchdog = None
-        if self._read_timeout:
-            watchdog = asyncio.ensure_future(self._watch_idle())
+        if self._read_timeout or self._min_rate:
+            watchdog = asyncio.ensure_future(self._watch())
+        fast = _take_fast_reads(self._content)
         try:
             async for chunk in self._chunks():
                 yield chunk
         finally:
             if watchdog is not None:
                 watchdog.cancel()
+            if fast is not None:
+                _give_back_fast_reads(fast)
 
     async def _read(self) -> tuple[bytes, BaseException | None]:
         """The next chunk, or on failure the bytes that had already arrived and the error."""
@@ -100,6 +144,7 @@ class Body:
         except Exception as exc:  # aiohttp reports a dropped client in several ways
             error = self.stop_reason or ClientGone(str(exc) or type(exc).__name__)
         finally:
+            self._waited += time.monotonic() - self._reading_since
             self._reading_since = None
         # aiohttp raises before handing over bytes that arrived just before the
         # connection dropped; they were received, so they are kept.
@@ -122,6 +167,38 @@ class Body:
                 break
         if self._checksum is not None and self._hasher.digest() != self._checksum.digest:
             raise TusError(errors.CHECKSUM_MISMATCH)
+
+
+def bound_buffering(content: StreamReader) -> None:
+    """Lower what aiohttp's reader and asyncio's socket transport buffer of this body (see
+    READ_BUFFER); the earlier, the better. Neither has a public knob per request (the
+    server's `read_bufsize` is the reader's, for every request); without them, the defaults stay."""
+    try:
+        content._low_water = min(content._low_water, READ_BUFFER)
+        content._high_water = min(content._high_water, 2 * READ_BUFFER)
+    except AttributeError:
+        pass
+    transport = getattr(getattr(content, "_protocol", None), "transport", None)
+    if isinstance(getattr(transport, "max_size", None), int):
+        transport.max_size = min(transport.max_size, SOCKET_READ)
+
+
+def _take_fast_reads(content: StreamReader):
+    """Raise this body's socket reads to FAST_SOCKET_READ if fewer than FAST_BODIES
+    bodies have; returns the transport to hand back to _give_back_fast_reads, or None."""
+    global _fast_bodies
+    transport = getattr(getattr(content, "_protocol", None), "transport", None)
+    if _fast_bodies >= FAST_BODIES or not isinstance(getattr(transport, "max_size", None), int):
+        return None
+    _fast_bodies += 1
+    transport.max_size = FAST_SOCKET_READ
+    return transport
+
+
+def _give_back_fast_reads(transport) -> None:
+    global _fast_bodies
+    _fast_bodies -= 1
+    transport.max_size = SOCKET_READ  # the connection may carry another body
 
 
 def _buffered(content: StreamReader) -> bytes:

@@ -18,6 +18,7 @@ from aiohttp import web, web_response
 from . import __version__
 from .app import SERVER_NAME, SHUTDOWN_KEY, create_app, server_headers
 from .auth import make_token
+from .body import READ_BUFFER
 from .config import Config
 from .load import (
     CHOICES,
@@ -225,6 +226,7 @@ def serve(config: Config) -> int:
         print=started,
         handle_signals=True,
         loop=new_event_loop(config.uvloop),
+        read_bufsize=READ_BUFFER,  # what aiohttp buffers of a body before the handler runs
     )
     log.info("tusserver stopped")
     return 0

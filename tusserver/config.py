@@ -83,6 +83,15 @@ class Config:
         "Seconds a request body may stall before the request is answered 408; the bytes received so far "
         'are kept. "none" waits forever.',
     )
+    min_upload_rate: int | None = setting(
+        1024,
+        "Bytes per second a request body must average over each min_upload_rate_window (time spent "
+        'waiting for the store does not count); slower requests are answered 408 and keep the bytes '
+        'received. "none" allows any rate.',
+    )
+    min_upload_rate_window: float = setting(
+        60.0, "Seconds over which min_upload_rate is measured: a body may pause within a window."
+    )
     shutdown_grace: float = setting(
         30.0, "Seconds uploads in flight get to finish on SIGTERM/SIGINT; new uploads are answered 503 meanwhile."
     )

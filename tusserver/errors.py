@@ -96,6 +96,7 @@ TEMP_SPACE_EXHAUSTED = ErrorKind(
     "ERR_TEMP_SPACE_EXHAUSTED", 503, "server's temporary space is taken by other uploads; retry shortly"
 )
 READ_TIMEOUT = ErrorKind("ERR_READ_TIMEOUT", 408, "request body stalled for longer than the read timeout")
+UPLOAD_TOO_SLOW = ErrorKind("ERR_UPLOAD_TOO_SLOW", 408, "request body arrived slower than the minimum upload rate")
 INVALID_RANGE = ErrorKind("ERR_INVALID_RANGE", 416, "Range is not satisfiable")
 INVALID_HEADER = ErrorKind("ERR_INVALID_HEADER", 400, "a request header is malformed")
 AMBIGUOUS_HEADER = ErrorKind("ERR_AMBIGUOUS_HEADER", 400, "a tus header was sent with more than one value")

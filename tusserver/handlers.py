@@ -15,7 +15,7 @@ from aiohttp import web
 
 from . import errors, protocol
 from .auth import auth_enabled
-from .body import Body, ClientGone, ReleaseRequested
+from .body import Body, ClientGone, ReleaseRequested, bound_buffering
 from .cancellation import await_to_completion
 from .config import Config
 from .errors import TusError
@@ -206,7 +206,14 @@ class TusHandlers:
         by_quota = quota_left is not None and (limit is None or quota_left < limit)
         if by_quota:
             limit = quota_left
-        body = Body(request.content, limit, checksum, self.config.read_timeout)
+        body = Body(
+            request.content,
+            limit,
+            checksum,
+            self.config.read_timeout,
+            self.config.min_upload_rate,
+            self.config.min_upload_rate_window,
+        )
         request[BODY] = body
         if STOP_REASON in request:  # asked to let go before the body started
             body.stop(request[STOP_REASON])
@@ -331,6 +338,7 @@ class TusHandlers:
 
     async def post(self, request: web.Request) -> web.Response:
         if protocol.is_offset_content_type(request.headers.get("Content-Type")):
+            bound_buffering(request.content)  # before any wait: meanwhile aiohttp reads on
             with self.uploads.take():  # a body: an upload in progress, within the instance's limit
                 return await self._create(request)
         return await self._create(request)
@@ -566,6 +574,7 @@ class TusHandlers:
         return web.Response(status=200, headers=headers)
 
     async def patch(self, request: web.Request) -> web.Response:
+        bound_buffering(request.content)  # before any wait: meanwhile aiohttp reads on
         with self.uploads.take():  # an upload in progress, within the instance's limit
             return await self._patch(request)
 

@@ -340,5 +340,7 @@ def validate(config: Config) -> None:
     for name in ("max_concat_partials", "max_finals_per_partial"):
         if getattr(config, name) < 1:
             raise ConfigError(f"{name} must be at least 1, got {getattr(config, name)}")
+    if config.min_upload_rate_window < 1:
+        raise ConfigError(f"min_upload_rate_window must be at least 1 second, got {config.min_upload_rate_window}")
     if not 1 <= config.s3_presign_expiry <= 7 * 86400:
         raise ConfigError(f"s3_presign_expiry must be 1 to 604800 seconds (7 days), got {config.s3_presign_expiry}")

@@ -1,0 +1,223 @@
+"""Slow and many bodies are bounded, in a real server process: RAM per body in flight
+(VmRSS / VmHWM from /proc), and a minimum upload rate (408, the bytes kept)."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import hashlib
+import os
+import resource
+import struct
+import termios
+import time
+
+import pytest
+
+from tests.hanging import HangingPatch, wait_until
+from tests.serverproc import ServerProcess
+
+KiB = 1 << 10
+MiB = 1 << 20
+PATIENCE = 60  # seconds; a bound against hanging, not a timing assertion
+
+
+@pytest.fixture(autouse=True)
+def enough_file_descriptors():
+    """Hundreds of connections on each side; the server inherits the limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))
+    yield
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def proc_status(pid: int, key: str) -> int:
+    """A /proc/<pid>/status value in KiB (VmRSS, VmHWM)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    raise AssertionError(f"no {key} in /proc/{pid}/status")
+
+
+def unsent(writer: asyncio.StreamWriter) -> int:
+    """Bytes the kernel has not yet handed to the peer (TIOCOUTQ)."""
+    sock = writer.get_extra_info("socket")
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+
+
+async def settled_rss(pid: int, quiet: float = 2.0) -> int:
+    """VmRSS once it has stopped moving (by more than 256 KiB) for `quiet` seconds."""
+    last, stable_since, deadline = proc_status(pid, "VmRSS"), time.monotonic(), time.monotonic() + PATIENCE
+    while time.monotonic() - stable_since < quiet and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+        now = proc_status(pid, "VmRSS")
+        if abs(now - last) > 256:
+            stable_since = time.monotonic()
+        last = now
+    return last
+
+
+async def raw_request(port: int, request: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, int, dict]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(request.encode())
+    status, headers = await read_head(reader)
+    return reader, writer, status, headers
+
+
+async def read_head(reader: asyncio.StreamReader) -> tuple[int, dict[str, str]]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines if line)}
+    await reader.readexactly(int(headers.get("content-length", "0")))
+    return int(status_line.split()[1]), headers
+
+
+async def create(port: int, length: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, str]:
+    """POST over a raw connection kept open for the PATCH; returns it and the upload's path."""
+    reader, writer, status, headers = await raw_request(
+        port,
+        f"POST /files/ HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\nUpload-Length: {length}\r\n"
+        "Content-Length: 0\r\n\r\n",
+    )
+    assert status == 201
+    return reader, writer, "/files/" + headers["location"].rsplit("/", 1)[1]
+
+
+def patch_head(path: str, offset: int, length: int) -> bytes:
+    return (
+        f"PATCH {path} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\n"
+        f"Content-Type: application/offset+octet-stream\r\nUpload-Offset: {offset}\r\nContent-Length: {length}\r\n\r\n"
+    ).encode()
+
+
+async def send(writer: asyncio.StreamWriter, data: bytes) -> None:
+    view = memoryview(data)
+    for start in range(0, len(data), 64 * KiB):  # the client's own buffer stays small
+        writer.write(view[start : start + 64 * KiB])
+        await writer.drain()
+
+
+async def head_offset(port: int, path: str) -> int:
+    _, writer, status, headers = await raw_request(
+        port, f"HEAD {path} HTTP/1.1\r\nHost: x\r\nTus-Resumable: 1.0.0\r\nConnection: close\r\n\r\n"
+    )
+    writer.close()
+    assert status == 200
+    return int(headers["upload-offset"])
+
+
+# RAM per body is measured here: the default max_concurrent_uploads (200) has its own test.
+UNLIMITED = ("--max-concurrent-uploads", "none")
+
+async def test_300_stalled_bodies_grow_the_servers_rss_by_at_most_256_kib_each(tmp_path):
+    """Each PATCH announces 1 MiB, sends 900 KB, then stalls (910-950 KiB of RSS each before)."""
+    sent = 900_000
+    server = await ServerProcess(*UNLIMITED, "--store", "file", "--file-dir", str(tmp_path / "uploads")).start()
+    try:
+        pid = server.proc.pid
+        connections = [await create(server.port, MiB) for _ in range(300)]
+        before = await settled_rss(pid)
+        data = os.urandom(sent)
+        for _, writer, path in connections:
+            writer.write(patch_head(path, 0, MiB))
+            await send(writer, data)
+        # Every byte has left our sockets, and the server has taken what its kernel got.
+        await wait_until(lambda: all(unsent(w) == 0 for _, w, _ in connections), "the bodies to be sent", PATIENCE)
+        after = await settled_rss(pid)
+        per_body = (after - before) / len(connections)
+        print(f"RSS per stalled body: {per_body:.1f} KiB ({before} -> {after} KiB)")
+        assert per_body <= 256, f"{per_body:.1f} KiB of server RSS per stalled body"
+        # The stall is no reason to hold the bytes in RAM: they are on disk already.
+        uploads = tmp_path / "uploads"
+        for _, _, path in connections:
+            assert os.path.getsize(uploads / path.rsplit("/", 1)[1]) == sent
+        for _, writer, _ in connections:
+            writer.close()
+    finally:
+        await server.stop()
+
+
+async def test_500_concurrent_1mib_uploads_peak_under_200_mib_of_server_rss(tmp_path):
+    """480-660 MiB above the idle server's RSS before bodies were bounded."""
+    data = os.urandom(MiB)
+    server = await ServerProcess(*UNLIMITED, "--store", "file", "--file-dir", str(tmp_path / "uploads")).start()
+    try:
+        pid = server.proc.pid
+        idle = proc_status(pid, "VmRSS")
+
+        async def upload() -> str:
+            reader, writer, path = await create(server.port, len(data))
+            writer.write(patch_head(path, 0, len(data)))
+            await send(writer, data)
+            status, headers = await read_head(reader)
+            writer.close()
+            assert (status, headers["upload-offset"]) == (204, str(len(data)))
+            return path
+
+        paths = await asyncio.wait_for(asyncio.gather(*(upload() for _ in range(500))), PATIENCE * 3)
+        peak = proc_status(pid, "VmHWM") - idle
+        print(f"peak RSS for 500 concurrent 1 MiB uploads: +{peak / KiB:.0f} MiB")
+        assert peak <= 200 * KiB, f"peak RSS {peak / KiB:.0f} MiB above the idle server"
+        digest = hashlib.sha256(data).hexdigest()
+        for path in paths:
+            with open(tmp_path / "uploads" / path.rsplit("/", 1)[1], "rb") as f:
+                assert hashlib.sha256(f.read()).hexdigest() == digest
+    finally:
+        await server.stop()
+
+
+async def test_a_body_below_min_upload_rate_is_408_and_keeps_its_bytes(tmp_path):
+    """A trickle never idle for read_timeout, but below the minimum rate, is cut off at the
+    end of the window; HEAD then reports every byte received."""
+    server = await ServerProcess(
+        "--store", "file", "--file-dir", str(tmp_path / "uploads"),
+        "--read-timeout", "1", "--min-upload-rate", "1000", "--min-upload-rate-window", "2",
+    ).start()  # fmt: skip
+    try:
+        _, creator, path = await create(server.port, 10_000)
+        creator.close()
+        hanging = await HangingPatch.start("127.0.0.1", server.port, path, 0, 10_000)
+        answer = asyncio.ensure_future(hanging.response())
+        data = os.urandom(10_000)
+        deadline = time.monotonic() + PATIENCE
+        while not answer.done() and time.monotonic() < deadline:  # 500 bytes/s, every 0.2 s
+            try:
+                await hanging.send(data[hanging.sent : hanging.sent + 100])
+            except ConnectionError:
+                break
+            await asyncio.wait({answer}, timeout=0.2)
+        response = await asyncio.wait_for(answer, PATIENCE)
+        hanging.close()
+        assert response.status == 408
+        assert response.body.startswith(b"request body arrived slower than the minimum upload rate: ")
+        assert response.body.endswith(b"; the minimum is 1000 bytes/s\n")
+        offset = await head_offset(server.port, path)
+        assert 0 < offset <= hanging.sent < 2000  # cut off in its first window
+        with open(tmp_path / "uploads" / path.rsplit("/", 1)[1], "rb") as f:
+            assert f.read() == data[:offset]
+    finally:
+        await server.stop()
+
+
+async def test_a_body_at_min_upload_rate_with_pauses_completes(tmp_path):
+    """5,000 bytes/s in bursts with 0.5 s pauses, over three 1 s windows at 1,000 bytes/s."""
+    server = await ServerProcess(
+        "--store", "file", "--file-dir", str(tmp_path / "uploads"),
+        "--min-upload-rate", "1000", "--min-upload-rate-window", "1",
+    ).start()  # fmt: skip
+    try:
+        data = os.urandom(15_000)
+        _, creator, path = await create(server.port, len(data))
+        creator.close()
+        hanging = await HangingPatch.start("127.0.0.1", server.port, path, 0, len(data))
+        for start in range(0, len(data), 2500):
+            await hanging.send(data[start : start + 2500])
+            await asyncio.sleep(0.5)
+        response = await asyncio.wait_for(hanging.response(), PATIENCE)
+        hanging.close()
+        assert (response.status, response.headers["upload-offset"]) == (204, str(len(data)))
+        with open(tmp_path / "uploads" / path.rsplit("/", 1)[1], "rb") as f:
+            assert hashlib.sha256(f.read()).hexdigest() == hashlib.sha256(data).hexdigest()
+    finally:
+        await server.stop()
