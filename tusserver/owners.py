@@ -177,15 +177,18 @@ class Owners:
         in place of what is stored for the same upload."""
         usage = Usage()
         seen = set()
+        # Taken before the store is read: a creation that ends meanwhile drops its reservation,
+        # and its upload may not have been stored yet when the listing passed it.
+        reservations = dict(state.reserved)
         if self.store is not None:
             async for _, info in self._live(owner_key(owner), None, 1000):
                 seen.add(info.id)
                 usage.uploads += 1
-                if info.id in state.reserved:
-                    usage.bytes += state.reserved[info.id]
+                if info.id in reservations:
+                    usage.bytes += reservations[info.id]
                 else:
                     usage.bytes += info.length if info.length is not None else info.offset
-        for upload_id, reserved in state.reserved.items():
+        for upload_id, reserved in reservations.items():
             if upload_id not in seen:
                 usage.uploads += 1
                 usage.bytes += reserved
