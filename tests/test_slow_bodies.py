@@ -138,6 +138,44 @@ async def test_300_stalled_bodies_grow_the_servers_rss_by_at_most_256_kib_each(t
         await server.stop()
 
 
+
+@pytest.mark.parametrize("store_kind", ["s3"])
+async def test_300_stalled_bodies_on_s3_grow_the_servers_rss_by_at_most_256_kib_each(server_args, tmp_path):
+    """The S3 store spools a body to temp files: a stalled one holds its bytes there, not in RAM,
+    and keeps them when its client goes away."""
+    sent = 900_000
+    server = await ServerProcess(*UNLIMITED, *server_args).start()
+    try:
+        pid = server.proc.pid
+        connections = [await create(server.port, MiB) for _ in range(300)]
+        before = await settled_rss(pid)
+        data = os.urandom(sent)
+        for _, writer, path in connections:
+            writer.write(patch_head(path, 0, MiB))
+            await send(writer, data)
+        await wait_until(lambda: all(unsent(w) == 0 for _, w, _ in connections), "the bodies to be sent", PATIENCE)
+        after = await settled_rss(pid)
+        per_body = (after - before) / len(connections)
+        print(f"RSS per stalled body on S3: {per_body:.1f} KiB ({before} -> {after} KiB)")
+        assert per_body <= 256, f"{per_body:.1f} KiB of server RSS per stalled body"
+        for _, writer, _ in connections:
+            writer.close()
+        for _, _, path in connections[:: len(connections) // 10]:  # a sample: each HEAD costs S3 calls
+            await wait_until_offset(server.port, path, sent)
+    finally:
+        await server.stop()
+
+
+async def wait_until_offset(port: int, path: str, offset: int) -> None:
+    """The dropped body's bytes are stored once the server has noticed the drop."""
+    now = None
+    for _ in range(int(PATIENCE / 0.2)):
+        now = await head_offset(port, path)
+        if now == offset:
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{path} is at {now}, not {offset}")
+
 async def test_500_concurrent_1mib_uploads_peak_under_200_mib_of_server_rss(tmp_path):
     """480-660 MiB above the idle server's RSS before bodies were bounded."""
     data = os.urandom(MiB)
