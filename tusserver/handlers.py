@@ -533,7 +533,8 @@ class TusHandlers:
             await self.store.save_info(info)
             raise
         await self.store.finish(info)
-        posts.add(POST_FINISH, info)
+        if self.hooks.wants(POST_FINISH):  # a copy of the upload per event: only when someone listens
+            posts.add(POST_FINISH, info)
         if info.concat == "partial":
             # Their concatenations run in the background, not in this request.
             for final_id in await self.store.finals_of(info.id):
