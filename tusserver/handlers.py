@@ -72,8 +72,9 @@ class _Posts:
 
     events: list[tuple[str, UploadInfo]] = dataclasses.field(default_factory=list)
 
-    def add(self, name: str, info: UploadInfo) -> None:
-        self.events.append((name, copy.deepcopy(info)))  # as it is now, not as it is later
+    def add(self, name: str, info: UploadInfo, *, snapshot: bool = True) -> None:
+        """`snapshot`: deliver the upload as it is now, not as it is later (a deep copy)."""
+        self.events.append((name, copy.deepcopy(info) if snapshot else info))
 
 
 class TusHandlers:
@@ -533,8 +534,8 @@ class TusHandlers:
             await self.store.save_info(info)
             raise
         await self.store.finish(info)
-        if self.hooks.wants(POST_FINISH):  # a copy of the upload per event: only when someone listens
-            posts.add(POST_FINISH, info)
+        # Counted by the metrics either way; copied only for a hook that will see it.
+        posts.add(POST_FINISH, info, snapshot=self.hooks.wants(POST_FINISH))
         if info.concat == "partial":
             # Their concatenations run in the background, not in this request.
             for final_id in await self.store.finals_of(info.id):
