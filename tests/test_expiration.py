@@ -292,7 +292,7 @@ async def test_a_cleanup_pass_reads_no_finished_upload_and_no_young_one(aiohttp_
     if store_kind == "s3":
         store.client.meta.events.register("before-call.s3", lambda model, **_: calls.append(model.name))
     else:
-        for name in ("read_info", "get_info"):
+        for name in ("peek_info", "get_info"):
             method = getattr(store, name)
 
             def counted(upload_id, _method=method, _name=name):
@@ -308,6 +308,6 @@ async def test_a_cleanup_pass_reads_no_finished_upload_and_no_young_one(aiohttp_
     if store_kind == "s3":
         assert calls[0] == "ListObjectsV2" and calls.count("GetObject") == 2  # .info, then under the lock
     else:
-        assert calls == ["read_info", "get_info"]
+        assert calls == ["peek_info", "get_info"]
     assert (await head(client, young)).status == 404
     assert len([u async for u in store.list_uploads()]) == 40

@@ -48,7 +48,7 @@ async def clean_expired(
     removed = 0
     async for upload_id in candidates:
         try:
-            info = await store.read_info(upload_id)
+            info = await store.peek_info(upload_id)
             if info.finished and not config.expire_finished:
                 await store.forget_unfinished(upload_id)  # a finish the index missed
                 continue

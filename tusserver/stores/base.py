@@ -202,9 +202,9 @@ class ExpiringStore(Protocol):
 
     async def forget_unfinished(self, upload_id: str) -> None: ...
 
-    async def read_info(self, upload_id: str) -> UploadInfo:
-        """The `.info` record alone (`offset` not derived). Raises TusError(NOT_FOUND)
-        or CorruptInfo."""
+    async def peek_info(self, upload_id: str) -> UploadInfo:
+        """The `.info` record alone, in one read (`offset` not derived). Raises
+        TusError(NOT_FOUND) or CorruptInfo."""
 
     async def clean_orphans(self, older_than: float) -> int:
         """Remove storage debris older than a timestamp that is recognisably this

@@ -99,7 +99,7 @@ class FileStore:
             raise
 
     async def get_info(self, upload_id: str) -> UploadInfo:
-        info = await self.peek_info(upload_id)
+        info = self._read_info(upload_id)
         try:
             info.offset = os.stat(self._path(upload_id)).st_size
         except FileNotFoundError:
@@ -107,6 +107,9 @@ class FileStore:
         return info
 
     async def peek_info(self, upload_id: str) -> UploadInfo:
+        return self._read_info(upload_id)
+
+    def _read_info(self, upload_id: str) -> UploadInfo:
         try:
             with open(self._path(upload_id, ".info"), "rb") as f:
                 return parse_info(upload_id, f.read())
@@ -248,13 +251,6 @@ class FileStore:
 
     async def forget_unfinished(self, upload_id: str) -> None:
         self._unmark(upload_id)
-
-    async def read_info(self, upload_id: str) -> UploadInfo:
-        try:
-            with open(self._path(upload_id, ".info"), "rb") as f:
-                return parse_info(upload_id, f.read())
-        except FileNotFoundError:
-            raise TusError(errors.NOT_FOUND) from None
 
     async def list_uploads(self) -> AsyncIterator[str]:
         for upload_id in await asyncio.to_thread(self._scan_ids):

@@ -1008,9 +1008,6 @@ class S3Store:
         self._key(upload_id)  # validates the id
         return f"{self.prefix}{UNFINISHED}{upload_id}"
 
-    async def read_info(self, upload_id: str) -> UploadInfo:
-        return await self._read_info(upload_id)
-
     async def forget_unfinished(self, upload_id: str) -> None:
         await self._delete(self._marker(upload_id))
 
