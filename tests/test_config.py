@@ -162,8 +162,8 @@ def test_missing_config_file_is_an_error(tmp_path):
         ({"TUSSERVER_LOCK_TIMEOUT": "-1"}, "lock_timeout must not be negative"),
         ({"TUSSERVER_S3_PART_SIZE": "1MiB"}, r"s3_part_size \(1048576\) must be at least s3_min_part_size"),
         ({"TUSSERVER_PUBLIC_URL": "https://a.example/x"}, "public_url must be scheme://host"),
-        ({"TUSSERVER_HOOKS_QUEUE_SIZE": "0"}, "hooks_queue_size and hooks_workers must be at least 1"),
-        ({"TUSSERVER_HOOKS_WORKERS": "0"}, "hooks_queue_size and hooks_workers must be at least 1"),
+        ({"TUSSERVER_HOOKS_QUEUE_SIZE": "0"}, "hooks_queue_size must be at least 1, got 0"),
+        ({"TUSSERVER_HOOKS_WORKERS": "0"}, "hooks_workers must be at least 1, got 0"),
     ],
 )
 def test_invalid_values_are_rejected_once_at_load(env, message):

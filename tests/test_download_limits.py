@@ -215,7 +215,7 @@ async def test_readyz_asks_s3_at_most_once_a_second(aiohttp_client, s3_store):
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"TUSSERVER_MAX_CONCURRENT_DOWNLOADS": "0"}, "max_concurrent_downloads must be at least 1"),
+        ({"TUSSERVER_MAX_CONCURRENT_DOWNLOADS": "0"}, "max_concurrent_downloads must be at least 1, got 0"),
         ({"TUSSERVER_DOWNLOAD_STALL_TIMEOUT": "0"}, "download_stall_timeout must be more than 0 seconds, got 0.0"),
     ],
 )

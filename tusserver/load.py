@@ -36,6 +36,21 @@ _MINIMUMS = (
     ("lock_lease", 1.0, "1 second"),
     ("cleanup_interval", 1.0, "1 second"),
     ("s3_min_part_size", 5 * MiB, "5MiB, the smallest part S3 accepts"),
+    ("min_upload_rate_window", 1.0, "1 second"),
+    # Counts of workers, slots and queue places: 0 would stop the work, or (a queue) unbound it.
+    *(
+        (name, 1, "1")
+        for name in (
+            "s3_upload_concurrency",
+            "s3_max_concurrency",
+            "max_concurrent_uploads",
+            "max_concurrent_downloads",
+            "hooks_queue_size",
+            "hooks_workers",
+            "max_concat_partials",
+            "max_finals_per_partial",
+        )
+    ),
 )
 _S3_MAX_PART = 5 * GiB  # the largest part S3 accepts
 # Fields whose value is one of a few words; the CLI offers them as choices.
@@ -305,7 +320,7 @@ def validate(config: Config) -> None:
     if config.public_url is not None and not re.match(r"https?://[^/]+/?$", config.public_url):
         raise ConfigError(f"public_url must be scheme://host[:port] only, got {config.public_url!r}")
     for name, lowest, shown in _MINIMUMS:
-        if getattr(config, name) < lowest:
+        if getattr(config, name) is not None and getattr(config, name) < lowest:
             raise ConfigError(f"{name} must be at least {shown}, got {getattr(config, name)}")
     if config.s3_part_size < config.s3_min_part_size:
         raise ConfigError(
@@ -318,15 +333,8 @@ def validate(config: Config) -> None:
         raise ConfigError(
             f"temp_max_size ({config.temp_max_size}) must be at least twice s3_part_size ({config.s3_part_size})"
         )
-    if config.s3_upload_concurrency < 1 or config.s3_max_concurrency < 1:
-        raise ConfigError("s3_upload_concurrency and s3_max_concurrency must be at least 1")
-    if config.max_concurrent_downloads < 1:
-        raise ConfigError("max_concurrent_downloads must be at least 1")
     if config.download_stall_timeout <= 0:
         raise ConfigError(f"download_stall_timeout must be more than 0 seconds, got {config.download_stall_timeout}")
-    if config.hooks_queue_size < 1 or config.hooks_workers < 1:
-        # asyncio.Queue(0) would be unbounded.
-        raise ConfigError("hooks_queue_size and hooks_workers must be at least 1")
     unknown = [name for name in config.hooks_events if name not in EVENTS]
     if unknown:
         raise ConfigError(f"hooks_events: unknown {', '.join(unknown)}; expected some of {', '.join(EVENTS)}")
@@ -335,12 +343,5 @@ def validate(config: Config) -> None:
         raise ConfigError("hooks_url must be an http:// or https:// URL")
     if config.auth_secret is not None and len(config.auth_secret) < 16:
         raise ConfigError("auth_secret must be at least 16 characters (32 random ones are better)")
-    if config.max_concurrent_uploads is not None and config.max_concurrent_uploads < 1:
-        raise ConfigError("max_concurrent_uploads must be at least 1 (or unset)")
-    for name in ("max_concat_partials", "max_finals_per_partial"):
-        if getattr(config, name) < 1:
-            raise ConfigError(f"{name} must be at least 1, got {getattr(config, name)}")
-    if config.min_upload_rate_window < 1:
-        raise ConfigError(f"min_upload_rate_window must be at least 1 second, got {config.min_upload_rate_window}")
     if not 1 <= config.s3_presign_expiry <= 7 * 86400:
         raise ConfigError(f"s3_presign_expiry must be 1 to 604800 seconds (7 days), got {config.s3_presign_expiry}")
