@@ -786,18 +786,29 @@ async def test_orphan_cleanup_needs_a_prefix_or_a_dedicated_bucket(moto_endpoint
     assert s3.multipart_uploads() == [] and s3.keys() == []
 
 
-async def test_concatenation_mixes_part_copies_and_streamed_small_partials(serve, s3, spool_dir):
-    server = await serve()
-    pieces = [payload(6 * MiB, seed=20), b"ab", payload(5 * MiB, seed=21), payload(3, seed=22), b"z"]
+async def upload_partials(server, pieces: list[bytes]) -> list[str]:
+    """One finished partial upload per piece; their ids."""
     ids = []
     for piece in pieces:
         upload_id = await server.create(len(piece), Upload_Concat="partial")
-        await server.patch(upload_id, 0, piece)
+        if piece:
+            await server.patch(upload_id, 0, piece)
         ids.append(upload_id)
+    return ids
+
+
+async def create_final(server, ids: list[str]) -> str:
+    """The id of a final upload of `ids`, created with 201."""
     headers = {**TUS, "Upload-Concat": "final;" + " ".join(f"/{i}" for i in ids)}
     async with server.client.post("/", headers=headers) as resp:
         assert resp.status == 201, await resp.text()
-        final = URL(resp.headers["Location"]).path.rsplit("/", 1)[1]
+        return URL(resp.headers["Location"]).path.rsplit("/", 1)[1]
+
+async def test_concatenation_mixes_part_copies_and_streamed_small_partials(serve, s3, spool_dir):
+    server = await serve()
+    pieces = [payload(6 * MiB, seed=20), b"ab", payload(5 * MiB, seed=21), payload(3, seed=22), b"z"]
+    ids = await upload_partials(server, pieces)
+    final = await create_final(server, ids)
     s3.assert_object(final, b"".join(pieces))
     for upload_id, piece in zip(ids, pieces, strict=True):
         assert s3.get(upload_id) == piece
@@ -874,16 +885,9 @@ async def test_concatenation_with_uniform_parts_is_byte_exact_with_equal_parts(s
     # Parts: [A 0-5M) copied; [A 5M-6M+1, B, C 0-4M-3) streamed; [C 4M-3..9M-3) copied from
     # the middle of C; [C 9M-3..12M, D, E) streamed, the shorter last part.
     pieces = [payload(6 * MiB + 1, seed=30), b"ab", payload(12 * MiB, seed=31), payload(3, seed=32), b"z"]
-    ids = []
-    for piece in pieces:
-        upload_id = await server.create(len(piece), Upload_Concat="partial")
-        await server.patch(upload_id, 0, piece)
-        ids.append(upload_id)
+    ids = await upload_partials(server, pieces)
     calls.clear()
-    headers = {**TUS, "Upload-Concat": "final;" + " ".join(f"/{i}" for i in ids)}
-    async with server.client.post("/", headers=headers) as resp:
-        assert resp.status == 201, await resp.text()
-        final = URL(resp.headers["Location"]).path.rsplit("/", 1)[1]
+    final = await create_final(server, ids)
     data = b"".join(pieces)
     s3.assert_object(final, data)
     assert object_part_sizes(s3, final) == [5 * MiB, 5 * MiB, 5 * MiB, len(data) - 15 * MiB]
@@ -895,16 +899,8 @@ async def test_concatenation_with_uniform_parts_is_byte_exact_with_equal_parts(s
 async def test_concatenation_with_uniform_parts_of_partials_smaller_than_a_part(serve, s3, spool_dir):
     server = await serve(uniform_parts=True, part_size=5 * MiB)
     pieces = [payload(3 * MiB, seed=33), payload(3 * MiB, seed=34), payload(3 * MiB, seed=35), b""]
-    ids = []
-    for piece in pieces:
-        upload_id = await server.create(len(piece), Upload_Concat="partial")
-        if piece:
-            await server.patch(upload_id, 0, piece)
-        ids.append(upload_id)
-    headers = {**TUS, "Upload-Concat": "final;" + " ".join(f"/{i}" for i in ids)}
-    async with server.client.post("/", headers=headers) as resp:
-        assert resp.status == 201, await resp.text()
-        final = URL(resp.headers["Location"]).path.rsplit("/", 1)[1]
+    ids = await upload_partials(server, pieces)
+    final = await create_final(server, ids)
     s3.assert_object(final, b"".join(pieces))
     assert object_part_sizes(s3, final) == [5 * MiB, 4 * MiB]
     assert_no_temp_files(spool_dir)
