@@ -567,6 +567,29 @@ def record_calls(store: S3Store) -> list[str]:
     return calls
 
 
+async def test_only_an_upload_that_had_a_tail_chunk_is_listed(serve, s3):
+    """`.info` says whether a tail chunk was ever written: HEADs of other uploads cost one GET."""
+    data = payload(300 * 1024, seed=31)
+    server = await serve()
+    upload_id = await server.create(len(data))
+    calls = record_calls(server.store)
+    assert await server.offset(upload_id) == 0
+    assert calls == ["GetObject"]
+    assert await server.patch(upload_id, 0, data[:1000]) == 1000  # too short for a part: a chunk
+    assert json.loads(s3.get(f"{upload_id}.info"))["storage"]["tails"] is True
+    other = await serve()  # knows nothing of the upload: `.info` alone tells it to list
+    calls = record_calls(other.store)
+    assert await other.offset(upload_id) == 1000
+    assert sorted(calls) == ["GetObject", "ListObjectsV2"]
+    # `.info` written before the flag existed: the chunks are listed.
+    info = json.loads(s3.get(f"{upload_id}.info"))
+    del info["storage"]["tails"]
+    s3.s3.put_object(Bucket=s3.name, Key=f"{upload_id}.info", Body=json.dumps(info).encode())
+    assert await (await serve()).offset(upload_id) == 1000
+    assert await other.patch(upload_id, 1000, data[1000:]) == len(data)
+    s3.assert_object(upload_id, data)
+
+
 async def test_small_upload_in_one_patch_is_one_put_object_without_multipart(serve, s3, spool_dir):
     data = payload(256 * 1024, seed=30)
     server = await serve()
@@ -578,9 +601,9 @@ async def test_small_upload_in_one_patch_is_one_put_object_without_multipart(ser
     assert calls == ["PutObject", "PutObject"]
     calls.clear()
     assert await server.patch(upload_id, 0, data) == len(data)
-    # GET .info and the tail chunks listed (the state), the object in one PutObject, .info finished,
-    # the index entry deleted.
-    assert sorted(calls) == ["DeleteObject", "GetObject", "ListObjectsV2", "PutObject", "PutObject"]
+    # GET .info (it says the upload never had a tail chunk: no listing), the object in one
+    # PutObject, .info finished, the index entry deleted.
+    assert sorted(calls) == ["DeleteObject", "GetObject", "PutObject", "PutObject"]
     s3.assert_object(upload_id, data)
     head = s3.head(upload_id)
     assert head["ContentType"] == "image/png" and head["Metadata"] == {"filetype": "image/png", "filename": "caf??.png"}
@@ -647,7 +670,7 @@ async def test_a_patch_of_full_parts_completes_with_the_parts_it_stored(serve, s
     calls = record_calls(server.store)
     assert await server.patch(upload_id, 0, data) == len(data)
     assert sorted(calls) == sorted(
-        ["GetObject", "ListObjectsV2", "CreateMultipartUpload", "PutObject"]
+        ["GetObject", "CreateMultipartUpload", "PutObject"]  # never a tail chunk: no listing
         + ["UploadPart"] * 3
         + ["CompleteMultipartUpload", "PutObject", "DeleteObject"]
     )

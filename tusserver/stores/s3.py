@@ -17,7 +17,8 @@ object's ETag) in `.info` only if it is not finished in the same request.
 
 The offset is derived on every read: the parts numbered 1..n without gaps, plus the
 tail: the chain of chunks for part n+1 that starts where part n ends, each chunk
-starting where the one before it ends (one ListObjectsV2). Every change of the tail
+starting where the one before it ends (one ListObjectsV2, skipped while `.info` says
+that no chunk was ever written: most uploads never have one). Every change of the tail
 is one PutObject that S3 applies whole, and anything off the chain is ignored (and
 deleted by the next PATCH), so HEAD reports exactly what is stored, on any instance:
 - a PATCH too short to make a part adds a chunk at the chain's end;
@@ -199,6 +200,12 @@ class _Chunk:
     size: int
 
 
+def may_have_chunks(info: UploadInfo) -> bool:
+    """False once `.info` says no tail chunk was ever written (`tails`, set to true before
+    the first one is); `.info` from before the flag has none and may have chunks."""
+    return info.storage.get("tails", True) is not False
+
+
 def tail_chain(chunks: list[_Chunk], next_part: int, start: int) -> tuple[list[_Chunk], list[_Chunk]]:
     """(the tail: the chunks for `next_part` chained from offset `start` on, every other chunk)."""
     by_start = {c.start: c for c in chunks if c.next_part == next_part and c.size > 0}
@@ -279,6 +286,8 @@ class S3Store:
         # id -> S3 UploadId. It never changes while the upload is unfinished, so it is
         # safe to remember; it lets get_info list parts while .info is still loading.
         self._upload_ids: OrderedDict[str, str] = OrderedDict()
+        # Ids whose `.info` says they had tail chunks: a flag that is never unset.
+        self._tailed: OrderedDict[str, bool] = OrderedDict()
         # id -> (the UploadInfo get_info() returned, the state it read), for the append()
         # that follows in the same request; see _kept_state().
         self._states: OrderedDict[str, tuple[UploadInfo, _State]] = OrderedDict()
@@ -444,7 +453,7 @@ class S3Store:
         return f"{self._key(upload_id, TAIL_SUFFIX)}{next_part}.{start}"
 
     async def _list_chunks(self, upload_id: str) -> list[_Chunk]:
-        """Every tail chunk of the upload, on the chain or not."""
+        """Every tail chunk of the upload, on the chain or not (see _chunks_of)."""
         prefix = self._key(upload_id, TAIL_SUFFIX)
         chunks = []
         paginator = self._client.get_paginator("list_objects_v2")
@@ -479,8 +488,12 @@ class S3Store:
             batch = [{"Key": key} for key in keys[i : i + DELETE_BATCH]]
             await self._call("delete_objects", Delete={"Objects": batch, "Quiet": True})
 
-    async def _delete_tail(self, upload_id: str) -> None:
-        await self._delete_keys([c.key for c in await self._list_chunks(upload_id)])
+    async def _chunks_of(self, info: UploadInfo) -> list[_Chunk]:
+        """The upload's tail chunks, without a listing if `.info` says it never had one."""
+        return await self._list_chunks(info.id) if may_have_chunks(info) else []
+
+    async def _delete_tail(self, info: UploadInfo) -> None:
+        await self._delete_keys([c.key for c in await self._chunks_of(info)])
 
     async def _list_parts(self, info: UploadInfo) -> list[dict[str, Any]]:
         """Every part of the upload, in order, following PartNumberMarker past 1000."""
@@ -515,8 +528,8 @@ class S3Store:
 
     async def _read_state(self, info: UploadInfo) -> _State:
         if not info.storage.get("upload_id"):
-            return self._state(info, [], await self._list_chunks(info.id))
-        listed, chunks = await asyncio.gather(self._list_parts(info), self._list_chunks(info.id))
+            return self._state(info, [], await self._chunks_of(info))
+        listed, chunks = await asyncio.gather(self._list_parts(info), self._chunks_of(info))
         return self._state(info, listed, chunks)
 
     def _kept_state(self, info: UploadInfo) -> _State | None:
@@ -560,7 +573,7 @@ class S3Store:
         if info.length is not None and info.length > MAX_OBJECT_SIZE:
             raise TusError(errors.MAX_SIZE_EXCEEDED, "S3 objects are at most 5 TiB")
         # No multipart upload yet: small uploads never need one (see _PartWriter).
-        info.storage = {"type": "s3", "bucket": self.bucket, "key": self._key(info.id)}
+        info.storage = {"type": "s3", "bucket": self.bucket, "key": self._key(info.id), "tails": False}
         if self.uniform_parts:
             info.storage["part_size"] = uniform_part_size(info.length, self.part_size, self.min_part_size)
         # Before `.info`, and kept if the id is taken: a stale entry costs the cleaner one
@@ -606,12 +619,18 @@ class S3Store:
                 )
             return None
 
-        info, chunks, listed = await asyncio.gather(
-            self._read_info(upload_id), self._list_chunks(upload_id), early_parts()
-        )
+        async def early_chunks() -> list[_Chunk] | None:
+            # Listed alongside `.info` only for an upload seen with chunks: most never have one.
+            return await self._list_chunks(upload_id) if upload_id in self._tailed else None
+
+        info, chunks, listed = await asyncio.gather(self._read_info(upload_id), early_chunks(), early_parts())
         if info.finished:
             info.offset = info.length or 0
             return info
+        if info.storage.get("tails"):
+            self._keep(self._tailed, upload_id, True)
+        if chunks is None:
+            chunks = await self._chunks_of(info)
         upload = info.storage.get("upload_id")
         if not upload:
             listed = []
@@ -783,7 +802,7 @@ class S3Store:
     async def terminate(self, info: UploadInfo) -> None:
         key = self._key(info.id)
         # `<id>.part`: the tail object of older versions.
-        jobs = [self._delete(key), self._delete_tail(info.id), self._delete(self._key(info.id, ".part"))]
+        jobs = [self._delete(key), self._delete_tail(info), self._delete(self._key(info.id, ".part"))]
         if info.storage.get("upload_id") and not info.finished:
             jobs.append(self._abort(key, info.storage["upload_id"]))
         await asyncio.gather(*jobs)
@@ -1405,6 +1424,10 @@ class _PartWriter:
                 absorbed = []
             finally:
                 joined.discard()
+        if self.info.storage.get("tails") is False:
+            # Before the first chunk exists: from then on every read lists the chunks.
+            self.info.storage["tails"] = True
+            await self.store.save_info(self.info)
         key = self.store._chunk_key(self.info.id, self.next_part, start)
         with piece.open() as f:
             await self.store._call("put_object", Key=key, Body=f, ContentLength=piece.size)
