@@ -8,6 +8,7 @@ import hashlib
 import time
 import zlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import StreamReader
 
@@ -165,7 +166,7 @@ class Body:
                 raise error
             if not chunk or self.overflowed:
                 break
-        if self._checksum is not None and self._hasher.digest() != self._checksum.digest:
+        if self._checksum is not None and self._hasher is not None and self._hasher.digest() != self._checksum.digest:
             raise TusError(errors.CHECKSUM_MISMATCH)
 
 
@@ -178,7 +179,7 @@ def bound_buffering(content: StreamReader) -> None:
         content._high_water = min(content._high_water, 2 * READ_BUFFER)
     except AttributeError:
         pass
-    transport = getattr(getattr(content, "_protocol", None), "transport", None)
+    transport: Any = getattr(getattr(content, "_protocol", None), "transport", None)
     if isinstance(getattr(transport, "max_size", None), int):
         transport.max_size = min(transport.max_size, SOCKET_READ)
 
@@ -187,7 +188,7 @@ def _take_fast_reads(content: StreamReader):
     """Raise this body's socket reads to FAST_SOCKET_READ if fewer than FAST_BODIES
     bodies have; returns the transport to hand back to _give_back_fast_reads, or None."""
     global _fast_bodies
-    transport = getattr(getattr(content, "_protocol", None), "transport", None)
+    transport: Any = getattr(getattr(content, "_protocol", None), "transport", None)
     if _fast_bodies >= FAST_BODIES or not isinstance(getattr(transport, "max_size", None), int):
         return None
     _fast_bodies += 1

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
-import inspect
 import ipaddress
 import logging
 import os
@@ -272,17 +270,9 @@ def _url_host(host: str) -> str:
 
 
 def cleanup(config: Config) -> int:
-    # The cleanup module arrives with the expiration work; without it there is nothing to run.
-    try:
-        module = importlib.import_module("tusserver.cleanup")
-    except ModuleNotFoundError as exc:
-        if exc.name != "tusserver.cleanup":
-            raise
-        log.error("cleanup is not available in this version of tusserver")
-        return 1
-    removed = module.run(config)
-    if inspect.isawaitable(removed):
-        removed = asyncio.run(removed)
+    from .cleanup import run
+
+    removed = run(config)
     log.info("cleanup removed %s expired uploads", removed)
     return 0
 

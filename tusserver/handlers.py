@@ -474,7 +474,8 @@ class TusHandlers:
         done = self.finals.submit(info.id, request)
         if done is not None and info.progress.ready == len(partial_ids):
             try:
-                info = await asyncio.shield(done) or info  # the client waits for its own final
+                finished = await asyncio.shield(done)  # the client waits for its own final
+                info = finished or info
             except TusError as exc:
                 exc.headers.setdefault("Location", location)
                 raise
@@ -536,7 +537,7 @@ class TusHandlers:
         await self.store.finish(info)
         # Counted by the metrics either way; copied only for a hook that will see it.
         posts.add(POST_FINISH, info, snapshot=self.hooks.wants(POST_FINISH))
-        if info.concat == "partial":
+        if info.concat == "partial" and isinstance(self.store, ConcatenatingStore):
             # Their concatenations run in the background, not in this request.
             for final_id in await self.store.finals_of(info.id):
                 self.finals.submit(final_id, request)

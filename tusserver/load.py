@@ -143,7 +143,11 @@ def field_specs() -> list[FieldSpec]:
         kind, optional = _unwrap(hints[f.name])
         if kind is None:
             continue  # not expressible as text (callables, objects): embedding only
-        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        else:
+            assert f.default_factory is not dataclasses.MISSING  # every field has a default
+            default = f.default_factory()
         # Byte counts are named *_size by convention; they accept "5MiB".
         size = kind is int and f.name.endswith(("_size", "_bytes"))
         help_text = f.metadata.get("help", "")

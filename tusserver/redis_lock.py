@@ -24,6 +24,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
 from . import errors
@@ -94,7 +95,7 @@ class RedisLocker:
         self._release = self.redis.register_script(_RELEASE)
         self._held: dict[str, _Holder] = {}  # by token, for release requests
         self._waiters: dict[str, set[asyncio.Event]] = {}  # by upload id
-        self._pubsub = None
+        self._pubsub: PubSub | None = None
         self._listener: asyncio.Task | None = None
         self._starting: asyncio.Lock | None = None
 
@@ -214,7 +215,7 @@ class RedisLocker:
             except RedisError:
                 log.warning("could not release the lock on %s; it expires with its lease", upload_id)
 
-    async def _try_acquire(self, upload_id: str, key: str, token: str) -> object:
+    async def _try_acquire(self, upload_id: str, key: str, token: str) -> int | bytes | str:
         """One SET NX attempt: 1 when acquired, else the holder's token (0: none). A cancel
         that lands after Redis ran the SET but before its answer came must not leave our
         token set with nobody to release it (every request would get 423 for a whole
@@ -236,7 +237,7 @@ class RedisLocker:
         wake = asyncio.Event()
         self._waiters.setdefault(upload_id, set()).add(wake)
         poll = FIRST_POLL
-        asked: object = None  # the holder we last asked to release, and when to ask it again
+        asked: int | bytes | str | None = None  # the holder we last asked to release, and when to ask it again
         ask_again = repeat = 0.0
         try:
             while True:

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from rich.progress import TaskID
 
 LINE_EVERY = 5.0  # seconds between lines off a terminal
 
@@ -64,7 +67,7 @@ class RichProgress(Progress):
 
 
 class _RichFile(FileProgress):
-    def __init__(self, owner: RichProgress, task: int) -> None:
+    def __init__(self, owner: RichProgress, task: TaskID) -> None:
         self.owner = owner
         self.task = task
         self.done = 0
@@ -98,7 +101,7 @@ class _LineFile(FileProgress):
         self.name = name
         self.total = total
         self.started = self.last = time.monotonic()
-        self.first = None  # bytes at the first update: a resumed upload's rate counts from there
+        self.first: int | None = None  # bytes at the first update: a resumed upload's rate counts from there
         self.done = 0
 
     def update(self, done: int) -> None:

@@ -265,7 +265,8 @@ class Uploader:
         await _all(send_part(i) for i in range(parts))
         url = urls[0]
         if concat:
-            url = await self._retrying(lambda: self.protocol.concat(list(urls), meta))
+            made = [u for u in urls if u is not None]  # every part was created above
+            url = await self._retrying(lambda: self.protocol.concat(made, meta))
             entry["final"] = url
             self._remember(key, entry)
         self._forget(key)

@@ -190,10 +190,10 @@ class ExpiringStore(Protocol):
     """What expiry needs. A pass must not cost a read per stored upload: finished uploads
     (which never expire by default) are skipped by listing an index of unfinished ones."""
 
-    async def list_uploads(self) -> AsyncIterator[str]:
+    def list_uploads(self) -> AsyncIterator[str]:
         """Every upload id the store holds, from a listing alone."""
 
-    async def list_unfinished(self, created_before: float) -> AsyncIterator[str]:
+    def list_unfinished(self, created_before: float) -> AsyncIterator[str]:
         """Ids in the store's index of unfinished uploads whose entry was made before
         `created_before`, from a listing alone. An entry may outlive the unfinished state
         (a crash, a concatenation): the caller drops it with `forget_unfinished`. On
@@ -212,7 +212,7 @@ class ExpiringStore(Protocol):
 
 
 @runtime_checkable
-class OwnerIndexStore(Protocol):
+class OwnerIndexStore(Store, Protocol):
     """Keeps an index per owner (see owners.py): entry names sort newest first, so that
     listing an owner's uploads costs what the owner holds, not what the store holds."""
 

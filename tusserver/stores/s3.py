@@ -178,7 +178,8 @@ class _PoolWaitSession(AIOHTTPSession):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._timeout = self._bounded(self._timeout)
+        timeout: aiohttp.ClientTimeout = self.__dict__["_timeout"]  # set by the untyped base class
+        self._timeout = self._bounded(timeout)
 
     def _get_request_timeout(self, request: Any) -> aiohttp.ClientTimeout | None:
         timeout = super()._get_request_timeout(request)
@@ -517,10 +518,10 @@ class S3Store:
     def _state(self, info: UploadInfo, listed: list[dict[str, Any]], chunks: list[_Chunk]) -> _State:
         if info.storage.get("object_stored") is not None:  # every byte is in the object
             return _State([], [], chunks, info.length or 0)
-        stale = set(info.storage.get("stale_parts", []))
+        stale_parts = set(info.storage.get("stale_parts", []))
         parts = []
         for number, part in enumerate(sorted(listed, key=lambda p: p["PartNumber"]), 1):
-            if part["PartNumber"] != number or number in stale:
+            if part["PartNumber"] != number or number in stale_parts:
                 break
             parts.append(part)
         tail, stale = tail_chain(chunks, len(parts) + 1, sum(p["Size"] for p in parts))
@@ -1391,7 +1392,11 @@ class _PartWriter:
             return
         if plan is _Rest.NONE:
             return
-        piece = rest if self.phase is _Phase.ASSEMBLED else await self._assemble(rest)
+        if self.phase is _Phase.ASSEMBLED:
+            assert rest is not None  # NONE is the plan when nothing is pending
+            piece = rest
+        else:
+            piece = await self._assemble(rest)
         number = self.next_part
         self.next_part += 1
         self.offset += piece.size
