@@ -245,13 +245,16 @@ async def test_an_unreadable_info_is_left_alone_and_expiry_goes_on(aiohttp_clien
     """A zero-length `.info` (power loss) and one of a newer schema (rolling upgrade): the
     cleaner skips both and removes the expired upload; requests on them are a 500 with one
     log line naming the id, no traceback."""
-    store = store_factory()
     config = Config(expire_after=0.5)
-    client = await aiohttp_client(create_app(config, store=store))
-    ids = [(await create(client, 10)).rsplit("/", 1)[1] for _ in range(3)]
+    first = store_factory()
+    creator = await aiohttp_client(create_app(config, store=first))
+    ids = [(await create(creator, 10)).rsplit("/", 1)[1] for _ in range(3)]
     truncated, newer, stale = ids
+    # After the power loss, or on the upgraded instance: a process that did not write them.
+    store = store_factory()
+    client = await aiohttp_client(create_app(config, store=store))
     await write_info(store_factory, tmp_path, truncated, b"")
-    document = json.loads((await store.get_info(newer)).to_json())
+    document = json.loads((await first.get_info(newer)).to_json())
     await write_info(store_factory, tmp_path, newer, json.dumps({**document, "version": 2}).encode())
     await asyncio.sleep(0.7)
     caplog.clear()

@@ -14,6 +14,7 @@ import pytest
 from tests.hanging import HangingPatch, Received
 from tests.tus_client import OCTETS, TUS, create, download, head, patch, sha256
 from tusserver import Config, MemoryLocker, create_app
+from tusserver.locks import held_version
 
 MiB = 1 << 20
 
@@ -308,3 +309,23 @@ async def test_a_second_patch_at_the_same_offset_interrupts_the_first_and_gets_4
     await assert_store_holds(store, store_factory, upload_id, first[:sent])
     await patch(client, path, sent, first[sent:])
     await assert_store_holds(store, store_factory, upload_id, first)
+
+
+async def test_memory_locker_versions_change_with_every_taking_of_the_lock():
+    """What lets a store trust a state it read earlier: the number changes whenever the
+    lock was taken, there is none while it is held, and no number is ever given twice."""
+    locker = MemoryLocker()
+    first = await locker.version("a")
+    assert first is not None and await locker.version("a") == first  # nobody took it
+    async with locker.lock("a"):
+        held = held_version("a")
+        assert held is not None and held[0] == first and held[1] != first
+        assert await locker.version("a") is None  # a state read now may be half written
+    assert held_version("a") is None
+    assert await locker.version("a") == held[1]
+    async with locker.try_lock("a") as acquired:
+        assert acquired
+        bumped = held_version("a")
+        assert bumped is not None and bumped[0] == held[1]
+    assert bumped[1] not in (first, held[1])
+    assert await MemoryLocker().version("a") not in (first, held[1], bumped[1])

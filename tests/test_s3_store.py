@@ -21,6 +21,7 @@ from yarl import URL
 from tests.conftest import make_bucket, start_moto, stop_process
 from tusserver import Config, create_app
 from tusserver.info import UploadInfo
+from tusserver.locks import MemoryLocker
 from tusserver.protocol import new_upload_id
 from tusserver.stores.file import FileStore
 from tusserver.stores.s3 import (
@@ -180,7 +181,11 @@ def serve(aiohttp_client, moto_endpoint, bucket, spool_dir):
     """Start an app instance over the test bucket; each call is a new server process's worth."""
 
     async def start(
-        endpoint: str | None = None, bucket_name: str | None = None, config: Config | None = None, **options
+        endpoint: str | None = None,
+        bucket_name: str | None = None,
+        config: Config | None = None,
+        locker: MemoryLocker | None = None,
+        **options,
     ) -> Server:
         options = {"part_size": 6 * MiB, **options}
         retry_attempts = options.pop("retry_attempts", None)
@@ -188,7 +193,7 @@ def serve(aiohttp_client, moto_endpoint, bucket, spool_dir):
         store = S3Store(bucket_name or bucket, endpoint_url=endpoint, path_style=True, temp_dir=spool_dir, **options)
         if retry_attempts is not None:
             store.retry_attempts = retry_attempts
-        client = await aiohttp_client(create_app(config or Config(), store=store))
+        client = await aiohttp_client(create_app(config or Config(), store=store, locker=locker))
         return Server(client, store)
 
     return start
@@ -303,8 +308,12 @@ async def test_restart_between_patches_continues_from_s3(serve, s3):
 
 
 async def test_two_instances_take_alternate_patches(serve, s3):
+    """Each PATCH lands on the instance that did not answer the HEAD before it. They share
+    their lock service, as instances must (Redis); each trusts the state it read only while
+    nobody took the lock since, and none of those states is current when it PATCHes."""
     data = payload(17 * MiB + 9, seed=7)
-    one, two = await serve(), await serve()
+    locker = MemoryLocker()
+    one, two = await serve(locker=locker), await serve(locker=locker)
     upload_id = await one.create(len(data))
     cuts = [0, 3 * MiB, 7 * MiB, 7 * MiB + 1, 14 * MiB, len(data)]
     for i, (start, end) in enumerate(zip(cuts, cuts[1:], strict=False)):
@@ -313,6 +322,31 @@ async def test_two_instances_take_alternate_patches(serve, s3):
         assert await other.offset(upload_id) == start
         assert await server.patch(upload_id, start, data[start:end]) == end
     assert await one.offset(upload_id) == len(data) and await two.offset(upload_id) == len(data)
+    s3.assert_object(upload_id, data)
+
+
+async def test_a_kept_state_is_trusted_only_while_nobody_took_the_lock(serve, s3):
+    """A HEAD, or the PATCH after a creation, costs no S3 call when the state this instance
+    read or wrote is current; once another instance took the lock, S3 is read again."""
+    locker = MemoryLocker()
+    one, two = await serve(locker=locker), await serve(locker=locker)
+    data = payload(3 * MiB, seed=34)
+    upload_id = await one.create(len(data))
+    calls = record_calls(one.store)
+    assert await one.offset(upload_id) == 0
+    assert calls == []  # what its creation wrote
+    assert await two.patch(upload_id, 0, data[:MiB]) == MiB
+    assert await one.offset(upload_id) == MiB  # not the 0 it kept
+    assert calls == ["GetObject", "ListObjectsV2"]  # .info says the upload has a tail chunk
+    calls.clear()
+    assert await one.offset(upload_id) == MiB
+    assert calls == []
+    assert await one.patch(upload_id, MiB, data[MiB:]) == len(data)
+    calls = record_calls(two.store)
+    assert await two.offset(upload_id) == len(data)
+    assert calls == ["GetObject"]  # finished: `.info` alone
+    assert await two.offset(upload_id) == len(data)
+    assert calls == ["GetObject"]
     s3.assert_object(upload_id, data)
 
 
@@ -572,8 +606,9 @@ async def test_only_an_upload_that_had_a_tail_chunk_is_listed(serve, s3):
     data = payload(300 * 1024, seed=31)
     server = await serve()
     upload_id = await server.create(len(data))
-    calls = record_calls(server.store)
-    assert await server.offset(upload_id) == 0
+    fresh = await serve()  # reads S3: it did not write the state itself
+    calls = record_calls(fresh.store)
+    assert await fresh.offset(upload_id) == 0
     assert calls == ["GetObject"]
     assert await server.patch(upload_id, 0, data[:1000]) == 1000  # too short for a part: a chunk
     assert json.loads(s3.get(f"{upload_id}.info"))["storage"]["tails"] is True
@@ -601,9 +636,9 @@ async def test_small_upload_in_one_patch_is_one_put_object_without_multipart(ser
     assert calls == ["PutObject", "PutObject"]
     calls.clear()
     assert await server.patch(upload_id, 0, data) == len(data)
-    # GET .info (it says the upload never had a tail chunk: no listing), the object in one
-    # PutObject, .info finished, the index entry deleted.
-    assert sorted(calls) == ["DeleteObject", "GetObject", "PutObject", "PutObject"]
+    # No state read (this instance wrote it at creation, and nobody took the lock since),
+    # the object in one PutObject, .info finished, the index entry deleted.
+    assert sorted(calls) == ["DeleteObject", "PutObject", "PutObject"]
     s3.assert_object(upload_id, data)
     head = s3.head(upload_id)
     assert head["ContentType"] == "image/png" and head["Metadata"] == {"filetype": "image/png", "filename": "caf??.png"}
@@ -623,12 +658,12 @@ async def test_unfinished_upload_without_multipart_costs_two_calls_per_head(serv
     assert await server.offset(upload_id) == MiB + 7
     assert sorted(calls) == ["GetObject", "ListObjectsV2"]
     calls.clear()
+    assert await server.offset(upload_id) == MiB + 7
+    assert calls == []  # nobody took the upload's lock since: the state read is current
     assert await server.patch(upload_id, MiB + 7, data[MiB + 7 :]) == len(data)
-    # The tail read back in front of the rest, all in one PutObject; its chunk and the index
-    # entry deleted after .info.
-    assert sorted(calls) == sorted(
-        ["DeleteObject", "DeleteObjects", "GetObject", "GetObject", "ListObjectsV2", "PutObject", "PutObject"]
-    )
+    # No state read (the HEAD's is current); the tail read back in front of the rest, all in
+    # one PutObject; its chunk and the index entry deleted after .info.
+    assert sorted(calls) == sorted(["DeleteObject", "DeleteObjects", "GetObject", "PutObject", "PutObject"])
     s3.assert_object(upload_id, data)
 
 
@@ -657,8 +692,9 @@ async def test_multipart_upload_is_created_with_the_first_part_and_survives_rest
     assert await third.offset(upload_id) == 8 * MiB
     calls = record_calls(third.store)
     assert await third.patch(upload_id, 8 * MiB, data[8 * MiB :]) == len(data)
-    # finish() reuses the parts append() stored: no ListParts after the PATCH's own.
-    assert calls.count("ListParts") == 1 and calls.count("CreateMultipartUpload") == 0
+    # The HEAD's state is current (nobody took the lock since): no ListParts at all, and
+    # finish() reuses the parts append() stored.
+    assert calls.count("ListParts") == 0 and calls.count("CreateMultipartUpload") == 0
     s3.assert_object(upload_id, data)
     assert_no_temp_files(spool_dir)
 
@@ -670,7 +706,7 @@ async def test_a_patch_of_full_parts_completes_with_the_parts_it_stored(serve, s
     calls = record_calls(server.store)
     assert await server.patch(upload_id, 0, data) == len(data)
     assert sorted(calls) == sorted(
-        ["GetObject", "CreateMultipartUpload", "PutObject"]  # never a tail chunk: no listing
+        ["CreateMultipartUpload", "PutObject"]  # no state read: the creation's is current
         + ["UploadPart"] * 3
         + ["CompleteMultipartUpload", "PutObject", "DeleteObject"]
     )

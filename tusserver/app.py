@@ -24,7 +24,7 @@ from .logs import printable
 from .metrics import Metrics
 from .owners import Quota, check_quota_config
 from .shutdown import UPLOAD_METHODS, Shutdown
-from .stores.base import Store
+from .stores.base import Store, VersionedStore
 
 log = logging.getLogger("tusserver")
 access_log = logging.getLogger("tusserver.access")
@@ -151,10 +151,13 @@ def create_app(
     webhook = Webhook(config) if config.hooks_url else None
     runner = HookRunner(hooks, webhook, metrics, timeout=config.hooks_timeout)
     check_quota_config(config)
+    locker = locker or locker_from_config(config)
+    if isinstance(store, VersionedStore):
+        store.use_versions(locker)
     handlers = TusHandlers(
         config,
         store,
-        locker or locker_from_config(config),
+        locker,
         runner,
         metrics=metrics,
         max_size_for=max_size_for,

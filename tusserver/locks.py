@@ -1,13 +1,21 @@
 """Per-upload locks. A request that needs a held lock asks the holder to let go
 (the holder stops reading its body, keeps what it has, and releases), then waits
 a bounded time. Background jobs (expiry) never ask: they `try_lock`, and take a
-held lock as a sign that the upload is alive."""
+held lock as a sign that the upload is alive.
+
+Versions: an upload's state changes only under its lock, so a locker that numbers each
+taking of a lock tells a store whether state it read earlier is still current (see
+`held_version` and `Locker.version`). The numbers come from one counter per locker and are
+never reused, so a forgotten number can only make a cached state look stale, never current."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -16,6 +24,29 @@ from .config import Config
 from .errors import TusError
 
 ReleaseCallback = Callable[[], None]
+
+# upload id -> (the version before this task took the lock, the version it made), for the
+# locks the current task holds.
+_HELD: ContextVar[dict[str, tuple[int | None, int]] | None] = ContextVar("tus_held_versions", default=None)
+VERSIONS_KEPT = 100_000  # ids whose version a MemoryLocker remembers
+# One series for every MemoryLocker of the process: a number one locker gave can never
+# look current to a store that another locker's number (or none) was meant for.
+_NUMBERS = itertools.count(1)
+
+
+def held_version(upload_id: str) -> tuple[int | None, int] | None:
+    """(the version before, the version now) if the current task holds the upload's lock
+    from a locker that numbers them; else None."""
+    return (_HELD.get() or {}).get(upload_id)
+
+
+@asynccontextmanager
+async def _holding(upload_id: str, before: int | None, now: int) -> AsyncIterator[None]:
+    token = _HELD.set({**(_HELD.get() or {}), upload_id: (before, now)})
+    try:
+        yield
+    finally:
+        _HELD.reset(token)
 
 
 class Locker(Protocol):
@@ -38,6 +69,11 @@ class Locker(Protocol):
         locks) holds it; it is never released early. For "one instance does this job per
         period"."""
 
+    async def version(self, upload_id: str) -> int | None:
+        """The upload's version while nobody holds or awaits its lock: state read after
+        this call and found under the same version later is still current. None when the
+        lock is held or awaited, or the locker keeps no versions."""
+
 
 @dataclass
 class _Entry:
@@ -47,12 +83,33 @@ class _Entry:
 
 
 class MemoryLocker:
-    """Locks for a single server process."""
+    """Locks for a single server process. Its versions hold only when every change to
+    the uploads goes through it: one instance, or instances sharing it in one process."""
 
     def __init__(self, timeout: float = 3.0) -> None:
         self.timeout = timeout
         self._entries: dict[str, _Entry] = {}
         self._leases: dict[str, float] = {}  # name -> when it ends (loop time)
+        self._versions: OrderedDict[str, int] = OrderedDict()
+
+    async def version(self, upload_id: str) -> int | None:
+        if upload_id in self._entries:
+            return None
+        number = self._versions.get(upload_id)
+        if number is None:  # not seen since it was forgotten: a new number
+            number = self._renumber(upload_id)
+        return number
+
+    def _renumber(self, upload_id: str) -> int:
+        number = self._versions[upload_id] = next(_NUMBERS)
+        self._versions.move_to_end(upload_id)
+        while len(self._versions) > VERSIONS_KEPT:
+            self._versions.popitem(last=False)
+        return number
+
+    def _bump(self, upload_id: str) -> AbstractAsyncContextManager[None]:
+        before = self._versions.get(upload_id)
+        return _holding(upload_id, before, self._renumber(upload_id))
 
     async def start(self) -> None:
         return None
@@ -75,7 +132,8 @@ class MemoryLocker:
                 raise TusError(errors.LOCKED, headers={"Retry-After": "1"}) from None
             entry.on_release = on_release
             try:
-                yield
+                async with self._bump(upload_id):
+                    yield
             finally:
                 entry.on_release = None
                 entry.lock.release()
@@ -99,7 +157,8 @@ class MemoryLocker:
         entry = self._entries[upload_id] = _Entry(users=1)
         await entry.lock.acquire()  # a new lock: taken without suspending
         try:
-            yield True
+            async with self._bump(upload_id):
+                yield True
         finally:
             entry.lock.release()
             entry.users -= 1

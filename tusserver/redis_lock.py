@@ -187,6 +187,10 @@ class RedisLocker:
         async with self._holding(upload_id, key, token, None):
             yield True
 
+    async def version(self, upload_id: str) -> int | None:
+        # No versions across instances yet: stores read the state from storage each time.
+        return None
+
     async def take_lease(self, name: str, seconds: float) -> bool:
         try:
             taken = await self.redis.set(

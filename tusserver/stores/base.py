@@ -15,6 +15,7 @@ from typing import BinaryIO, Protocol, runtime_checkable
 from .. import errors
 from ..errors import TusError
 from ..info import SCHEMA_VERSION, UploadInfo
+from ..locks import Locker
 
 log = logging.getLogger("tusserver.stores")
 
@@ -228,6 +229,12 @@ class OwnerIndexStore(Store, Protocol):
 
     async def unindex(self, key: str, entry: str) -> None:
         """Remove one entry. Idempotent."""
+
+
+@runtime_checkable
+class VersionedStore(Protocol):
+    def use_versions(self, locker: Locker) -> None:
+        """Trust state read or written earlier while `locker`'s versions say it is current."""
 
 
 class StoreStartError(Exception):

@@ -44,6 +44,7 @@ import enum
 import logging
 import math
 import re
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
@@ -60,6 +61,7 @@ from ..cancellation import await_to_completion
 from ..config import Config
 from ..errors import TusError
 from ..info import UploadInfo
+from ..locks import Locker, held_version
 from ..protocol import download_headers, is_valid_upload_id
 from .base import CorruptInfo, Download, RedirectDownload, StoreStartError, StreamDownload, parse_info
 from .owner_index import entry_name, index_keys, is_entry, is_index_key
@@ -78,6 +80,11 @@ DEFERRED_FREE_PARTS = MAX_PARTS // 2
 MAX_USER_METADATA = 2000  # bytes; S3 allows 2 KiB of user metadata in all
 READ_CHUNK = 1 * MiB
 UPLOAD_ID_CACHE = 4096
+# A state this process read or wrote is trusted while the lock's version says nobody
+# changed it (see S3Store.use_versions); these bound what the trust costs and risks.
+KNOWN_STATES = 4096
+KNOWN_STATE_SECONDS = 300.0  # read again at least this often
+KNOWN_STATE_PARTS = 64  # a longer list of parts is not kept: RAM
 POOL_WAIT = 10.0  # seconds an S3 request may wait for a pooled connection, connecting included
 READY_CACHE = 1.0  # seconds one HeadBucket answers /readyz for
 TAIL_SUFFIX = ".part."  # <id>.part.<next part>.<start offset>: a tail chunk
@@ -232,6 +239,16 @@ class _State:
         return sum(p["Size"] for p in self.parts) + sum(c.size for c in self.tail) + self.stored
 
 
+@dataclass
+class _Known:
+    """An upload's state as this process last read or wrote it, under lock version `version`."""
+
+    info: bytes  # `.info` as stored
+    state: _State | None  # None: finished
+    version: int
+    since: float  # time.monotonic()
+
+
 class S3Store:
     """Stores uploads in an S3 bucket (or an S3-compatible service)."""
 
@@ -287,6 +304,8 @@ class S3Store:
         # id -> S3 UploadId. It never changes while the upload is unfinished, so it is
         # safe to remember; it lets get_info list parts while .info is still loading.
         self._upload_ids: OrderedDict[str, str] = OrderedDict()
+        self.versions: Locker | None = None
+        self._known: OrderedDict[str, _Known] = OrderedDict()
         # Ids whose `.info` says they had tail chunks: a flag that is never unset.
         self._tailed: OrderedDict[str, bool] = OrderedDict()
         # id -> (the UploadInfo get_info() returned, the state it read), for the append()
@@ -434,7 +453,54 @@ class S3Store:
                 raise
             raise _unavailable(exc) from None
 
+    def use_versions(self, locker: Locker) -> None:
+        """Trust the state this process read or wrote while `locker`'s version of the upload
+        says that nobody took its lock since: a HEAD, or the PATCH after a creation, then
+        costs no S3 call. Only for a locker that every writer of the bucket goes through."""
+        self.versions = locker
+
+    async def _versions_now(self, upload_id: str) -> tuple[tuple[int | None, ...], int] | None:
+        """(the versions under which a kept state is current, the version to keep a state
+        read now under), or None when no state may be kept or trusted."""
+        held = held_version(upload_id)
+        if held is not None:  # ours: the version before we took the lock, or ours
+            return held, held[1]
+        if self.versions is None:
+            return None
+        now = await self.versions.version(upload_id)
+        return None if now is None else ((now,), now)
+
+    def _recall(self, upload_id: str, versions: tuple[tuple[int | None, ...], int]) -> UploadInfo | None:
+        known = self._known.get(upload_id)
+        if known is None or known.version not in versions[0] or time.monotonic() - known.since > KNOWN_STATE_SECONDS:
+            return None
+        info = parse_info(upload_id, known.info)  # a new object: callers change it
+        known.version = versions[1]
+        if known.state is None:
+            info.offset = info.length or 0
+            return info
+        state = _State(list(known.state.parts), list(known.state.tail), list(known.state.stale), known.state.stored)
+        info.offset = state.offset
+        self._keep(self._states, upload_id, (info, state))
+        return info
+
+    def _remember(self, info: UploadInfo, state: _State | None, version: int) -> None:
+        if state is not None and len(state.parts) > KNOWN_STATE_PARTS:
+            return
+        self._keep(self._known, info.id, _Known(info.to_json(), state, version, time.monotonic()))
+
+    def _remember_held(self, info: UploadInfo, state: _State | None) -> None:
+        """Keep what this request, holding the lock, just wrote."""
+        held = held_version(info.id)
+        if held is not None:
+            self._remember(info, state, held[1])
+
+    def _forget(self, upload_id: str) -> None:
+        """Before any change: until it is known how the change ended, S3 has the state."""
+        self._known.pop(upload_id, None)
+
     async def save_info(self, info: UploadInfo) -> None:
+        self._forget(info.id)
         await self._call(
             "put_object", Key=self._key(info.id, ".info"), Body=info.to_json(), ContentType="application/json"
         )
@@ -579,8 +645,12 @@ class S3Store:
             info.storage["part_size"] = uniform_part_size(info.length, self.part_size, self.min_part_size)
         # Before `.info`, and kept if the id is taken: a stale entry costs the cleaner one
         # read, a missing one would keep an unfinished upload forever.
+        self._forget(info.id)
+        versions = await self._versions_now(info.id)  # before the write: a lock taken after it bumps
         await self._call("put_object", Key=self._marker(info.id), Body=b"")
         await self._put_new_info(info)
+        if versions is not None:
+            self._remember(info, _State([], [], []), versions[1])
 
     async def _put_new_info(self, info: UploadInfo) -> None:
         """Write `.info` only if none exists (If-None-Match: *): of two creations of one id,
@@ -609,6 +679,9 @@ class S3Store:
 
     async def get_info(self, upload_id: str) -> UploadInfo:
         self._key(upload_id)
+        versions = await self._versions_now(upload_id)
+        if versions is not None and (recalled := self._recall(upload_id, versions)) is not None:
+            return recalled
         known = self._upload_ids.get(upload_id)
 
         async def early_parts() -> list[dict[str, Any]] | None:
@@ -627,6 +700,8 @@ class S3Store:
         info, chunks, listed = await asyncio.gather(self._read_info(upload_id), early_chunks(), early_parts())
         if info.finished:
             info.offset = info.length or 0
+            if versions is not None:
+                self._remember(info, None, versions[1])
             return info
         if info.storage.get("tails"):
             self._keep(self._tailed, upload_id, True)
@@ -645,6 +720,8 @@ class S3Store:
         state = self._state(info, listed, chunks)
         info.offset = state.offset
         self._keep(self._states, upload_id, (info, state))
+        if versions is not None:
+            self._remember(info, state, versions[1])
         return info
 
     async def _recover_completed(self, info: UploadInfo) -> UploadInfo:
@@ -662,6 +739,7 @@ class S3Store:
         return info
 
     async def append(self, info: UploadInfo, body: AsyncIterable[bytes], *, atomic: bool = False) -> int:
+        self._forget(info.id)
         state = self._kept_state(info)
         if state is None:
             try:
@@ -715,6 +793,7 @@ class S3Store:
     async def finish(self, info: UploadInfo) -> None:
         if info.finished:
             return
+        self._forget(info.id)
         # The append() just before, under the same lock, knows every part and ETag.
         completed = self._completed.pop(info.id, None)
         if completed is not None and completed[0] is info:
@@ -746,6 +825,7 @@ class S3Store:
             await self._delete_keys(leftover)
         await self._delete(self._marker(info.id))
         self._upload_ids.pop(info.id, None)
+        self._remember_held(info, None)
 
     async def _complete(self, info: UploadInfo, parts: list[dict[str, Any]]) -> None:
         key, upload = info.storage["key"], info.storage.get("upload_id")
@@ -801,6 +881,7 @@ class S3Store:
     # -- TerminatingStore --------------------------------------------------------
 
     async def terminate(self, info: UploadInfo) -> None:
+        self._forget(info.id)
         key = self._key(info.id)
         # `<id>.part`: the tail object of older versions.
         jobs = [self._delete(key), self._delete_tail(info), self._delete(self._key(info.id, ".part"))]
@@ -827,6 +908,7 @@ class S3Store:
     # -- ConcatenatingStore --------------------------------------------------------
 
     async def concatenate(self, final: UploadInfo, partials: list[UploadInfo]) -> None:
+        self._forget(final.id)
         key = final.storage["key"]
         total = sum(p.length or 0 for p in partials)
         uniform = self.uniform_parts or bool(final.storage.get("part_size"))
