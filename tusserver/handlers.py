@@ -375,13 +375,7 @@ class TusHandlers:
         await self.hooks.post(POST_CREATE, request, info)
         headers = {"Location": upload_location(request, self.config, info.id)}
         if with_body:
-            try:
-                async with self._locked(request, info.id) as posts:
-                    await self._receive_owned(request, info, posts)
-            except TusError as exc:
-                # The upload exists and keeps what arrived: the client can resume it.
-                exc.headers.setdefault("Location", headers["Location"])
-                raise
+            await self.receive_creation(request, info, headers["Location"])
             headers.update(self._state_headers(info))
         elif info.expires is not None:
             headers["Upload-Expires"] = protocol.http_date(info.expires)
@@ -390,6 +384,33 @@ class TusHandlers:
             await self._finish(request, info, posts)
             await self._deliver(request, posts)
         return web.Response(status=201, headers=headers)
+
+    async def receive_creation(
+        self, request: web.Request, info: UploadInfo, location: str, *, completes: bool = False
+    ) -> None:
+        """Receive the body of the request that created `info` (tus creation-with-upload, or
+        the draft's creation); `completes`: the body is the rest of the upload."""
+        try:
+            async with self._locked(request, info.id) as posts:
+                await self._receive_owned(request, info, posts)
+                if completes and not info.finished:
+                    await self._complete(request, info, posts)
+        except TusError as exc:
+            # The upload exists and keeps what arrived: the client can resume it.
+            exc.headers.setdefault("Location", location)
+            raise
+        except ReleaseRequested:
+            raise TusError(errors.INTERRUPTED, headers={"Location": location}) from None
+
+    async def _complete(self, request: web.Request, info: UploadInfo, posts: _Posts) -> None:
+        """The client says every byte is here: a deferred length becomes the offset, and a
+        known one must have been reached. Then the upload finishes."""
+        if info.length is None:
+            await self._set_length(request, info, info.offset, body_pending=False)
+        elif info.length != info.offset:
+            raise TusError(errors.LENGTH_NOT_REACHED, f"{info.offset} of {info.length} bytes received")
+        if not info.finished:
+            await self._finish(request, info, posts)
 
     async def _create_upload(self, request: web.Request, info: UploadInfo) -> None:
         """Run pre-create, apply what it changes (metadata, and the id = storage key), and
@@ -546,8 +567,9 @@ class TusHandlers:
         if result.headers:
             request.setdefault(HOOK_HEADERS, {}).update(result.headers)
 
-    async def head(self, request: web.Request) -> web.Response:
-        upload_id = self._upload_id(request)
+    async def current(self, request: web.Request, upload_id: str) -> UploadInfo:
+        """The upload's state for an offset request (tus HEAD, the draft's HEAD or GET). Taking
+        the lock stops a request in flight on it, so the offset is one the next PATCH accepts."""
         await self._access(request, upload_id, "head")
         async with self._locked(request, upload_id) as posts:
             info = await self._load(upload_id, request)
@@ -559,6 +581,11 @@ class TusHandlers:
             # Answered from the final's .info alone; the check (which also repairs a crash or
             # a dropped submit) runs in the background, once however many HEADs ask.
             self.finals.submit(upload_id, request)
+        return info
+
+    async def head(self, request: web.Request) -> web.Response:
+        upload_id = self._upload_id(request)
+        info = await self.current(request, upload_id)
         headers = self._state_headers(info)
         if info.concat == "final":
             base = collection_path(request)
@@ -587,6 +614,14 @@ class TusHandlers:
         new_length = _header(request, "Upload-Length")
         length = None if new_length is None else protocol.parse_upload_length(new_length)
         protocol.parse_checksum(_header(request, "Upload-Checksum"))  # malformed: refused before any change
+        info = await self.append(request, upload_id, offset, length)
+        return web.Response(status=204, headers=self._state_headers(info))
+
+    async def append(
+        self, request: web.Request, upload_id: str, offset: int, length: int | None, *, completes: bool = False
+    ) -> UploadInfo:
+        """Append the request body at `offset` (a tus PATCH, or the draft's append), setting
+        a deferred `length` first; `completes`: the body is the rest of the upload."""
         await self._access(request, upload_id, "patch")
         async with self._locked(request, upload_id) as posts:
             info = await self._load(upload_id, request)
@@ -606,9 +641,14 @@ class TusHandlers:
                     raise TusError(errors.UPLOAD_FINISHED)
             else:
                 await self._receive_owned(request, info, posts)
-        return web.Response(status=204, headers=self._state_headers(info))
+                if completes and not info.finished:
+                    await self._complete(request, info, posts)
+        return info
 
-    async def _set_length(self, request: web.Request, info: UploadInfo, length: int) -> None:
+    async def _set_length(
+        self, request: web.Request, info: UploadInfo, length: int, *, body_pending: bool = True
+    ) -> None:
+        """`body_pending`: the request's body is still to come, and must fit."""
         if info.length is not None:
             raise TusError(errors.LENGTH_ALREADY_SET)
         if length < info.offset:
@@ -616,7 +656,7 @@ class TusHandlers:
         self._check_size(request, length)
         # A body that will not fit is refused before the length is saved.
         content_length = protocol.parse_content_length(request.headers.get("Content-Length"))
-        if content_length is not None and info.offset + content_length > length:
+        if body_pending and content_length is not None and info.offset + content_length > length:
             raise TusError(errors.EXCEEDS_UPLOAD_LENGTH, f"{length - info.offset} bytes remain")
         assert isinstance(self.store, LengthDeferringStore)
         store = self.store
