@@ -15,4 +15,5 @@ AUTH_SUBJECT = web.RequestKey("tus_auth_subject", Any)  # the bearer token's `su
 AUTH_CLAIMS = web.RequestKey("tus_auth_claims", Any)  # auth.Claims of the bearer token, when tokens are on
 QUOTA = web.RequestKey("tus_quota", Any)  # owners.Quota, computed once per request
 HOOK_HEADERS = web.RequestKey("tus_hook_headers", dict)  # headers post-finish hooks asked for (2xx only)
+DIALECT = web.RequestKey("tus_ietf_dialect", Any)  # ietf.Dialect of a request of the IETF draft
 OPS_REQUEST = web.RequestKey("tus_ops_request", bool)  # /metrics, /healthz, /readyz: not counted
