@@ -488,6 +488,26 @@ async def test_without_limits_options_says_min_size_0(server):
     assert "Upload-Limit" not in plain.headers  # tus OPTIONS as before
 
 
+async def test_max_append_size_is_announced_and_bounds_each_request(server):
+    srv = await server(Config(max_size=None, expire_after=None, max_append_size=1000))
+    options = await srv.final("OPTIONS", "/", draft(10))
+    assert options.headers["Upload-Limit"] == "max-append-size=1000"
+    (refused,) = await srv.request("POST", "/", draft(10, False), payload(1001))
+    assert refused.status == 413
+    assert refused.problem()["code"] == "ERR_APPEND_TOO_LARGE"
+    assert refused.headers["Upload-Limit"] == "max-append-size=1000"
+    assert await srv.upload_ids() == set()
+    data = payload(2500, seed=3)
+    path, _ = await create(srv, 10, False, data[:1000])
+    too_big = await srv.final("PATCH", path, append_headers(10, 1000, False), data[1000:2001])
+    assert too_big.status == 413 and too_big.headers["Upload-Limit"] == "max-append-size=1000"
+    await srv.holds(path, data[:1000])
+    for start, stop, last in [(1000, 2000, False), (2000, 2500, True)]:
+        reply = await srv.final("PATCH", path, append_headers(10, start, last), data[start:stop])
+        assert reply.status == 204
+    await srv.holds(path, data)
+
+
 async def test_a_complete_body_past_max_size_is_refused_before_the_upload_exists(server):
     srv = await server(Config(max_size=100))
     reply = await srv.final("POST", "/", draft(10, True), payload(101))

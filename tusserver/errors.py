@@ -117,6 +117,7 @@ HOOK_REJECTED = ErrorKind("ERR_HOOK_REJECTED", 403, "request was rejected by a h
 HOOK_FAILED = ErrorKind("ERR_HOOK_FAILED", 500, "a server hook failed")
 HOOK_UNAVAILABLE = ErrorKind("ERR_HOOK_UNAVAILABLE", 503, "the hook service did not answer; retry later")
 UPLOAD_ID_TAKEN = ErrorKind("ERR_UPLOAD_ID_TAKEN", 409, "an upload with the id chosen by a hook already exists")
+APPEND_TOO_LARGE = ErrorKind("ERR_APPEND_TOO_LARGE", 413, "request body is larger than max_append_size")
 METADATA_TOO_LARGE = ErrorKind("ERR_METADATA_TOO_LARGE", 413, "Upload-Metadata is larger than the server allows")
 TOO_MANY_METADATA_KEYS = ErrorKind("ERR_TOO_MANY_METADATA_KEYS", 400, "Upload-Metadata has more keys than allowed")
 QUOTA_EXCEEDED = ErrorKind("ERR_QUOTA_EXCEEDED", 413, "the owner's quota does not allow this")

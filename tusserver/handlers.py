@@ -176,6 +176,12 @@ class TusHandlers:
             request[MAX_SIZE] = min((n for n in limits if n is not None), default=None)
         return request[MAX_SIZE]
 
+    def check_append_size(self, content_length: int | None) -> None:
+        """Refuse a body announced larger than `max_append_size`, before anything changes."""
+        most = self.config.max_append_size
+        if content_length is not None and most is not None and content_length > most:
+            raise TusError(errors.APPEND_TOO_LARGE, f"at most {most} bytes per request")
+
     def _check_size(self, request: web.Request, length: int | None) -> None:
         max_size = self._max_size(request)
         if length is not None and max_size is not None and length > max_size:
@@ -204,9 +210,14 @@ class TusHandlers:
             limit = None
         if content_length is not None and limit is not None and content_length > limit:
             raise TusError(errors.EXCEEDS_UPLOAD_LENGTH, f"{limit} bytes remain")
+        self.check_append_size(content_length)
         by_quota = quota_left is not None and (limit is None or quota_left < limit)
         if by_quota:
             limit = quota_left
+        most = self.config.max_append_size
+        by_append = most is not None and (limit is None or most < limit)
+        if by_append:
+            limit, by_quota = most, False
         body = Body(
             request.content,
             limit,
@@ -248,6 +259,8 @@ class TusHandlers:
             await self._finish(request, info, posts)
         elif self.config.expire_after is not None:
             await self.store.save_info(info)
+        if body.overflowed and by_append:
+            raise TusError(errors.APPEND_TOO_LARGE, "bytes past it were discarded")
         if body.overflowed and by_quota:
             quota = self._quota(request).bytes
             raise TusError(errors.QUOTA_EXCEEDED, f"quota_bytes is {quota} bytes; bytes past it were discarded")
@@ -369,6 +382,7 @@ class TusHandlers:
             limit = length if length is not None else self._max_size(request)
             if limit is not None and content_length is not None and content_length > limit:
                 raise TusError(errors.EXCEEDS_UPLOAD_LENGTH, f"at most {limit} bytes fit")
+            self.check_append_size(content_length)
         info = self._new_info(request, length, metadata)
         info.concat = "partial" if concat is not None else None
         await self._create_upload(request, info)

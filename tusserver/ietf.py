@@ -266,6 +266,7 @@ class Limits:
     """What Upload-Limit announces (None: no such limit)."""
 
     max_size: int | None = None
+    max_append_size: int | None = None
     max_age: int | None = None
 
 
@@ -277,6 +278,8 @@ def format_limits(dialect: Dialect, limits: Limits) -> str | None:
     members = []
     if limits.max_size is not None:
         members.append(f"max-size={limits.max_size}")
+    if limits.max_append_size is not None:
+        members.append(f"max-append-size={limits.max_append_size}")
     if limits.max_age is not None:
         members.append(f"{dialect.age_key}={max(limits.max_age, 0)}")
     return ", ".join(members) or "min-size=0"
@@ -310,7 +313,7 @@ _PROBLEM_OF: dict[ErrorKind, str] = {
 # draft's handlers check bodies against max-size first, so the known length is what it passed.)
 _STATUS_OF: dict[ErrorKind, int] = {errors.UPLOAD_FINISHED: 400, errors.EXCEEDS_UPLOAD_LENGTH: 400}
 # Refusals by a limit, which carry Upload-Limit.
-LIMIT_KINDS = frozenset({errors.MAX_SIZE_EXCEEDED, errors.QUOTA_EXCEEDED})
+LIMIT_KINDS = frozenset({errors.MAX_SIZE_EXCEEDED, errors.QUOTA_EXCEEDED, errors.APPEND_TOO_LARGE})
 
 
 def error_status(kind: ErrorKind, status: int) -> int:

@@ -43,7 +43,9 @@ class IetfHandlers:
                 max_age = int(self.config.expire_after)
         elif info.expires is not None and not info.finished:
             max_age = round(info.expires - time.time())
-        return ietf.Limits(max_size=self.tus._max_size(request), max_age=max_age)
+        return ietf.Limits(
+            max_size=self.tus._max_size(request), max_append_size=self.config.max_append_size, max_age=max_age
+        )
 
     def _state(self, dialect: ietf.Dialect, request: web.Request, info: UploadInfo) -> dict[str, str]:
         headers = {
@@ -87,6 +89,7 @@ class IetfHandlers:
         if length is None and not isinstance(self.tus.store, LengthDeferringStore):
             raise TusError(errors.UNSUPPORTED_EXTENSION, "an upload of unknown length")
         self.tus._check_size(request, length if length is not None else content_length)
+        self.tus.check_append_size(content_length)
         # tus clients speaking the draft (tus-js-client) still send Upload-Metadata; the
         # representation's own Content-Type and Content-Disposition win over it.
         metadata = protocol.parse_metadata(request.headers.get("Upload-Metadata"))
@@ -156,6 +159,7 @@ class IetfHandlers:
         if content_length is None and not request.body_exists:
             content_length = 0
         length = ietf.append_length(request.headers.get("Upload-Length"), complete, offset, content_length)
+        self.tus.check_append_size(content_length)
         if content_length is not None:
             self.tus._check_size(request, offset + content_length)  # max-size, before the known length
         info = await self.tus.append(request, upload_id, offset, length, completes=complete)
