@@ -20,6 +20,7 @@ from multidict import CIMultiDict
 
 from tests.hanging import Received
 from tests.stored import assert_store_holds
+from tests.test_tus_protocol import NoCancelTestServer
 from tusserver import Config, HookRejected, Hooks, create_app, make_token
 
 VERSIONS = [3, 5, 6, 8, 9, 10]
@@ -177,9 +178,12 @@ async def server(store_factory):
     """`await server(config, hooks=...)` starts a tusserver on a free port over a new store."""
     started: list[TestServer] = []
 
-    async def start(config: Config | None = None, *, hooks: Hooks | None = None) -> Server:
+    async def start(config: Config | None = None, *, hooks: Hooks | None = None, cancel: bool = True) -> Server:
+        """`cancel`: whether a dropped connection cancels its handler (aiohttp's test server
+        does; `web.run_app`, which the CLI uses, does not)."""
         store = store_factory()
-        test_server = TestServer(create_app(config or Config(), store=store, hooks=hooks), host="127.0.0.1")
+        app = create_app(config or Config(), store=store, hooks=hooks)
+        test_server = TestServer(app, host="127.0.0.1") if cancel else NoCancelTestServer(app, host="127.0.0.1")
         await test_server.start_server()
         started.append(test_server)
         return Server(test_server, store, store_factory)
@@ -269,9 +273,10 @@ async def test_creation_without_body_then_appends_and_an_empty_completing_patch(
     assert again.status == 204 and says_complete(version, again.headers) is True
 
 
+@pytest.mark.parametrize("cancel", [True, False], ids=["cancelled", "not-cancelled"])
 @pytest.mark.parametrize("version", VERSIONS)
-async def test_dropped_creation_keeps_its_bytes_and_resumes_from_the_104_location(server, version):
-    srv = await server()
+async def test_dropped_creation_keeps_its_bytes_and_resumes_from_the_104_location(server, version, cancel):
+    srv = await server(cancel=cancel)
     data = payload(200_000, seed=20 + version)
     received = Received(srv.store)
     conn = await srv.conn()
@@ -294,6 +299,32 @@ async def test_dropped_creation_keeps_its_bytes_and_resumes_from_the_104_locatio
     assert says_complete(version, done.headers) is True
     assert (await srv.store.get_info(path.lstrip("/"))).finished
     await srv.holds(path, data)
+
+
+async def test_100_continue_comes_before_the_104(server):
+    srv = await server()
+    conn = await srv.conn()
+    await conn.send_head("POST", "/", draft(10, True, Content_Length="5", Expect="100-continue"))
+    assert (await conn.message("POST")).status == 100
+    interim = await conn.message("POST")
+    assert interim.status == 104
+    await conn.send(b"hello")
+    final = await conn.message("POST")
+    await conn.close()
+    assert final.status == 201 and final.headers["Location"] == interim.headers["Location"]
+    await srv.holds(srv.path_of(final.headers["Location"]), b"hello")
+
+
+async def test_http_1_0_gets_no_interim_response(server):
+    srv = await server()
+    reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+    headers = "".join(f"{k}: {v}\r\n" for k, v in draft(10, True, Content_Length="5").items())
+    writer.write(f"POST / HTTP/1.0\r\nHost: x\r\n{headers}\r\nhello".encode())
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), 10)  # HTTP/1.0: the server closes after it
+    writer.close()
+    assert answer.startswith(b"HTTP/1.0 201 ") and b" 104 " not in answer
+    assert answer.count(b"HTTP/1.") == 1
 
 
 async def test_put_creates_like_post(server):

@@ -153,6 +153,8 @@ def test_interim_104():
     )
     raw = ietf.interim_104(ietf.DIALECTS[3], "/abc", ietf.Limits(max_size=5))
     assert b"Upload-Limit" not in raw and b"Upload-Draft-Interop-Version: 3\r\n" in raw
+    with pytest.raises(ValueError):
+        ietf.interim_104(ietf.DIALECTS[10], "/abc\r\nSet-Cookie: x=1", ietf.Limits())
 
 
 def test_problem_types_per_version():

@@ -295,7 +295,9 @@ def interim_104(dialect: Dialect, location: str, limits: Limits) -> bytes:
     limit = format_limits(dialect, limits)
     if limit is not None:
         lines.append(f"Upload-Limit: {limit}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    if any(c in location for c in "\r\n\0"):  # written as it is: it must not end its line
+        raise ValueError("a header value must not hold CR, LF or NUL")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")  # as aiohttp writes headers
 
 
 # tus failures that are what a draft problem type names, by kind.
