@@ -109,7 +109,7 @@ class TusHandlers:
 
     # -- helpers -----------------------------------------------------------
 
-    def _upload_id(self, request: web.Request) -> str:
+    def upload_id_of(self, request: web.Request) -> str:
         upload_id = request.match_info["upload_id"]
         if not protocol.is_valid_upload_id(upload_id):
             raise TusError(errors.NOT_FOUND)
@@ -169,7 +169,7 @@ class TusHandlers:
             headers["Upload-Expires"] = protocol.http_date(info.expires)
         return headers
 
-    def _max_size(self, request: web.Request) -> int | None:
+    def max_size(self, request: web.Request) -> int | None:
         """The smaller of `max_size` and the embedder's `max_size_for(request)`."""
         if MAX_SIZE not in request:
             limits = [self.config.max_size, self.max_size_for(request) if self.max_size_for else None]
@@ -182,8 +182,8 @@ class TusHandlers:
         if content_length is not None and most is not None and content_length > most:
             raise TusError(errors.APPEND_TOO_LARGE, f"at most {most} bytes per request")
 
-    def _check_size(self, request: web.Request, length: int | None) -> None:
-        max_size = self._max_size(request)
+    def check_size(self, request: web.Request, length: int | None) -> None:
+        max_size = self.max_size(request)
         if length is not None and max_size is not None and length > max_size:
             raise TusError(errors.MAX_SIZE_EXCEEDED, f"limit is {max_size} bytes")
 
@@ -201,7 +201,7 @@ class TusHandlers:
         upload when it is complete. Updates `info.offset`."""
         checksum = protocol.parse_checksum(_header(request, "Upload-Checksum"))
         content_length = protocol.parse_content_length(request.headers.get("Content-Length"))
-        max_size = self._max_size(request)
+        max_size = self.max_size(request)
         if info.length is not None:
             limit: int | None = info.length - info.offset
         elif max_size is not None:
@@ -345,7 +345,7 @@ class TusHandlers:
             "Tus-Extension": ",".join(self.extensions),
             "Tus-Checksum-Algorithm": ",".join(protocol.CHECKSUM_ALGORITHMS),
         }
-        max_size = self._max_size(request)
+        max_size = self.max_size(request)
         if max_size is not None:
             headers["Tus-Max-Size"] = str(max_size)
         return web.Response(status=200, headers=headers)  # as tusd: 200, which checkers expect
@@ -370,7 +370,7 @@ class TusHandlers:
         )
         if length is None and not isinstance(self.store, LengthDeferringStore):
             raise TusError(errors.UNSUPPORTED_EXTENSION, "creation-defer-length")
-        self._check_size(request, length)
+        self.check_size(request, length)
         # Some clients label an empty POST application/octet-stream; only a real body must be ours.
         with_body = protocol.is_offset_content_type(request.headers.get("Content-Type"))
         if not with_body and request.body_exists:
@@ -379,14 +379,11 @@ class TusHandlers:
             # Everything that can reject the body is checked before the upload exists.
             protocol.parse_checksum(_header(request, "Upload-Checksum"))
             content_length = protocol.parse_content_length(request.headers.get("Content-Length"))
-            limit = length if length is not None else self._max_size(request)
+            limit = length if length is not None else self.max_size(request)
             if limit is not None and content_length is not None and content_length > limit:
                 raise TusError(errors.EXCEEDS_UPLOAD_LENGTH, f"at most {limit} bytes fit")
             self.check_append_size(content_length)
-        info = self._new_info(request, length, metadata)
-        info.concat = "partial" if concat is not None else None
-        await self._create_upload(request, info)
-        await self.hooks.post(POST_CREATE, request, info)
+        info = await self.create_upload(request, length, metadata, concat="partial" if concat is not None else None)
         headers = {"Location": upload_location(request, self.config, info.id)}
         if with_body:
             await self.receive_creation(request, info, headers["Location"])
@@ -398,6 +395,22 @@ class TusHandlers:
             await self._finish(request, info, posts)
             await self._deliver(request, posts)
         return web.Response(status=201, headers=headers)
+
+    async def create_upload(
+        self, request: web.Request, length: int | None, metadata: protocol.Metadata, *, concat: str | None = None
+    ) -> UploadInfo:
+        """A new upload (not a final concatenation): pre-create, owners and quota, the store,
+        post-create."""
+        info = self._new_info(request, length, metadata)
+        info.concat = concat
+        await self._create_upload(request, info)
+        await self.hooks.post(POST_CREATE, request, info)
+        return info
+
+    async def complete(self, request: web.Request, info: UploadInfo) -> None:
+        """Finish `info` now that its client says every byte is here (see `_complete`)."""
+        async with self._locked(request, info.id) as posts:
+            await self._complete(request, info, posts)
 
     async def receive_creation(
         self, request: web.Request, info: UploadInfo, location: str, *, completes: bool = False
@@ -488,7 +501,7 @@ class TusHandlers:
         for partial in partials:
             await self._check_finals_of(partial.id)
         # Lengths still deferred are checked against the same limit once they are known.
-        limit = self._max_size(request)
+        limit = self.max_size(request)
         known = sum(p.length for p in partials if p.length is not None)
         if limit is not None and known > limit:
             raise TusError(errors.MAX_SIZE_EXCEEDED, f"the partial uploads add up to {known} bytes; limit is {limit}")
@@ -598,7 +611,7 @@ class TusHandlers:
         return info
 
     async def head(self, request: web.Request) -> web.Response:
-        upload_id = self._upload_id(request)
+        upload_id = self.upload_id_of(request)
         info = await self.current(request, upload_id)
         headers = self._state_headers(info)
         if info.concat == "final":
@@ -622,7 +635,7 @@ class TusHandlers:
             return await self._patch(request)
 
     async def _patch(self, request: web.Request) -> web.Response:
-        upload_id = self._upload_id(request)
+        upload_id = self.upload_id_of(request)
         protocol.check_content_type(request.headers.get("Content-Type"))
         offset = protocol.parse_upload_offset(_header(request, "Upload-Offset"))
         new_length = _header(request, "Upload-Length")
@@ -667,7 +680,7 @@ class TusHandlers:
             raise TusError(errors.LENGTH_ALREADY_SET)
         if length < info.offset:
             raise TusError(errors.LENGTH_BELOW_OFFSET)
-        self._check_size(request, length)
+        self.check_size(request, length)
         # A body that will not fit is refused before the length is saved.
         content_length = protocol.parse_content_length(request.headers.get("Content-Length"))
         if body_pending and content_length is not None and info.offset + content_length > length:
@@ -677,7 +690,7 @@ class TusHandlers:
         await self.owners.set_length(info, length, self._quota(request), lambda: store.set_length(info, length))
 
     async def delete(self, request: web.Request) -> web.Response:
-        upload_id = self._upload_id(request)
+        upload_id = self.upload_id_of(request)
         if not isinstance(self.store, TerminatingStore):
             raise TusError(errors.METHOD_NOT_ALLOWED)
         await self._access(request, upload_id, "delete")
@@ -694,7 +707,7 @@ class TusHandlers:
             return await self._get(request)
 
     async def _get(self, request: web.Request) -> web.StreamResponse:
-        upload_id = self._upload_id(request)
+        upload_id = self.upload_id_of(request)
         if not self.config.downloads:
             raise TusError(errors.DOWNLOAD_DISABLED)
         info = await self._load(upload_id, request)

@@ -15,7 +15,6 @@ from . import errors, ietf, protocol
 from .body import bound_buffering
 from .errors import TusError
 from .handlers import TusHandlers
-from .hooks import POST_CREATE
 from .info import UploadInfo
 from .keys import DIALECT
 from .limits import check_metadata
@@ -44,7 +43,7 @@ class IetfHandlers:
         elif info.expires is not None and not info.finished:
             max_age = round(info.expires - time.time())
         return ietf.Limits(
-            max_size=self.tus._max_size(request), max_append_size=self.config.max_append_size, max_age=max_age
+            max_size=self.tus.max_size(request), max_append_size=self.config.max_append_size, max_age=max_age
         )
 
     def _state(self, dialect: ietf.Dialect, request: web.Request, info: UploadInfo) -> dict[str, str]:
@@ -88,7 +87,7 @@ class IetfHandlers:
         length = ietf.creation_length(request.headers.get("Upload-Length"), complete, content_length)
         if length is None and not isinstance(self.tus.store, LengthDeferringStore):
             raise TusError(errors.UNSUPPORTED_EXTENSION, "an upload of unknown length")
-        self.tus._check_size(request, length if length is not None else content_length)
+        self.tus.check_size(request, length if length is not None else content_length)
         self.tus.check_append_size(content_length)
         # tus clients speaking the draft (tus-js-client) still send Upload-Metadata; the
         # representation's own Content-Type and Content-Disposition win over it.
@@ -115,24 +114,20 @@ class IetfHandlers:
         *,
         with_body: bool,
     ) -> web.Response:
-        tus = self.tus
-        info = tus._new_info(request, length, metadata)
-        await tus._create_upload(request, info)
-        await tus.hooks.post(POST_CREATE, request, info)
+        info = await self.tus.create_upload(request, length, metadata)
         location = upload_location(request, self.config, info.id)
         await self._interim(request, dialect, location, info)
         if with_body:
-            await tus.receive_creation(request, info, location, completes=complete)
+            await self.tus.receive_creation(request, info, location, completes=complete)
         elif complete or length == 0:
-            async with tus._locked(request, info.id) as posts:
-                await tus._complete(request, info, posts)
+            await self.tus.complete(request, info)
         headers = {"Location": location, **self._state(dialect, request, info)}
         return web.Response(status=201, headers=headers)
 
     async def head(self, request: web.Request) -> web.Response:
         dialect: ietf.Dialect = request[DIALECT]
         ietf.check_no_state_fields(dialect, request.headers)
-        upload_id = self.tus._upload_id(request)
+        upload_id = self.tus.upload_id_of(request)
         info = await self.tus.current(request, upload_id)
         return web.Response(status=204, headers=self._state(dialect, request, info))
 
@@ -149,7 +144,7 @@ class IetfHandlers:
 
     async def _append(self, request: web.Request) -> web.Response:
         dialect: ietf.Dialect = request[DIALECT]
-        upload_id = self.tus._upload_id(request)
+        upload_id = self.tus.upload_id_of(request)
         ietf.check_append_type(dialect, request.headers.get("Content-Type"))
         offset = ietf.parse_sf_integer(request.headers.get("Upload-Offset"))
         if offset is None:
@@ -161,7 +156,7 @@ class IetfHandlers:
         length = ietf.append_length(request.headers.get("Upload-Length"), complete, offset, content_length)
         self.tus.check_append_size(content_length)
         if content_length is not None:
-            self.tus._check_size(request, offset + content_length)  # max-size, before the known length
+            self.tus.check_size(request, offset + content_length)  # max-size, before the known length
         info = await self.tus.append(request, upload_id, offset, length, completes=complete)
         return web.Response(status=204, headers=self._state(dialect, request, info))
 
