@@ -101,9 +101,9 @@ _V10 = Dialect(10, "-13 and later (-15: see LATEST)", "the latest text")
 # The one table of interop versions we speak. A request with any other version (or none)
 # is not a draft request: it is answered as plain tus, exactly as before.
 DIALECTS: dict[int, Dialect] = {d.interop: d for d in (_V3, _V5, _V6, _V8, _V9, _V10)}
-# The newest interop version verified from the draft's appendix "Draft Version
-# Identification" (-13). The -15 text could not be read here; when it names a newer
-# number, add a row above (copying _V10) and point LATEST at it.
+# The newest interop version known (appendix "Draft Version Identification"): the -12 source
+# names 9; -13's 10 is from its datatracker page. The -15 text could not be read here; when
+# it names a newer number, add a row above (copying _V10) and point LATEST at it.
 LATEST = 10
 
 _SF_INTEGER = re.compile(r"-?[0-9]{1,15}")
