@@ -15,6 +15,7 @@ import random
 from dataclasses import dataclass
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict
 
@@ -178,11 +179,17 @@ async def server(store_factory):
     """`await server(config, hooks=...)` starts a tusserver on a free port over a new store."""
     started: list[TestServer] = []
 
-    async def start(config: Config | None = None, *, hooks: Hooks | None = None, cancel: bool = True) -> Server:
+    async def start(
+        config: Config | None = None, *, hooks: Hooks | None = None, cancel: bool = True, prefix: str | None = None
+    ) -> Server:
         """`cancel`: whether a dropped connection cancels its handler (aiohttp's test server
         does; `web.run_app`, which the CLI uses, does not)."""
         store = store_factory()
         app = create_app(config or Config(), store=store, hooks=hooks)
+        if prefix is not None:
+            root = web.Application()
+            root.add_subapp(prefix, app)
+            app = root
         test_server = TestServer(app, host="127.0.0.1") if cancel else NoCancelTestServer(app, host="127.0.0.1")
         await test_server.start_server()
         started.append(test_server)
@@ -325,6 +332,19 @@ async def test_http_1_0_gets_no_interim_response(server):
     writer.close()
     assert answer.startswith(b"HTTP/1.0 201 ") and b" 104 " not in answer
     assert answer.count(b"HTTP/1.") == 1
+
+
+async def test_mounted_under_a_prefix(server):
+    srv = await server(prefix="/files/")
+    interim, final = await srv.request("POST", "/files/", draft(9, False), b"abc")
+    assert interim.status == 104 and final.status == 201
+    path = srv.path_of(final.headers["Location"])
+    assert path.startswith("/files/") and path == srv.path_of(interim.headers["Location"])
+    mismatch = await srv.final("PATCH", path, append_headers(9, 0, True), b"abc")
+    assert mismatch.status == 409
+    assert mismatch.problem()["type"] == PROBLEM + "mismatching-upload-offset"
+    done = await srv.final("PATCH", path, append_headers(9, 3, True))
+    assert done.status == 204 and done.headers["Upload-Complete"] == "?1"
 
 
 async def test_put_creates_like_post(server):
