@@ -86,3 +86,25 @@ async def test_data_during_creation(make_target, tmp_path, protocol):
     info = await target.store.get_info(target.upload_id(url))
     assert "filetype" not in info.metadata  # never application/partial-upload
     await target.check_bytes(url, digest, SIZE)
+
+
+async def test_length_unknown_until_the_stream_ends(make_target, tmp_path, protocol):
+    target = await make_target()
+    path, digest = make_file(tmp_path, "stream.bin", SIZE, seed=44)
+    result = await tus_js(
+        endpoint=target.endpoint,
+        file=str(path),
+        input="stream",
+        chunkSize=MiB,
+        uploadLengthDeferred=True,
+        protocol=protocol,
+    )
+    url = result["url"]
+    (post,) = target.received("POST")
+    assert "Upload-Length" not in post.headers
+    patches = target.received("PATCH", url)
+    assert [p.headers.get("Upload-Length") for p in patches] == [None, None, None, str(SIZE)]
+    assert [p.headers["Upload-Complete"] for p in patches] == ["?0", "?0", "?0", "?1"]
+    assert [p.bytes_in for p in patches] == [MiB] * 3 + [321]
+    check_draft_requests(target, protocol)
+    await target.check_bytes(url, digest, SIZE)
