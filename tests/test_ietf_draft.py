@@ -9,6 +9,7 @@ there fails a test."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import random
@@ -665,3 +666,41 @@ async def test_plain_tus_requests_are_untouched(server):
     # The draft's HEAD sees the same upload.
     draft_head = await srv.final("HEAD", path, draft(10))
     assert draft_head.status == 204 and draft_head.headers["Upload-Complete"] == "?1"
+
+
+async def test_an_upload_continues_on_a_restarted_server(server):
+    data = payload(90_000, seed=50)
+    first = await server()
+    path, _ = await create(first, 10, False, data[:40_000], Upload_Length="90000")
+    await first.test_server.close()
+    second = await server()  # a new store instance over the same storage
+    head = await second.final("HEAD", path, draft(10))
+    assert (head.status, head.headers["Upload-Offset"], head.headers["Upload-Length"]) == (204, "40000", "90000")
+    done = await second.final("PATCH", path, append_headers(10, 40_000, True), data[40_000:])
+    assert done.status == 204 and done.headers["Upload-Complete"] == "?1"
+    await second.holds(path, data)
+
+
+async def test_an_expired_upload_is_410(server):
+    srv = await server(Config(expire_after=3600))
+    path, _ = await create(srv, 10, False, b"abc")
+    info = await srv.store.get_info(path.lstrip("/"))
+    info.expires = 1.0
+    await srv.store.save_info(info)
+    reply = await srv.final("HEAD", path, draft(10))
+    assert reply.status == 410
+    patch = await srv.final("PATCH", path, append_headers(10, 3, True), b"d")
+    assert patch.status == 410 and patch.problem()["code"] == "ERR_UPLOAD_EXPIRED"
+
+
+async def test_a_checksum_that_does_not_match_stores_nothing(server):
+    srv = await server()
+    path, _ = await create(srv, 10, False, b"abc")
+    digest = "sha256 " + base64.b64encode(hashlib.sha256(b"other").digest()).decode()
+    reply = await srv.final("PATCH", path, append_headers(10, 3, True, Upload_Checksum=digest), b"defg")
+    assert reply.status == 460 and reply.problem()["code"] == "ERR_CHECKSUM_MISMATCH"
+    await srv.holds(path, b"abc")
+    digest = "sha256 " + base64.b64encode(hashlib.sha256(b"defg").digest()).decode()
+    reply = await srv.final("PATCH", path, append_headers(10, 3, True, Upload_Checksum=digest), b"defg")
+    assert reply.status == 204
+    await srv.holds(path, b"abcdefg")
