@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import unquote
 
 from . import errors
@@ -55,18 +55,6 @@ class Dialect:
         return "?1" if complete != self.inverted else "?0"
 
 
-_V3 = Dialect(
-    3,
-    "-01",
-    "Apple URLSession (iOS 17, macOS 14)",
-    inverted=True,
-    partial_upload_type=False,
-    complete_by_default=True,
-    limits=False,
-    problem_types=frozenset(),
-    strict_head_delete=True,
-    get_is_offset_retrieval=False,
-)
 _V5 = Dialect(
     5,
     "-03",
@@ -78,6 +66,8 @@ _V5 = Dialect(
     strict_head_delete=True,
     get_is_offset_retrieval=False,
 )
+# -01 is -03 with the completeness field inverted (Upload-Incomplete).
+_V3 = replace(_V5, interop=3, drafts="-01", clients="Apple URLSession (iOS 17, macOS 14)", inverted=True)
 _V6 = Dialect(
     6,
     "-04, -05",
