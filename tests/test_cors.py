@@ -15,14 +15,16 @@ from tusserver.stores.file import FileStore
 ORIGIN = "https://app.example.com"
 TUS = {"Tus-Resumable": "1.0.0"}
 
-METHODS = "POST, GET, HEAD, PATCH, DELETE, OPTIONS"
+METHODS = "POST, GET, HEAD, PATCH, DELETE, OPTIONS, PUT"
 TUS_HEADERS = (
     "Tus-Resumable, Upload-Length, Upload-Offset, Upload-Metadata, Upload-Defer-Length, "
-    "Upload-Concat, Upload-Checksum, Content-Type, X-HTTP-Method-Override, X-Requested-With"
+    "Upload-Concat, Upload-Checksum, Content-Type, X-HTTP-Method-Override, X-Requested-With, "
+    "Upload-Complete, Upload-Incomplete, Upload-Draft-Interop-Version, Content-Disposition"
 )
 EXPOSED = (
     "Location, Upload-Offset, Upload-Length, Upload-Metadata, Upload-Defer-Length, Upload-Expires, "
-    "Upload-Concat, Tus-Version, Tus-Resumable, Tus-Extension, Tus-Max-Size, Tus-Checksum-Algorithm"
+    "Upload-Concat, Tus-Version, Tus-Resumable, Tus-Extension, Tus-Max-Size, Tus-Checksum-Algorithm, "
+    "Upload-Complete, Upload-Incomplete, Upload-Limit, Upload-Draft-Interop-Version"
 )
 
 

@@ -118,3 +118,29 @@ async def test_max_size_for_lowers_the_limit_per_request(server):
     headers = {**TUS, **free, "Upload-Offset": "0", "Upload-Length": "11", "Content-Type": OCTETS}
     resp = await client.patch(path, data=b"x" * 11, headers=headers)
     assert resp.status == 413
+
+
+async def test_max_append_size_bounds_each_request_body(server, tmp_path):
+    client = await server(Config(max_append_size=1000))
+    # A creation with a body over the limit is refused before the upload exists.
+    resp = await client.post(
+        "/", headers={**TUS, "Upload-Length": "5000", "Content-Type": OCTETS}, data=os.urandom(1001)
+    )
+    assert resp.status == 413
+    assert (await resp.text()).startswith("request body is larger than max_append_size: at most 1000")
+    assert uploads_in(tmp_path / "uploads") == []
+    location = await create(client, 5000)
+    data = os.urandom(5000)
+    resp = await patch(client, location, 0, data[:1001], expect=413)
+    assert (await head(client, location)).headers["Upload-Offset"] == "0"
+
+    # A chunked body (no Content-Length) keeps what fits, then is refused.
+    async def chunked():
+        yield data[:1500]
+
+    resp = await client.patch(location, headers={**TUS, "Upload-Offset": "0", "Content-Type": OCTETS}, data=chunked())
+    assert resp.status == 413
+    assert (await head(client, location)).headers["Upload-Offset"] == "1000"
+    for start in range(1000, 5000, 1000):
+        await patch(client, location, start, data[start : start + 1000])
+    assert await download(client, location) == data

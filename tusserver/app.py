@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from . import errors, protocol
+from . import errors, ietf, protocol
 from .auth import BearerAuth, auth_enabled
 from .body import ClientGone, ReleaseRequested
 from .cleanup import clean_periodically
@@ -18,7 +18,8 @@ from .cors import install_cors
 from .errors import TusError
 from .handlers import TusHandlers
 from .hooks import HookRunner, Hooks, Webhook
-from .keys import BODY, BYTES_IN, HOOK_HEADERS, UPLOAD_ID
+from .ietf_handlers import IetfHandlers
+from .keys import BODY, BYTES_IN, DIALECT, HOOK_HEADERS, UPLOAD_ID
 from .locks import Locker, locker_from_config
 from .logs import printable
 from .metrics import Metrics
@@ -30,6 +31,7 @@ log = logging.getLogger("tusserver")
 access_log = logging.getLogger("tusserver.access")
 
 HANDLERS_KEY = web.AppKey("tus_handlers", TusHandlers)
+IETF_KEY = web.AppKey("tus_ietf_handlers", IetfHandlers)
 STORE_KEY = web.AppKey("tus_store", object)
 METRICS_KEY = web.AppKey("tus_metrics", Metrics)
 SHUTDOWN_KEY = web.AppKey("tus_shutdown", Shutdown)
@@ -48,12 +50,23 @@ def error_response(error: TusError) -> web.Response:
     )
 
 
+def _answer(request: web.Request, error: TusError) -> web.Response:
+    """The error response in the request's protocol: tus text, or the draft's problem details."""
+    if DIALECT in request:
+        return request.app[IETF_KEY].error_response(request, error)
+    return error_response(error)
+
+
 @web.middleware
 async def tus_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     started = time.monotonic()
     status = 500
     try:
-        if request.method not in ("OPTIONS", "GET") and _effective_method(request) != "GET":
+        method = _effective_method(request)
+        dialect = ietf.select(method, request.headers, on_collection="upload_id" not in request.match_info)
+        if dialect is not None:
+            request[DIALECT] = dialect  # a request of the IETF draft: no Tus-Resumable
+        elif request.method not in ("OPTIONS", "GET") and method != "GET":
             protocol.check_tus_resumable(
                 protocol.single_value("Tus-Resumable", request.headers.getall("Tus-Resumable", []))
             )
@@ -61,15 +74,16 @@ async def tus_middleware(request: web.Request, handler: Handler) -> web.StreamRe
         status = response.status
         return response
     except TusError as exc:
-        status = exc.status
-        return await _close_if_stopped(request, error_response(exc))
+        response = _answer(request, exc)
+        status = response.status
+        return await _close_if_stopped(request, response)
     except ReleaseRequested:
         status = 400
-        return await _close_if_stopped(request, error_response(TusError(errors.INTERRUPTED)))
+        return await _close_if_stopped(request, _answer(request, TusError(errors.INTERRUPTED)))
     except ClientGone as exc:
         status = 400
         log.info("client went away mid-body: %s", exc)
-        return error_response(TusError(errors.CLIENT_GONE))
+        return _answer(request, TusError(errors.CLIENT_GONE))
     except web.HTTPException as exc:
         status = exc.status
         raise
@@ -81,7 +95,7 @@ async def tus_middleware(request: web.Request, handler: Handler) -> web.StreamRe
         else:  # the operator must act (disk full, permissions); the client only learns the kind
             log.error("storage failure on %s %s: %s", request.method, printable(request.path), exc)
         status = error.status
-        return error_response(error)
+        return _answer(request, error)
     finally:
         access_log.info(
             "%s %s %s in=%d %.1fms id=%s",
@@ -108,7 +122,11 @@ async def _close_if_stopped(request: web.Request, response: web.Response) -> web
 
 
 async def _add_tus_resumable(request: web.Request, response: web.StreamResponse) -> None:
-    response.headers["Tus-Resumable"] = protocol.TUS_VERSION
+    dialect = request.get(DIALECT)
+    if dialect is None:
+        response.headers["Tus-Resumable"] = protocol.TUS_VERSION
+    else:
+        response.headers[ietf.INTEROP_HEADER] = str(dialect.interop)
     if response.status < 300:
         response.headers.update(request.get(HOOK_HEADERS, {}))
 
@@ -163,6 +181,7 @@ def create_app(
         max_size_for=max_size_for,
         quota_for=quota_for,
     )
+    draft = IetfHandlers(handlers)
     auth = BearerAuth(config) if auth_enabled(config) else None
     shutdown = Shutdown(config.shutdown_grace)
 
@@ -175,11 +194,14 @@ def create_app(
         "GET": handlers.get,
     }
 
-    def dispatch(table: dict[str, Handler]) -> Handler:
+    draft_collection, draft_upload = draft.routes()
+
+    def dispatch(tus_table: dict[str, Handler], draft_table: dict[str, Handler]) -> Handler:
         async def route(request: web.Request) -> web.StreamResponse:
             method = _effective_method(request)
             if auth is not None:
                 await auth.check(request, method)
+            table = tus_table if DIALECT not in request else draft_table
             handler = table.get(method)
             if handler is None:
                 raise TusError(errors.METHOD_NOT_ALLOWED, headers={"Allow": ", ".join(table)})
@@ -192,12 +214,13 @@ def create_app(
 
     app = web.Application(middlewares=[tus_middleware])
     app[HANDLERS_KEY] = handlers
+    app[IETF_KEY] = draft
     app[STORE_KEY] = store
     app[METRICS_KEY] = metrics
     app[SHUTDOWN_KEY] = shutdown
     app[AUTH_KEY] = auth
-    app.router.add_route("*", "/", dispatch(collection))
-    app.router.add_route("*", "/{upload_id}", dispatch(upload))
+    app.router.add_route("*", "/", dispatch(collection, draft_collection))
+    app.router.add_route("*", "/{upload_id}", dispatch(upload, draft_upload))
     app.on_response_prepare.append(_add_tus_resumable)
     app.on_response_prepare.append(server_headers)
     install_cors(app, config)

@@ -126,6 +126,11 @@ class Config:
     max_metadata_count: int | None = setting(
         32, 'Most keys accepted in Upload-Metadata (400 beyond). "none": no limit.'
     )
+    max_append_size: int | None = setting(
+        None,
+        "Largest body one request may carry (a PATCH, or a creation with data), in bytes (413 beyond); "
+        "IETF draft clients see it in Upload-Limit as max-append-size. Unset: no limit.",
+    )
     quota_bytes: int | None = setting(
         None,
         "Bytes one owner (a token's sub) may hold: the lengths of their uploads (bytes received while "

@@ -21,7 +21,7 @@ from .auth import auth_enabled
 from .config import Config
 from .load import ConfigError
 
-ALLOWED_METHODS = ("POST", "GET", "HEAD", "PATCH", "DELETE", "OPTIONS")
+ALLOWED_METHODS = ("POST", "GET", "HEAD", "PATCH", "DELETE", "OPTIONS", "PUT")  # PUT: a draft creation
 
 # Every header a tus client may send (core protocol and all extensions).
 TUS_REQUEST_HEADERS = (
@@ -35,6 +35,11 @@ TUS_REQUEST_HEADERS = (
     "Content-Type",
     "X-HTTP-Method-Override",
     "X-Requested-With",
+    # The IETF draft's (ietf.py): tus-js-client's protocol 'ietf-draft-0x' sends them.
+    "Upload-Complete",
+    "Upload-Incomplete",
+    "Upload-Draft-Interop-Version",
+    "Content-Disposition",
 )
 
 # Every header a tus client must be able to read from a response.
@@ -51,6 +56,10 @@ EXPOSED_HEADERS = (
     "Tus-Extension",
     "Tus-Max-Size",
     "Tus-Checksum-Algorithm",
+    "Upload-Complete",
+    "Upload-Incomplete",
+    "Upload-Limit",
+    "Upload-Draft-Interop-Version",
 )
 
 REGEX_PREFIX = "re:"

@@ -117,10 +117,23 @@ HOOK_REJECTED = ErrorKind("ERR_HOOK_REJECTED", 403, "request was rejected by a h
 HOOK_FAILED = ErrorKind("ERR_HOOK_FAILED", 500, "a server hook failed")
 HOOK_UNAVAILABLE = ErrorKind("ERR_HOOK_UNAVAILABLE", 503, "the hook service did not answer; retry later")
 UPLOAD_ID_TAKEN = ErrorKind("ERR_UPLOAD_ID_TAKEN", 409, "an upload with the id chosen by a hook already exists")
+APPEND_TOO_LARGE = ErrorKind("ERR_APPEND_TOO_LARGE", 413, "request body is larger than max_append_size")
 METADATA_TOO_LARGE = ErrorKind("ERR_METADATA_TOO_LARGE", 413, "Upload-Metadata is larger than the server allows")
 TOO_MANY_METADATA_KEYS = ErrorKind("ERR_TOO_MANY_METADATA_KEYS", 400, "Upload-Metadata has more keys than allowed")
 QUOTA_EXCEEDED = ErrorKind("ERR_QUOTA_EXCEEDED", 413, "the owner's quota does not allow this")
 INVALID_QUERY = ErrorKind("ERR_INVALID_QUERY", 400, "a query parameter is malformed")
+# Only requests of the IETF draft (ietf.py) meet these.
+MISSING_COMPLETE = ErrorKind("ERR_MISSING_UPLOAD_COMPLETE", 400, "the request must say whether it completes the upload")
+INVALID_APPEND_TYPE = ErrorKind(
+    "ERR_INVALID_CONTENT_TYPE", 415, "an append must carry Content-Type: application/partial-upload"
+)
+UNEXPECTED_UPLOAD_FIELDS = ErrorKind(
+    "ERR_UNEXPECTED_UPLOAD_FIELDS", 400, "this request must not carry Upload-Offset or the completeness field"
+)
+INCONSISTENT_LENGTH = ErrorKind("ERR_INCONSISTENT_UPLOAD_LENGTH", 400, "the upload's length indicators disagree")
+LENGTH_NOT_REACHED = ErrorKind(
+    "ERR_LENGTH_NOT_REACHED", 400, "the upload was declared complete before the bytes reached its length"
+)
 INTERNAL = ErrorKind("ERR_INTERNAL", 500, "internal server error")
 
 # Why a final upload can never complete, by the code its `.info` records.

@@ -109,7 +109,7 @@ class TusHandlers:
 
     # -- helpers -----------------------------------------------------------
 
-    def _upload_id(self, request: web.Request) -> str:
+    def upload_id_of(self, request: web.Request) -> str:
         upload_id = request.match_info["upload_id"]
         if not protocol.is_valid_upload_id(upload_id):
             raise TusError(errors.NOT_FOUND)
@@ -169,15 +169,21 @@ class TusHandlers:
             headers["Upload-Expires"] = protocol.http_date(info.expires)
         return headers
 
-    def _max_size(self, request: web.Request) -> int | None:
+    def max_size(self, request: web.Request) -> int | None:
         """The smaller of `max_size` and the embedder's `max_size_for(request)`."""
         if MAX_SIZE not in request:
             limits = [self.config.max_size, self.max_size_for(request) if self.max_size_for else None]
             request[MAX_SIZE] = min((n for n in limits if n is not None), default=None)
         return request[MAX_SIZE]
 
-    def _check_size(self, request: web.Request, length: int | None) -> None:
-        max_size = self._max_size(request)
+    def check_append_size(self, content_length: int | None) -> None:
+        """Refuse a body announced larger than `max_append_size`, before anything changes."""
+        most = self.config.max_append_size
+        if content_length is not None and most is not None and content_length > most:
+            raise TusError(errors.APPEND_TOO_LARGE, f"at most {most} bytes per request")
+
+    def check_size(self, request: web.Request, length: int | None) -> None:
+        max_size = self.max_size(request)
         if length is not None and max_size is not None and length > max_size:
             raise TusError(errors.MAX_SIZE_EXCEEDED, f"limit is {max_size} bytes")
 
@@ -195,7 +201,7 @@ class TusHandlers:
         upload when it is complete. Updates `info.offset`."""
         checksum = protocol.parse_checksum(_header(request, "Upload-Checksum"))
         content_length = protocol.parse_content_length(request.headers.get("Content-Length"))
-        max_size = self._max_size(request)
+        max_size = self.max_size(request)
         if info.length is not None:
             limit: int | None = info.length - info.offset
         elif max_size is not None:
@@ -204,9 +210,14 @@ class TusHandlers:
             limit = None
         if content_length is not None and limit is not None and content_length > limit:
             raise TusError(errors.EXCEEDS_UPLOAD_LENGTH, f"{limit} bytes remain")
+        self.check_append_size(content_length)
         by_quota = quota_left is not None and (limit is None or quota_left < limit)
         if by_quota:
             limit = quota_left
+        most = self.config.max_append_size
+        by_append = most is not None and (limit is None or most < limit)
+        if by_append:
+            limit, by_quota = most, False
         body = Body(
             request.content,
             limit,
@@ -248,6 +259,8 @@ class TusHandlers:
             await self._finish(request, info, posts)
         elif self.config.expire_after is not None:
             await self.store.save_info(info)
+        if body.overflowed and by_append:
+            raise TusError(errors.APPEND_TOO_LARGE, "bytes past it were discarded")
         if body.overflowed and by_quota:
             quota = self._quota(request).bytes
             raise TusError(errors.QUOTA_EXCEEDED, f"quota_bytes is {quota} bytes; bytes past it were discarded")
@@ -332,7 +345,7 @@ class TusHandlers:
             "Tus-Extension": ",".join(self.extensions),
             "Tus-Checksum-Algorithm": ",".join(protocol.CHECKSUM_ALGORITHMS),
         }
-        max_size = self._max_size(request)
+        max_size = self.max_size(request)
         if max_size is not None:
             headers["Tus-Max-Size"] = str(max_size)
         return web.Response(status=200, headers=headers)  # as tusd: 200, which checkers expect
@@ -357,7 +370,7 @@ class TusHandlers:
         )
         if length is None and not isinstance(self.store, LengthDeferringStore):
             raise TusError(errors.UNSUPPORTED_EXTENSION, "creation-defer-length")
-        self._check_size(request, length)
+        self.check_size(request, length)
         # Some clients label an empty POST application/octet-stream; only a real body must be ours.
         with_body = protocol.is_offset_content_type(request.headers.get("Content-Type"))
         if not with_body and request.body_exists:
@@ -366,22 +379,14 @@ class TusHandlers:
             # Everything that can reject the body is checked before the upload exists.
             protocol.parse_checksum(_header(request, "Upload-Checksum"))
             content_length = protocol.parse_content_length(request.headers.get("Content-Length"))
-            limit = length if length is not None else self._max_size(request)
+            limit = length if length is not None else self.max_size(request)
             if limit is not None and content_length is not None and content_length > limit:
                 raise TusError(errors.EXCEEDS_UPLOAD_LENGTH, f"at most {limit} bytes fit")
-        info = self._new_info(request, length, metadata)
-        info.concat = "partial" if concat is not None else None
-        await self._create_upload(request, info)
-        await self.hooks.post(POST_CREATE, request, info)
+            self.check_append_size(content_length)
+        info = await self.create_upload(request, length, metadata, concat="partial" if concat is not None else None)
         headers = {"Location": upload_location(request, self.config, info.id)}
         if with_body:
-            try:
-                async with self._locked(request, info.id) as posts:
-                    await self._receive_owned(request, info, posts)
-            except TusError as exc:
-                # The upload exists and keeps what arrived: the client can resume it.
-                exc.headers.setdefault("Location", headers["Location"])
-                raise
+            await self.receive_creation(request, info, headers["Location"])
             headers.update(self._state_headers(info))
         elif info.expires is not None:
             headers["Upload-Expires"] = protocol.http_date(info.expires)
@@ -390,6 +395,49 @@ class TusHandlers:
             await self._finish(request, info, posts)
             await self._deliver(request, posts)
         return web.Response(status=201, headers=headers)
+
+    async def create_upload(
+        self, request: web.Request, length: int | None, metadata: protocol.Metadata, *, concat: str | None = None
+    ) -> UploadInfo:
+        """A new upload (not a final concatenation): pre-create, owners and quota, the store,
+        post-create."""
+        info = self._new_info(request, length, metadata)
+        info.concat = concat
+        await self._create_upload(request, info)
+        await self.hooks.post(POST_CREATE, request, info)
+        return info
+
+    async def complete(self, request: web.Request, info: UploadInfo) -> None:
+        """Finish `info` now that its client says every byte is here (see `_complete`)."""
+        async with self._locked(request, info.id) as posts:
+            await self._complete(request, info, posts)
+
+    async def receive_creation(
+        self, request: web.Request, info: UploadInfo, location: str, *, completes: bool = False
+    ) -> None:
+        """Receive the body of the request that created `info` (tus creation-with-upload, or
+        the draft's creation); `completes`: the body is the rest of the upload."""
+        try:
+            async with self._locked(request, info.id) as posts:
+                await self._receive_owned(request, info, posts)
+                if completes and not info.finished:
+                    await self._complete(request, info, posts)
+        except TusError as exc:
+            # The upload exists and keeps what arrived: the client can resume it.
+            exc.headers.setdefault("Location", location)
+            raise
+        except ReleaseRequested:
+            raise TusError(errors.INTERRUPTED, headers={"Location": location}) from None
+
+    async def _complete(self, request: web.Request, info: UploadInfo, posts: _Posts) -> None:
+        """The client says every byte is here: a deferred length becomes the offset, and a
+        known one must have been reached. Then the upload finishes."""
+        if info.length is None:
+            await self._set_length(request, info, info.offset, body_pending=False)
+        elif info.length != info.offset:
+            raise TusError(errors.LENGTH_NOT_REACHED, f"{info.offset} of {info.length} bytes received")
+        if not info.finished:
+            await self._finish(request, info, posts)
 
     async def _create_upload(self, request: web.Request, info: UploadInfo) -> None:
         """Run pre-create, apply what it changes (metadata, and the id = storage key), and
@@ -453,7 +501,7 @@ class TusHandlers:
         for partial in partials:
             await self._check_finals_of(partial.id)
         # Lengths still deferred are checked against the same limit once they are known.
-        limit = self._max_size(request)
+        limit = self.max_size(request)
         known = sum(p.length for p in partials if p.length is not None)
         if limit is not None and known > limit:
             raise TusError(errors.MAX_SIZE_EXCEEDED, f"the partial uploads add up to {known} bytes; limit is {limit}")
@@ -547,8 +595,9 @@ class TusHandlers:
         if result.headers:
             request.setdefault(HOOK_HEADERS, {}).update(result.headers)
 
-    async def head(self, request: web.Request) -> web.Response:
-        upload_id = self._upload_id(request)
+    async def current(self, request: web.Request, upload_id: str) -> UploadInfo:
+        """The upload's state for an offset request (tus HEAD, the draft's HEAD or GET). Taking
+        the lock stops a request in flight on it, so the offset is one the next PATCH accepts."""
         await self._access(request, upload_id, "head")
         async with self._locked(request, upload_id) as posts:
             info = await self._load(upload_id, request)
@@ -560,6 +609,11 @@ class TusHandlers:
             # Answered from the final's .info alone; the check (which also repairs a crash or
             # a dropped submit) runs in the background, once however many HEADs ask.
             self.finals.submit(upload_id, request)
+        return info
+
+    async def head(self, request: web.Request) -> web.Response:
+        upload_id = self.upload_id_of(request)
+        info = await self.current(request, upload_id)
         headers = self._state_headers(info)
         if info.concat == "final":
             base = collection_path(request)
@@ -582,12 +636,20 @@ class TusHandlers:
             return await self._patch(request)
 
     async def _patch(self, request: web.Request) -> web.Response:
-        upload_id = self._upload_id(request)
+        upload_id = self.upload_id_of(request)
         protocol.check_content_type(request.headers.get("Content-Type"))
         offset = protocol.parse_upload_offset(_header(request, "Upload-Offset"))
         new_length = _header(request, "Upload-Length")
         length = None if new_length is None else protocol.parse_upload_length(new_length)
         protocol.parse_checksum(_header(request, "Upload-Checksum"))  # malformed: refused before any change
+        info = await self.append(request, upload_id, offset, length)
+        return web.Response(status=204, headers=self._state_headers(info))
+
+    async def append(
+        self, request: web.Request, upload_id: str, offset: int, length: int | None, *, completes: bool = False
+    ) -> UploadInfo:
+        """Append the request body at `offset` (a tus PATCH, or the draft's append), setting
+        a deferred `length` first; `completes`: the body is the rest of the upload."""
         await self._access(request, upload_id, "patch")
         async with self._locked(request, upload_id) as posts:
             info = await self._load(upload_id, request)
@@ -607,24 +669,29 @@ class TusHandlers:
                     raise TusError(errors.UPLOAD_FINISHED)
             else:
                 await self._receive_owned(request, info, posts)
-        return web.Response(status=204, headers=self._state_headers(info))
+                if completes and not info.finished:
+                    await self._complete(request, info, posts)
+        return info
 
-    async def _set_length(self, request: web.Request, info: UploadInfo, length: int) -> None:
+    async def _set_length(
+        self, request: web.Request, info: UploadInfo, length: int, *, body_pending: bool = True
+    ) -> None:
+        """`body_pending`: the request's body is still to come, and must fit."""
         if info.length is not None:
             raise TusError(errors.LENGTH_ALREADY_SET)
         if length < info.offset:
             raise TusError(errors.LENGTH_BELOW_OFFSET)
-        self._check_size(request, length)
+        self.check_size(request, length)
         # A body that will not fit is refused before the length is saved.
         content_length = protocol.parse_content_length(request.headers.get("Content-Length"))
-        if content_length is not None and info.offset + content_length > length:
+        if body_pending and content_length is not None and info.offset + content_length > length:
             raise TusError(errors.EXCEEDS_UPLOAD_LENGTH, f"{length - info.offset} bytes remain")
         assert isinstance(self.store, LengthDeferringStore)
         store = self.store
         await self.owners.set_length(info, length, self._quota(request), lambda: store.set_length(info, length))
 
     async def delete(self, request: web.Request) -> web.Response:
-        upload_id = self._upload_id(request)
+        upload_id = self.upload_id_of(request)
         if not isinstance(self.store, TerminatingStore):
             raise TusError(errors.METHOD_NOT_ALLOWED)
         await self._access(request, upload_id, "delete")
@@ -641,7 +708,7 @@ class TusHandlers:
             return await self._get(request)
 
     async def _get(self, request: web.Request) -> web.StreamResponse:
-        upload_id = self._upload_id(request)
+        upload_id = self.upload_id_of(request)
         if not self.config.downloads:
             raise TusError(errors.DOWNLOAD_DISABLED)
         info = await self._load(upload_id, request)

@@ -20,4 +20,5 @@ AUTH_SUBJECT: web.RequestKey[str | None] = web.RequestKey("tus_auth_subject")  #
 AUTH_CLAIMS: web.RequestKey[Claims] = web.RequestKey("tus_auth_claims")  # of the bearer token, when tokens are on
 QUOTA: web.RequestKey[Quota] = web.RequestKey("tus_quota")  # computed once per request
 HOOK_HEADERS = web.RequestKey("tus_hook_headers", dict)  # headers post-finish hooks asked for (2xx only)
+DIALECT = web.RequestKey("tus_ietf_dialect", Any)  # ietf.Dialect of a request of the IETF draft
 OPS_REQUEST = web.RequestKey("tus_ops_request", bool)  # /metrics, /healthz, /readyz: not counted

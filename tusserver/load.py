@@ -49,6 +49,7 @@ _MINIMUMS = (
             "hooks_workers",
             "max_concat_partials",
             "max_finals_per_partial",
+            "max_append_size",
         )
     ),
 )

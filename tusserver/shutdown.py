@@ -22,7 +22,7 @@ log = logging.getLogger("tusserver")
 RETRY_AFTER = "2"  # seconds; another instance can take the upload at once
 # Seconds stopped uploads get to flush what they received (S3 parts, `.part`) after the grace.
 FLUSH_TIMEOUT = 10.0
-UPLOAD_METHODS = ("POST", "PATCH")
+UPLOAD_METHODS = ("POST", "PATCH", "PUT")  # PUT: a creation of the IETF draft
 
 
 def shutting_down() -> TusError:

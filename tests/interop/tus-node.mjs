@@ -5,7 +5,8 @@
 // uploadLengthDeferred, uploadDataDuringCreation, parallelUploads, uploadUrl,
 // urlStorage (a path: FileUrlStorage, which also turns on fingerprint resuming),
 // resume (look for a previous upload in urlStorage and continue it),
-// abortAfterChunks (abort, without terminating, once that many chunks were accepted).
+// abortAfterChunks (abort, without terminating, once that many chunks were accepted),
+// protocol ('tus-v1', 'ietf-draft-03' or 'ietf-draft-05').
 import * as fs from 'node:fs'
 import { PassThrough } from 'node:stream'
 import * as tus from 'tus-js-client'
@@ -50,7 +51,7 @@ function run() {
         }
       },
     }
-    for (const key of ['chunkSize', 'uploadLengthDeferred', 'uploadDataDuringCreation', 'parallelUploads', 'uploadUrl']) {
+    for (const key of ['chunkSize', 'uploadLengthDeferred', 'uploadDataDuringCreation', 'parallelUploads', 'uploadUrl', 'protocol']) {
       if (options[key] !== undefined) settings[key] = options[key]
     }
     if (options.urlStorage) {
