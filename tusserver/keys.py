@@ -9,6 +9,7 @@ from aiohttp import web
 if TYPE_CHECKING:
     from .auth import Claims
     from .body import Body
+    from .ietf import Dialect
     from .owners import Quota
 
 UPLOAD_ID = web.RequestKey("tus_upload_id", str)  # for the access log and metrics
@@ -20,5 +21,5 @@ AUTH_SUBJECT: web.RequestKey[str | None] = web.RequestKey("tus_auth_subject")  #
 AUTH_CLAIMS: web.RequestKey[Claims] = web.RequestKey("tus_auth_claims")  # of the bearer token, when tokens are on
 QUOTA: web.RequestKey[Quota] = web.RequestKey("tus_quota")  # computed once per request
 HOOK_HEADERS = web.RequestKey("tus_hook_headers", dict)  # headers post-finish hooks asked for (2xx only)
-DIALECT = web.RequestKey("tus_ietf_dialect", Any)  # ietf.Dialect of a request of the IETF draft
+DIALECT: web.RequestKey[Dialect] = web.RequestKey("tus_ietf_dialect")  # of a request of the IETF draft
 OPS_REQUEST = web.RequestKey("tus_ops_request", bool)  # /metrics, /healthz, /readyz: not counted
