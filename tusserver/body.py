@@ -9,6 +9,7 @@ import threading
 import time
 import zlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import StreamReader
 
