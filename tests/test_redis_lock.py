@@ -25,6 +25,7 @@ from tusserver import Config, MemoryLocker, create_app
 from tusserver.app import HANDLERS_KEY
 from tusserver.cleanup import clean_expired
 from tusserver.errors import TusError
+from tusserver.locks import held_version
 from tusserver.redis_lock import RedisLocker
 
 KiB = 1 << 10
@@ -284,6 +285,42 @@ async def test_head_on_one_instance_interrupts_a_patch_hanging_on_the_other(two_
     hanging.close()
     await patch(b, path, sent, data[sent:])
     assert await s3_sha256(moto_endpoint, bucket, path.rsplit("/", 1)[1]) == sha256(data)
+
+
+async def test_an_instance_trusts_its_kept_state_only_while_redis_says_nobody_took_the_lock(
+    two_instances, moto_endpoint, bucket
+):
+    """The versions in Redis: a HEAD costs no S3 call while the state an instance kept is
+    current, and one made after the other instance PATCHed reads S3 and sees the new offset."""
+    (a, b), (store_a, _) = two_instances
+    calls: list[str] = []
+    store_a.client.meta.events.register("before-call.s3", lambda model, **_: calls.append(model.name))
+    data = os.urandom(3 * MiB)
+    path = await create(a, len(data))
+    calls.clear()
+    assert (await head(a, path)).headers["Upload-Offset"] == "0"
+    assert calls == []  # what its creation wrote is current
+    await patch(b, path, 0, data[:MiB])
+    assert (await head(a, path)).headers["Upload-Offset"] == str(MiB)  # not the 0 it kept
+    assert calls == ["GetObject", "ListObjectsV2"]
+    calls.clear()
+    assert (await head(a, path)).headers["Upload-Offset"] == str(MiB)
+    assert calls == []
+    await patch(a, path, MiB, data[MiB : 2 * MiB])
+    await patch(b, path, 2 * MiB, data[2 * MiB :])  # b's kept state is from before a's PATCH
+    assert await s3_sha256(moto_endpoint, bucket, path.rsplit("/", 1)[1]) == sha256(data)
+
+
+async def test_versions_move_with_each_lock_and_are_never_given_twice(lockers):
+    one, two = await lockers(), await lockers()
+    first = await one.version("u")
+    assert first is not None and await two.version("u") == first
+    async with one.lock("u"):
+        held = held_version("u")
+        assert held is not None and held[0] == first and held[1] > first
+        assert await two.version("u") is None  # held: a state read now may be half written
+    assert await two.version("u") == held[1]
+    assert await one.version("other") not in (first, held[1])
 
 
 # -- background jobs: try_lock (issue 11) -----------------------------------------------

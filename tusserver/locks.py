@@ -41,7 +41,9 @@ def held_version(upload_id: str) -> tuple[int | None, int] | None:
 
 
 @asynccontextmanager
-async def _holding(upload_id: str, before: int | None, now: int) -> AsyncIterator[None]:
+async def holding_version(upload_id: str, before: int | None, now: int) -> AsyncIterator[None]:
+    """Within the block, held_version(upload_id) is (before, now): for a locker that just took
+    the upload's lock and moved its version from `before` to `now`."""
     token = _HELD.set({**(_HELD.get() or {}), upload_id: (before, now)})
     try:
         yield
@@ -109,7 +111,7 @@ class MemoryLocker:
 
     def _bump(self, upload_id: str) -> AbstractAsyncContextManager[None]:
         before = self._versions.get(upload_id)
-        return _holding(upload_id, before, self._renumber(upload_id))
+        return holding_version(upload_id, before, self._renumber(upload_id))
 
     async def start(self) -> None:
         return None

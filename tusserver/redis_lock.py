@@ -31,7 +31,7 @@ from . import errors
 from .cancellation import await_to_completion
 from .config import Config
 from .errors import TusError
-from .locks import ReleaseCallback
+from .locks import ReleaseCallback, holding_version
 
 log = logging.getLogger("tusserver.locks")
 
@@ -61,6 +61,31 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+
+# Versions (see locks.py): one counter for every upload, so a number is never given twice,
+# and a key per upload with its number. KEYS: counter, the upload's version. ARGV: its TTL (ms).
+# Returns {the number before (0: none), the new one}.
+_BUMP = """
+local before = redis.call('get', KEYS[2]) or '0'
+local now = redis.call('incr', KEYS[1])
+redis.call('set', KEYS[2], now, 'PX', ARGV[1])
+return {tonumber(before), now}
+"""
+# KEYS: the upload's lock, counter, the upload's version. ARGV: the TTL (ms). 0 while the
+# lock is held; a forgotten (expired) version gets a new number.
+_VERSION = """
+if redis.call('exists', KEYS[1]) == 1 then return 0 end
+local now = redis.call('get', KEYS[3])
+if not now then
+  now = redis.call('incr', KEYS[2])
+  redis.call('set', KEYS[3], now, 'PX', ARGV[1])
+end
+return tonumber(now)
+"""
+# Longer than a store trusts a kept state (KNOWN_STATE_SECONDS): an expired version only
+# turns states into misses.
+VERSION_TTL = 3600.0
 
 
 @dataclass
@@ -93,6 +118,9 @@ class RedisLocker:
         self._acquire = self.redis.register_script(_ACQUIRE)
         self._renew = self.redis.register_script(_RENEW)
         self._release = self.redis.register_script(_RELEASE)
+        self._bump = self.redis.register_script(_BUMP)
+        self._version = self.redis.register_script(_VERSION)
+        self._counter = f"{prefix}:versions"
         self._held: dict[str, _Holder] = {}  # by token, for release requests
         self._waiters: dict[str, set[asyncio.Event]] = {}  # by upload id
         self._pubsub: PubSub | None = None
@@ -187,9 +215,18 @@ class RedisLocker:
         async with self._holding(upload_id, key, token, None):
             yield True
 
+    def _version_key(self, upload_id: str) -> str:
+        return f"{self.prefix}:version:{upload_id}"
+
     async def version(self, upload_id: str) -> int | None:
-        # No versions across instances yet: stores read the state from storage each time.
-        return None
+        try:
+            now = await self._version(
+                keys=[self._key(upload_id), self._counter, self._version_key(upload_id)],
+                args=[int(VERSION_TTL * 1000)],
+            )
+        except RedisError:
+            return None  # the store reads S3: a HEAD needs no lock service
+        return int(now) or None
 
     async def take_lease(self, name: str, seconds: float) -> bool:
         try:
@@ -209,7 +246,15 @@ class RedisLocker:
         self._held[token] = holder
         renewer = asyncio.create_task(self._keep(key, token, holder))
         try:
-            yield
+            # Before any change: states other instances keep of this upload are stale from now.
+            try:
+                before, now = await self._bump(
+                    keys=[self._counter, self._version_key(upload_id)], args=[int(VERSION_TTL * 1000)]
+                )
+            except RedisError as exc:
+                raise TusError(errors.STORAGE_UNAVAILABLE, "lock service unreachable") from exc
+            async with holding_version(upload_id, int(before) or None, int(now)):
+                yield
         finally:
             renewer.cancel()
             del self._held[token]
