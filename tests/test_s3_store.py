@@ -23,6 +23,7 @@ from tusserver import Config, create_app
 from tusserver.info import UploadInfo
 from tusserver.locks import MemoryLocker
 from tusserver.protocol import new_upload_id
+from tusserver.stores import s3 as s3_module
 from tusserver.stores.file import FileStore
 from tusserver.stores.s3 import (
     MAX_OBJECT_SIZE,
@@ -348,6 +349,26 @@ async def test_a_kept_state_is_trusted_only_while_nobody_took_the_lock(serve, s3
     assert await two.offset(upload_id) == len(data)
     assert calls == ["GetObject"]
     s3.assert_object(upload_id, data)
+
+
+async def test_kept_states_are_bounded_in_number_and_parts(serve, s3, monkeypatch):
+    monkeypatch.setattr(s3_module, "KNOWN_STATES", 3)
+    monkeypatch.setattr(s3_module, "KNOWN_STATE_PARTS", 1)
+    server = await serve(part_size=5 * MiB)
+    ids = [await server.create(10) for _ in range(5)]
+    assert list(server.store._known) == ids[2:]  # the 3 newest
+    calls = record_calls(server.store)
+    assert await server.offset(ids[0]) == 0 and calls == ["GetObject"]  # forgotten: read
+    calls.clear()
+    assert await server.offset(ids[4]) == 0 and calls == []
+    data = payload(11 * MiB, seed=35)
+    upload_id = await server.create(len(data))
+    assert await server.patch(upload_id, 0, data[: 10 * MiB]) == 10 * MiB  # 2 parts
+    for _ in range(2):  # a state of more parts than kept: read each time
+        calls.clear()
+        assert await server.offset(upload_id) == 10 * MiB
+        assert "ListParts" in calls
+    assert upload_id not in server.store._known and len(server.store._known) <= 3
 
 
 async def test_uniform_parts_are_all_the_same_size(serve, s3):

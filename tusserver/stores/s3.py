@@ -81,10 +81,11 @@ MAX_USER_METADATA = 2000  # bytes; S3 allows 2 KiB of user metadata in all
 READ_CHUNK = 1 * MiB
 UPLOAD_ID_CACHE = 4096
 # A state this process read or wrote is trusted while the lock's version says nobody
-# changed it (see S3Store.use_versions); these bound what the trust costs and risks.
-KNOWN_STATES = 4096
+# changed it (see S3Store.use_versions); these bound what the trust costs and risks. At
+# most about 1024 x (4 KiB of metadata + 16 parts) = 10 MiB of RAM.
+KNOWN_STATES = 1024
 KNOWN_STATE_SECONDS = 300.0  # read again at least this often
-KNOWN_STATE_PARTS = 64  # a longer list of parts is not kept: RAM
+KNOWN_STATE_PARTS = 16  # a longer list of parts is not kept
 POOL_WAIT = 10.0  # seconds an S3 request may wait for a pooled connection, connecting included
 READY_CACHE = 1.0  # seconds one HeadBucket answers /readyz for
 TAIL_SUFFIX = ".part."  # <id>.part.<next part>.<start offset>: a tail chunk
@@ -487,7 +488,7 @@ class S3Store:
     def _remember(self, info: UploadInfo, state: _State | None, version: int) -> None:
         if state is not None and len(state.parts) > KNOWN_STATE_PARTS:
             return
-        self._keep(self._known, info.id, _Known(info.to_json(), state, version, time.monotonic()))
+        self._keep(self._known, info.id, _Known(info.to_json(), state, version, time.monotonic()), KNOWN_STATES)
 
     def _remember_held(self, info: UploadInfo, state: _State | None) -> None:
         """Keep what this request, holding the lock, just wrote."""
@@ -609,10 +610,10 @@ class S3Store:
         return kept[1]
 
     @staticmethod
-    def _keep(cache: OrderedDict, upload_id: str, value: Any) -> None:
+    def _keep(cache: OrderedDict, upload_id: str, value: Any, limit: int = UPLOAD_ID_CACHE) -> None:
         cache[upload_id] = value
         cache.move_to_end(upload_id)
-        while len(cache) > UPLOAD_ID_CACHE:
+        while len(cache) > limit:
             cache.popitem(last=False)
 
     def _object_params(self, info: UploadInfo) -> dict[str, Any]:
