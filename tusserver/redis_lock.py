@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import PubSub
 from redis.exceptions import RedisError
 
@@ -83,6 +83,8 @@ if not now then
 end
 return tonumber(now)
 """
+REDIS_CONNECTIONS = 64  # per instance; a command holds one only while it runs
+REDIS_POOL_WAIT = 5.0  # seconds a command may wait for one, then the request gets 503
 # Longer than a store trusts a kept state (KNOWN_STATE_SECONDS): an expired version only
 # turns states into misses.
 VERSION_TTL = 3600.0
@@ -109,7 +111,15 @@ class RedisLocker:
         lease: float = 10.0,
         prefix: str = "tusserver",
     ) -> None:
-        self.redis = Redis.from_url(redis, socket_connect_timeout=5) if isinstance(redis, str) else redis
+        if isinstance(redis, str):
+            # redis-py's default pool fails a command at once (MaxConnectionsError) when its 100
+            # connections are in use: 256 HEADs at once got 503s. This one waits for a connection.
+            pool = BlockingConnectionPool.from_url(
+                redis, max_connections=REDIS_CONNECTIONS, timeout=REDIS_POOL_WAIT, socket_connect_timeout=5
+            )
+            self.redis = Redis.from_pool(pool)
+        else:
+            self.redis = redis
         self.timeout = timeout
         self.lease = lease
         self.prefix = prefix
