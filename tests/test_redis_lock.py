@@ -311,6 +311,18 @@ async def test_an_instance_trusts_its_kept_state_only_while_redis_says_nobody_to
     assert await s3_sha256(moto_endpoint, bucket, path.rsplit("/", 1)[1]) == sha256(data)
 
 
+async def test_256_heads_at_once_of_one_idle_upload_on_two_instances_are_all_answered(two_instances):
+    """HEADs of an upload nobody writes take no lock: behind Redis they queued for it, one
+    after another, and got 423 after lock_timeout. And redis-py's pool failed commands at once
+    beyond 100 connections (503); the locker's pool waits for a connection."""
+    (a, b), _ = two_instances
+    data = os.urandom(1000)
+    path = await create(a, 2 * len(data))
+    await patch(a, path, 0, data)
+    replies = await asyncio.gather(*(head((a, b)[n % 2], path) for n in range(256)))
+    assert [(r.status, r.headers.get("Upload-Offset")) for r in replies] == [(200, "1000")] * 256
+
+
 async def test_versions_move_with_each_lock_and_are_never_given_twice(lockers):
     one, two = await lockers(), await lockers()
     first = await one.version("u")
