@@ -125,7 +125,9 @@ async def test_link_tokens_reach_neither_logs_nor_hooks(aiohttp_client, tmp_path
     client = await aiohttp_client(app)
     a = await upload(client, DATA_A)
     link = make_token(SECRET, 3600, scope="download", upload=a)
-    assert (await client.get(f"/{a}", params={"token": link, "x": "1"})).status == 200
+    resp = await client.get(f"/{a}", params={"token": link, "x": "1"})
+    # Read whole: the access line is written when the response has been sent.
+    assert resp.status == 200 and await resp.read() == DATA_A
     assert (await client.get(f"/{a}x", params={"token": link})).status == 404
     assert seen == [f"/{a}?x=1"]
     tusserver_lines = [r.getMessage() for r in caplog.records if r.name.startswith("tusserver")]
