@@ -299,7 +299,10 @@ async def test_an_instance_trusts_its_kept_state_only_while_redis_says_nobody_to
     path = await create(a, len(data))
     calls.clear()
     assert (await head(a, path)).headers["Upload-Offset"] == "0"
-    assert calls == []  # what its creation wrote is current
+    assert calls == ["GetObject"]  # no version yet (never locked): read, and kept
+    calls.clear()
+    assert (await head(a, path)).headers["Upload-Offset"] == "0"
+    assert calls == []
     await patch(b, path, 0, data[:MiB])
     assert (await head(a, path)).headers["Upload-Offset"] == str(MiB)  # not the 0 it kept
     assert calls == ["GetObject", "ListObjectsV2"]
@@ -325,14 +328,18 @@ async def test_256_heads_at_once_of_one_idle_upload_on_two_instances_are_all_ans
 
 async def test_versions_move_with_each_lock_and_are_never_given_twice(lockers):
     one, two = await lockers(), await lockers()
-    first = await one.version("u")
-    assert first is not None and await two.version("u") == first
+    assert await one.version("u") is None  # never locked: no version, and asking makes none
     async with one.lock("u"):
-        held = held_version("u")
-        assert held is not None and held[0] == first and held[1] > first
+        first = held_version("u")
+        assert first is not None and first[0] is None
         assert await two.version("u") is None  # held: a state read now may be half written
-    assert await two.version("u") == held[1]
-    assert await one.version("other") not in (first, held[1])
+    assert await two.version("u") == first[1]
+    async with two.lock("u"):
+        held = held_version("u")
+        assert held == (first[1], held[1]) and held[1] > first[1]
+    assert await one.version("u") == held[1]
+    async with one.lock("other"):
+        assert held_version("other")[1] not in (first[1], held[1])  # one series for all uploads
 
 
 # -- background jobs: try_lock (issue 11) -----------------------------------------------

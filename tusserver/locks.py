@@ -28,7 +28,7 @@ ReleaseCallback = Callable[[], None]
 # upload id -> (the version before this task took the lock, the version it made), for the
 # locks the current task holds.
 _HELD: ContextVar[dict[str, tuple[int | None, int]] | None] = ContextVar("tus_held_versions", default=None)
-VERSIONS_KEPT = 100_000  # ids whose version a MemoryLocker remembers
+VERSIONS_KEPT = 10_000  # ids whose version a MemoryLocker remembers (about 2 MiB)
 # One series for every MemoryLocker of the process: a number one locker gave can never
 # look current to a store that another locker's number (or none) was meant for.
 _NUMBERS = itertools.count(1)

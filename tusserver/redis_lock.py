@@ -72,16 +72,12 @@ local now = redis.call('incr', KEYS[1])
 redis.call('set', KEYS[2], now, 'PX', ARGV[1])
 return {tonumber(before), now}
 """
-# KEYS: the upload's lock, counter, the upload's version. ARGV: the TTL (ms). 0 while the
-# lock is held; a forgotten (expired) version gets a new number.
+# KEYS: the upload's lock, the upload's version. 0 while the lock is held, or when the
+# upload has no version (not locked within VERSION_TTL): asking makes no key, so HEADs of
+# made-up ids cost Redis no memory.
 _VERSION = """
 if redis.call('exists', KEYS[1]) == 1 then return 0 end
-local now = redis.call('get', KEYS[3])
-if not now then
-  now = redis.call('incr', KEYS[2])
-  redis.call('set', KEYS[3], now, 'PX', ARGV[1])
-end
-return tonumber(now)
+return tonumber(redis.call('get', KEYS[2]) or '0')
 """
 REDIS_CONNECTIONS = 64  # per instance; a command holds one only while it runs
 REDIS_POOL_WAIT = 5.0  # seconds a command may wait for one, then the request gets 503
@@ -230,10 +226,7 @@ class RedisLocker:
 
     async def version(self, upload_id: str) -> int | None:
         try:
-            now = await self._version(
-                keys=[self._key(upload_id), self._counter, self._version_key(upload_id)],
-                args=[int(VERSION_TTL * 1000)],
-            )
+            now = await self._version(keys=[self._key(upload_id), self._version_key(upload_id)])
         except RedisError:
             return None  # the store reads S3: a HEAD needs no lock service
         return int(now) or None
