@@ -351,6 +351,17 @@ async def test_a_kept_state_is_trusted_only_while_nobody_took_the_lock(serve, s3
     s3.assert_object(upload_id, data)
 
 
+async def test_heads_at_once_read_a_state_that_is_not_kept_once(serve, s3):
+    server = await serve()
+    data = payload(MiB, seed=36)
+    upload_id = await server.create(2 * len(data))
+    assert await server.patch(upload_id, 0, data) == len(data)  # a change: nothing kept
+    calls = record_calls(server.store)
+    offsets = await asyncio.gather(*(server.offset(upload_id) for _ in range(16)))
+    assert offsets == [len(data)] * 16
+    assert calls == ["GetObject", "ListObjectsV2"]  # one read, that the other 15 waited for
+
+
 async def test_kept_states_are_bounded_in_number_and_parts(serve, s3, monkeypatch):
     monkeypatch.setattr(s3_module, "KNOWN_STATES", 3)
     monkeypatch.setattr(s3_module, "KNOWN_STATE_PARTS", 1)

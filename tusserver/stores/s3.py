@@ -307,6 +307,7 @@ class S3Store:
         self._upload_ids: OrderedDict[str, str] = OrderedDict()
         self.versions: Locker | None = None
         self._known: OrderedDict[str, _Known] = OrderedDict()
+        self._reading: dict[str, asyncio.Future[None]] = {}  # id -> a read of its state under way
         # Ids whose `.info` says they had tail chunks: a flag that is never unset.
         self._tailed: OrderedDict[str, bool] = OrderedDict()
         # id -> (the UploadInfo get_info() returned, the state it read), for the append()
@@ -681,8 +682,32 @@ class S3Store:
     async def get_info(self, upload_id: str) -> UploadInfo:
         self._key(upload_id)
         versions = await self._versions_now(upload_id)
-        if versions is not None and (recalled := self._recall(upload_id, versions)) is not None:
+        if versions is None:
+            return await self._read_current(upload_id, None)
+        if (recalled := self._recall(upload_id, versions)) is not None:
             return recalled
+        if held_version(upload_id) is not None:
+            return await self._read_current(upload_id, versions)
+        # Requests at once without the lock (HEADs) on a state not kept: one reads S3, the
+        # others wait for it and take what it kept.
+        reading = self._reading.get(upload_id)
+        if reading is not None:
+            await asyncio.wait([reading])  # never cancels it, even when this request is
+            versions = await self._versions_now(upload_id)
+            if versions is not None and (recalled := self._recall(upload_id, versions)) is not None:
+                return recalled
+            return await self._read_current(upload_id, versions)
+        done = self._reading[upload_id] = asyncio.get_running_loop().create_future()
+        try:
+            return await self._read_current(upload_id, versions)
+        finally:
+            del self._reading[upload_id]
+            done.set_result(None)
+
+    async def _read_current(
+        self, upload_id: str, versions: tuple[tuple[int | None, ...], int] | None
+    ) -> UploadInfo:
+        """The upload's state read from S3, kept under `versions` unless that is None."""
         known = self._upload_ids.get(upload_id)
 
         async def early_parts() -> list[dict[str, Any]] | None:
