@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from tests.test_s3_store import OCTETS, TUS, Bucket, MiB, S3Proxy, assert_no_temp_files, payload
+from tests.test_s3_store import OCTETS, TUS, MiB, assert_no_temp_files, payload, proxy, s3, spool_dir
 from tusserver import Config, create_app
 from tusserver.load import ConfigError, load_config
 from tusserver.stores.s3 import (
@@ -28,25 +28,6 @@ from tusserver.stores.spool import Spool, TempBudget, process_dir
 
 KiB = 1024
 
-
-@pytest.fixture
-def spool_dir(tmp_path) -> str:
-    path = tmp_path / "spool"
-    path.mkdir()
-    return str(path)
-
-
-@pytest.fixture
-def s3(moto_endpoint, bucket) -> Bucket:
-    return Bucket(moto_endpoint, bucket)
-
-
-@pytest.fixture
-async def proxy(moto_endpoint):
-    proxy = S3Proxy(moto_endpoint)
-    await proxy.start()
-    yield proxy
-    await proxy.stop()
 
 
 # -- pure rules --------------------------------------------------------------------------------
