@@ -37,7 +37,7 @@ from .hooks import (
 from .info import FinalProgress, UploadInfo
 from .keys import AUTH_CLAIMS, AUTH_SUBJECT, BODY, BYTES_IN, HOOK_HEADERS, MAX_SIZE, QUOTA, STOP_REASON, UPLOAD_ID
 from .limits import DownloadSlots, UploadSlots, check_metadata
-from .locks import Locker
+from .locks import Locker, seeing_version
 from .metrics import Metrics
 from .owners import Caller, Owners, Quota, parse_cursor, parse_limit
 from .stores.base import (
@@ -600,10 +600,12 @@ class TusHandlers:
         the lock stops a request in flight on it, so the offset is one the next PATCH accepts."""
         await self._access(request, upload_id, "head")
         info = None
-        if await self.locker.version(upload_id) is not None:
+        version = await self.locker.version(upload_id)
+        if version is not None:
             # Nobody holds or awaits the lock: nothing to stop, and HEADs of one upload do not
             # queue for it (behind Redis, 32 at once ran into 423s).
-            info = await self._load(upload_id, request)
+            with seeing_version(upload_id, version):
+                info = await self._load(upload_id, request)
             if _needs_finish(info):
                 info = None
         if info is None:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -49,6 +49,25 @@ async def holding_version(upload_id: str, before: int | None, now: int) -> Async
         yield
     finally:
         _HELD.reset(token)
+
+
+# upload id -> the version a request read from the locker while nobody held the lock, so
+# the store need not ask again (with Redis, a round trip) within the same request.
+_SEEN: ContextVar[dict[str, int] | None] = ContextVar("tus_seen_versions", default=None)
+
+
+def seen_version(upload_id: str) -> int | None:
+    return (_SEEN.get() or {}).get(upload_id)
+
+
+@contextmanager
+def seeing_version(upload_id: str, version: int) -> Iterator[None]:
+    """Within the block, seen_version(upload_id) is `version`, which Locker.version just gave."""
+    token = _SEEN.set({**(_SEEN.get() or {}), upload_id: version})
+    try:
+        yield
+    finally:
+        _SEEN.reset(token)
 
 
 class Locker(Protocol):

@@ -61,7 +61,7 @@ from ..cancellation import await_to_completion
 from ..config import Config
 from ..errors import TusError
 from ..info import UploadInfo
-from ..locks import Locker, held_version
+from ..locks import Locker, held_version, seen_version
 from ..protocol import download_headers, is_valid_upload_id
 from .base import CorruptInfo, Download, RedirectDownload, StoreStartError, StreamDownload, parse_info
 from .owner_index import entry_name, index_keys, is_entry, is_index_key
@@ -469,7 +469,9 @@ class S3Store:
             return held, held[1]
         if self.versions is None:
             return None
-        now = await self.versions.version(upload_id)
+        now = seen_version(upload_id)
+        if now is None:
+            now = await self.versions.version(upload_id)
         return None if now is None else ((now,), now)
 
     def _recall(self, upload_id: str, versions: tuple[tuple[int | None, ...], int]) -> UploadInfo | None:
