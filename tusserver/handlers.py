@@ -187,12 +187,16 @@ class TusHandlers:
         if length is not None and max_size is not None and length > max_size:
             raise TusError(errors.MAX_SIZE_EXCEEDED, f"limit is {max_size} bytes")
 
-    async def _receive_owned(self, request: web.Request, info: UploadInfo, posts: _Posts) -> None:
+    async def _receive_owned(
+        self, request: web.Request, info: UploadInfo, posts: _Posts, *, completes: bool = False
+    ) -> None:
         """_receive() within the owner's quota: a deferred upload's body may bring what the
-        quota has left, held for it meanwhile."""
+        quota has left, held for it meanwhile. `completes`: the body is the rest of the upload."""
         content_length = protocol.parse_content_length(request.headers.get("Content-Length"))
         async with self.owners.receiving(info, self._quota(request), content_length) as granted:
             await self._receive(request, info, posts, granted)
+        if completes and not info.finished:
+            await self._complete(request, info, posts)
 
     async def _receive(
         self, request: web.Request, info: UploadInfo, posts: _Posts, quota_left: int | None = None
@@ -419,9 +423,7 @@ class TusHandlers:
         the draft's creation); `completes`: the body is the rest of the upload."""
         try:
             async with self._locked(request, info.id) as posts:
-                await self._receive_owned(request, info, posts)
-                if completes and not info.finished:
-                    await self._complete(request, info, posts)
+                await self._receive_owned(request, info, posts, completes=completes)
         except TusError as exc:
             # The upload exists and keeps what arrived: the client can resume it.
             exc.headers.setdefault("Location", location)
@@ -678,9 +680,7 @@ class TusHandlers:
                 if content_length or (content_length is None and request.body_exists):
                     raise TusError(errors.UPLOAD_FINISHED)
             else:
-                await self._receive_owned(request, info, posts)
-                if completes and not info.finished:
-                    await self._complete(request, info, posts)
+                await self._receive_owned(request, info, posts, completes=completes)
         return info
 
     async def _set_length(
