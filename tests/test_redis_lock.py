@@ -297,15 +297,14 @@ async def test_an_instance_trusts_its_kept_state_only_while_redis_says_nobody_to
     store_a.client.meta.events.register("before-call.s3", lambda model, **_: calls.append(model.name))
     data = os.urandom(3 * MiB)
     path = await create(a, len(data))
+    for _ in range(2):  # never locked, so no version: read each time, and nothing kept
+        calls.clear()
+        assert (await head(a, path)).headers["Upload-Offset"] == "0"
+        assert calls == ["GetObject"]
+    await patch(a, path, 0, data[:MiB])
     calls.clear()
-    assert (await head(a, path)).headers["Upload-Offset"] == "0"
-    assert calls == ["GetObject"]  # no version yet (never locked): read, and kept
-    calls.clear()
-    assert (await head(a, path)).headers["Upload-Offset"] == "0"
-    assert calls == []
-    await patch(b, path, 0, data[:MiB])
-    assert (await head(a, path)).headers["Upload-Offset"] == str(MiB)  # not the 0 it kept
-    assert calls == ["GetObject", "ListObjectsV2"]
+    assert (await head(a, path)).headers["Upload-Offset"] == str(MiB)
+    assert calls == ["GetObject", "ListObjectsV2"]  # read, and kept under the PATCH's version
     calls.clear()
     locker = a.server.app[HANDLERS_KEY].locker
     asked: list[str] = []
@@ -314,8 +313,10 @@ async def test_an_instance_trusts_its_kept_state_only_while_redis_says_nobody_to
     assert (await head(a, path)).headers["Upload-Offset"] == str(MiB)
     assert calls == [] and len(asked) == 1  # one Redis round trip, shared by handler and store
     locker.version = version
-    await patch(a, path, MiB, data[MiB : 2 * MiB])
-    await patch(b, path, 2 * MiB, data[2 * MiB :])  # b's kept state is from before a's PATCH
+    await patch(b, path, MiB, data[MiB : 2 * MiB])
+    assert (await head(a, path)).headers["Upload-Offset"] == str(2 * MiB)  # not the MiB it kept
+    assert calls == ["GetObject", "ListObjectsV2"]
+    await patch(a, path, 2 * MiB, data[2 * MiB :])  # a's kept state is from before b's PATCH
     assert await s3_sha256(moto_endpoint, bucket, path.rsplit("/", 1)[1]) == sha256(data)
 
 
@@ -331,9 +332,20 @@ async def test_256_heads_at_once_of_one_idle_upload_on_two_instances_are_all_ans
     assert [(r.status, r.headers.get("Upload-Offset")) for r in replies] == [(200, "1000")] * 256
 
 
+async def test_heads_of_made_up_ids_leave_nothing_in_redis(two_instances, redis_url, prefix):
+    (a, _), _ = two_instances
+    for _ in range(50):
+        assert (await head(a, "/" + uuid.uuid4().hex)).status == 404
+    redis = Redis.from_url(redis_url)
+    try:
+        assert [key async for key in redis.scan_iter(match=f"{prefix}:*")] == []
+    finally:
+        await redis.aclose()
+
+
 async def test_versions_move_with_each_lock_and_are_never_given_twice(lockers):
     one, two = await lockers(), await lockers()
-    assert await one.version("u") is None  # never locked: no version, and asking makes none
+    assert await one.version("u") == 0  # free, never locked: no version, and asking makes none
     async with one.lock("u"):
         first = held_version("u")
         assert first is not None and first[0] is None

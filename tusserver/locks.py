@@ -92,8 +92,9 @@ class Locker(Protocol):
 
     async def version(self, upload_id: str) -> int | None:
         """The upload's version while nobody holds or awaits its lock: state read after
-        this call and found under the same version later is still current. None when the
-        lock is held or awaited, or the locker keeps no versions."""
+        this call and found under the same version later is still current. 0 when nobody
+        holds it but it has no version (no state may be trusted or kept); None when the lock
+        is held or awaited, or the locker cannot tell."""
 
 
 @dataclass

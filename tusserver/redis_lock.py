@@ -72,11 +72,11 @@ local now = redis.call('incr', KEYS[1])
 redis.call('set', KEYS[2], now, 'PX', ARGV[1])
 return {tonumber(before), now}
 """
-# KEYS: the upload's lock, the upload's version. 0 while the lock is held, or when the
-# upload has no version (not locked within VERSION_TTL): asking makes no key, so HEADs of
-# made-up ids cost Redis no memory.
+# KEYS: the upload's lock, the upload's version. -1 while the lock is held; 0 when the upload
+# has no version (not locked within VERSION_TTL). Asking makes no key, and a HEAD of a free
+# upload takes no lock, so HEADs of made-up ids cost Redis no memory.
 _VERSION = """
-if redis.call('exists', KEYS[1]) == 1 then return 0 end
+if redis.call('exists', KEYS[1]) == 1 then return -1 end
 return tonumber(redis.call('get', KEYS[2]) or '0')
 """
 REDIS_CONNECTIONS = 64  # per instance; a command holds one only while it runs
@@ -228,8 +228,8 @@ class RedisLocker:
         try:
             now = await self._version(keys=[self._key(upload_id), self._version_key(upload_id)])
         except RedisError:
-            return None  # the store reads S3: a HEAD needs no lock service
-        return int(now) or None
+            return None  # unknown: the request takes the lock, which says what is wrong
+        return None if int(now) < 0 else int(now)
 
     async def take_lease(self, name: str, seconds: float) -> bool:
         try:

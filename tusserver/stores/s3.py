@@ -472,7 +472,7 @@ class S3Store:
         now = seen_version(upload_id)
         if now is None:
             now = await self.versions.version(upload_id)
-        return None if now is None else ((now,), now)
+        return None if not now else ((now,), now)  # 0: free, but without a version
 
     def _recall(self, upload_id: str, versions: tuple[tuple[int | None, ...], int]) -> UploadInfo | None:
         known = self._known.get(upload_id)
