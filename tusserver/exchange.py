@@ -5,6 +5,7 @@ so every step that reads or sets per-request state names it."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -14,6 +15,8 @@ from typing import TYPE_CHECKING, Protocol
 
 from multidict import CIMultiDict, CIMultiDictProxy, MultiDictProxy
 from yarl import URL
+
+from . import protocol
 
 if TYPE_CHECKING:
     from .auth import Claims
@@ -117,8 +120,19 @@ class Exchange:
         """The path that uploads are created under."""
         return self.root_path + "/"
 
-    def header(self, name: str) -> str | None:
-        return self.headers.get(name)
+    @functools.cached_property
+    def content_length(self) -> int | None:
+        """Content-Length, parsed once (TusError when malformed)."""
+        return protocol.parse_content_length(self.headers.get("Content-Length"))
+
+    @functools.cached_property
+    def checksum(self) -> protocol.Checksum | None:
+        """Upload-Checksum, parsed once (TusError when malformed or repeated differently)."""
+        return protocol.parse_checksum(self.single("Upload-Checksum"))
+
+    def single(self, name: str) -> str | None:
+        """The value of a single-valued header; two different values are a 400."""
+        return protocol.single_value(name, self.headers.getall(name, []))
 
 
 def relative_route(path: str) -> tuple[bool, str | None]:

@@ -188,8 +188,7 @@ class TusHandlers:
     ) -> None:
         """_receive() within the owner's quota: a deferred upload's body may bring what the
         quota has left, held for it meanwhile. `completes`: the body is the rest of the upload."""
-        content_length = protocol.parse_content_length(request.headers.get("Content-Length"))
-        async with self.owners.receiving(info, self._quota(request), content_length) as granted:
+        async with self.owners.receiving(info, self._quota(request), request.content_length) as granted:
             await self._receive(request, info, posts, granted)
         if completes and not info.finished:
             await self._complete(request, info, posts)
@@ -197,8 +196,7 @@ class TusHandlers:
     async def _receive(self, request: Exchange, info: UploadInfo, posts: _Posts, quota_left: int | None = None) -> None:
         """Append the request body to `info` (locked by the caller) and finish the
         upload when it is complete. Updates `info.offset`."""
-        checksum = protocol.parse_checksum(_header(request, "Upload-Checksum"))
-        content_length = protocol.parse_content_length(request.headers.get("Content-Length"))
+        checksum, content_length = request.checksum, request.content_length
         max_size = self.max_size(request)
         if info.length is not None:
             limit: int | None = info.length - info.offset
@@ -358,13 +356,13 @@ class TusHandlers:
     async def _create(self, request: Exchange) -> Response:
         metadata = protocol.parse_metadata(request.headers.get("Upload-Metadata"))
         check_metadata(request.headers.get("Upload-Metadata"), metadata, self.config)
-        concat = protocol.parse_concat(_header(request, "Upload-Concat"))
+        concat = protocol.parse_concat(request.single("Upload-Concat"))
         if concat is not None and not isinstance(self.store, ConcatenatingStore):
             raise TusError(errors.UNSUPPORTED_EXTENSION, "concatenation")
         if concat is not None and concat.final:
             return await self._create_final(request, concat, metadata)
         length = protocol.parse_creation_length(
-            _header(request, "Upload-Length"), _header(request, "Upload-Defer-Length")
+            request.single("Upload-Length"), request.single("Upload-Defer-Length")
         )
         if length is None and not isinstance(self.store, LengthDeferringStore):
             raise TusError(errors.UNSUPPORTED_EXTENSION, "creation-defer-length")
@@ -375,8 +373,8 @@ class TusHandlers:
             protocol.check_content_type(request.headers.get("Content-Type"))
         if with_body:
             # Everything that can reject the body is checked before the upload exists.
-            protocol.parse_checksum(_header(request, "Upload-Checksum"))
-            content_length = protocol.parse_content_length(request.headers.get("Content-Length"))
+            _ = request.checksum  # parsed now: a malformed one is refused before the upload exists
+            content_length = request.content_length
             limit = length if length is not None else self.max_size(request)
             if limit is not None and content_length is not None and content_length > limit:
                 raise TusError(errors.EXCEEDS_UPLOAD_LENGTH, f"at most {limit} bytes fit")
@@ -479,7 +477,7 @@ class TusHandlers:
         return info
 
     async def _create_final(self, request: Exchange, concat: protocol.Concat, metadata: protocol.Metadata) -> Response:
-        if _header(request, "Upload-Length") is not None:
+        if request.single("Upload-Length") is not None:
             raise TusError(errors.FINAL_WITH_LENGTH)
         # Bounded before anything is read: how many partials, each named once.
         if len(concat.urls) > self.config.max_concat_partials:
@@ -641,12 +639,13 @@ class TusHandlers:
 
     async def _patch(self, request: Exchange) -> Response:
         upload_id = self.upload_id_of(request)
-        protocol.check_content_type(request.headers.get("Content-Type"))
-        offset = protocol.parse_upload_offset(_header(request, "Upload-Offset"))
-        new_length = _header(request, "Upload-Length")
-        length = None if new_length is None else protocol.parse_upload_length(new_length)
-        protocol.parse_checksum(_header(request, "Upload-Checksum"))  # malformed: refused before any change
-        info = await self.append(request, upload_id, offset, length)
+        patch = protocol.parse_append(
+            request.headers.get("Content-Type"),
+            request.single("Upload-Offset"),
+            request.single("Upload-Length"),
+            request.checksum,
+        )
+        info = await self.append(request, upload_id, patch.offset, patch.length)
         return Response(204, self._state_headers(info))
 
     async def append(
@@ -668,7 +667,7 @@ class TusHandlers:
                 await self._set_length(request, info, length)
             if info.finished:
                 # Any byte now would go past Upload-Length (413); a chunked body may carry bytes too.
-                content_length = protocol.parse_content_length(request.headers.get("Content-Length"))
+                content_length = request.content_length
                 if content_length or (content_length is None and request.body_exists):
                     raise TusError(errors.UPLOAD_FINISHED)
             else:
@@ -683,7 +682,7 @@ class TusHandlers:
             raise TusError(errors.LENGTH_BELOW_OFFSET)
         self.check_size(request, length)
         # A body that will not fit is refused before the length is saved.
-        content_length = protocol.parse_content_length(request.headers.get("Content-Length"))
+        content_length = request.content_length
         if body_pending and content_length is not None and info.offset + content_length > length:
             raise TusError(errors.EXCEEDS_UPLOAD_LENGTH, f"{length - info.offset} bytes remain")
         assert isinstance(self.store, LengthDeferringStore)
@@ -764,11 +763,6 @@ class TusHandlers:
             for info in found
         ]
         return Response.json(200, {"uploads": uploads, "next": after}, {"Cache-Control": "no-store"})
-
-
-def _header(request: Exchange, name: str) -> str | None:
-    """The value of a single-valued tus header; two different values are a 400."""
-    return protocol.single_value(name, request.headers.getall(name, []))
 
 
 def _needs_finish(info: UploadInfo) -> bool:

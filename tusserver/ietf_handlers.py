@@ -77,7 +77,7 @@ class IetfHandlers:
         dialect = _dialect(request)
         complete = ietf.completeness(dialect, request.headers)
         assert complete is not None  # selected by its presence (ietf.select)
-        content_length = protocol.parse_content_length(request.headers.get("Content-Length"))
+        content_length = request.content_length
         if content_length is None and not request.body_exists:
             content_length = 0
         length = ietf.creation_length(request.headers.get("Upload-Length"), complete, content_length)
@@ -146,7 +146,7 @@ class IetfHandlers:
         if offset is None:
             raise TusError(errors.INVALID_OFFSET, "header is missing or not an integer")
         complete = ietf.append_completes(dialect, request.headers)
-        content_length = protocol.parse_content_length(request.headers.get("Content-Length"))
+        content_length = request.content_length
         if content_length is None and not request.body_exists:
             content_length = 0
         length = ietf.append_length(request.headers.get("Upload-Length"), complete, offset, content_length)

@@ -194,6 +194,25 @@ def parse_checksum(value: str | None, allowed: frozenset[str] | None = None) -> 
 
 
 @dataclass(frozen=True)
+class Append:
+    """A tus PATCH: where its body goes, and what it says of the upload."""
+
+    offset: int
+    length: int | None  # Upload-Length: sets a deferred length
+    checksum: Checksum | None
+
+
+def parse_append(
+    content_type: str | None, offset: str | None, length: str | None, checksum: Checksum | None
+) -> Append:
+    """A PATCH's headers as an Append; a malformed one is refused before anything changes."""
+    check_content_type(content_type)
+    return Append(
+        parse_upload_offset(offset), None if length is None else parse_upload_length(length), checksum
+    )
+
+
+@dataclass(frozen=True)
 class Concat:
     """`partial`, or `final` with the URLs of its partials in order."""
 
