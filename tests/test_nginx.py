@@ -167,6 +167,20 @@ class Cluster:
         stored = await read_s3_object(self.s3_endpoint, self.bucket, url.rsplit("/", 1)[1])
         assert (len(stored), sha256(stored)) == (size, digest)
 
+    async def receiving_uploads(self, count: int) -> None:
+        """Wait until the instances together receive `count` upload bodies (their /metrics)."""
+        async with aiohttp.ClientSession() as session:
+            for _ in range(1500):
+                active = 0.0
+                for instance in self.instances:
+                    async with session.get(f"{instance.base}/metrics") as response:
+                        text = await response.text()
+                    active += float(re.search(r"^tusserver_active_uploads ([0-9.e+]+)$", text, re.M).group(1))
+                if active == count:
+                    return
+                await asyncio.sleep(0.02)
+        raise AssertionError(f"the instances never received {count} uploads at once")
+
     async def bytes_in_of_cut_patch(self, path: str) -> int:
         """The body bytes an instance says it received (its access log) for the PATCH of
         `path` that was answered with something other than 204."""
@@ -246,6 +260,7 @@ async def test_tus_js_client_stopped_and_resumed_through_nginx(cluster, node_mod
     path_only = url[url.index("/files/") :]
     dropped = await HangingPatch.start("127.0.0.1", cluster.nginx.port, path_only, 2 * MiB, 3 * MiB)
     await dropped.send(path.read_bytes()[2 * MiB : 2 * MiB + 3 * MiB // 2])
+    await cluster.receiving_uploads(1)  # the PATCH reached an instance before the client goes
     dropped.close()
     received = await cluster.bytes_in_of_cut_patch(path_only)
     assert 0 < received <= 3 * MiB // 2
