@@ -406,8 +406,9 @@ async def test_a_flood_of_post_events_on_a_slow_hook_is_queued_up_to_the_bound_a
 async def test_shutdown_delivers_queued_events_within_hooks_timeout_then_stops(receiver):
     """close(grace) sends what is queued while the hook answers, and returns after
     `grace` when it does not, dropping the rest."""
-    from tusserver.hooks import HookEvent, HookRequest, Webhook
+    from tusserver.hooks import HookEvent, HookRequest
     from tusserver.info import UploadInfo
+    from tusserver.webhook import Webhook
 
     def event(n: int) -> HookEvent:
         return HookEvent("post-finish", UploadInfo(f"u{n}", 1), HookRequest("PATCH", "/", None, {}))

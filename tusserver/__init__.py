@@ -14,7 +14,7 @@ _EXPORTS = {
     "HookRejected": ".hooks",
     "HookResult": ".hooks",
     "Hooks": ".hooks",
-    "MemoryLocker": ".locks",
+    "MemoryLocker": ".locking",
     "Quota": ".owners",
     "Store": ".stores",
     "TusError": ".errors",
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from .errors import TusError
     from .hooks import HookEvent, HookRejected, HookResult, Hooks
     from .info import UploadInfo
-    from .locks import MemoryLocker
+    from .locking import MemoryLocker
     from .owners import Quota
     from .stores import FileStore, Store
 

@@ -12,7 +12,7 @@ from .config import Config
 from .exchange import Exchange
 from .hooks import Hooks
 from .keys import BYTES_IN, UPLOAD_ID
-from .locks import Locker
+from .locking import Locker
 from .ops import OPS_PATHS, ops_response
 from .owners import Quota
 from .service import SERVER_NAME, TusService, build_service

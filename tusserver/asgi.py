@@ -24,7 +24,7 @@ from yarl import URL
 from .config import Config
 from .exchange import Exchange, relative_route
 from .hooks import Hooks
-from .locks import Locker
+from .locking import Locker
 from .ops import OPS_PATHS, ops_response
 from .owners import Quota
 from .service import TusService, build_service

@@ -17,7 +17,7 @@ import time
 from . import errors
 from .config import Config
 from .errors import TusError
-from .locks import Locker, locker_from_config
+from .locking import Locker, locker_from_config
 from .stores.base import CorruptInfo, ExpiringStore, Store, TerminatingStore
 
 log = logging.getLogger("tusserver.cleanup")

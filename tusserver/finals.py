@@ -19,7 +19,7 @@ from . import errors
 from .errors import ErrorKind, TusError
 from .exchange import Exchange
 from .info import FinalProgress, UploadInfo
-from .locks import Locker
+from .locking import Locker
 from .stores.base import ConcatenatingStore, Store
 
 log = logging.getLogger("tusserver.finals")

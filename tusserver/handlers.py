@@ -35,7 +35,7 @@ from .hooks import (
 )
 from .info import FinalProgress, UploadInfo
 from .limits import DownloadSlots, UploadSlots, check_metadata
-from .locks import Locker, seeing_version
+from .locking import Locker, seeing_version
 from .metrics import Metrics
 from .owners import Caller, Owners, Quota, parse_cursor, parse_limit
 from .stores.base import (

@@ -19,14 +19,15 @@ from .cors import Cors
 from .errors import TusError
 from .exchange import Exchange, Response
 from .handlers import TusHandlers
-from .hooks import HookRunner, Hooks, Webhook
+from .hooks import HookRunner, Hooks
 from .ietf_handlers import IetfHandlers
-from .locks import Locker, locker_from_config
+from .locking import Locker, locker_from_config
 from .logs import printable
 from .metrics import Metrics
 from .owners import Quota, check_quota_config
 from .shutdown import UPLOAD_METHODS, Shutdown
 from .stores.base import Store, VersionedStore
+from .webhook import Webhook
 
 log = logging.getLogger("tusserver")
 access_log = logging.getLogger("tusserver.access")

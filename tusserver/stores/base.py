@@ -15,7 +15,7 @@ from typing import BinaryIO, Protocol, runtime_checkable
 from .. import errors
 from ..errors import TusError
 from ..info import SCHEMA_VERSION, UploadInfo
-from ..locks import Locker
+from ..locking import Locker
 
 log = logging.getLogger("tusserver.stores")
 

@@ -61,7 +61,7 @@ from ..cancellation import await_to_completion
 from ..config import Config
 from ..errors import TusError
 from ..info import UploadInfo
-from ..locks import Locker, held_version, seen_version
+from ..locking import Locker, held_version, seen_version
 from ..protocol import download_headers, is_valid_upload_id
 from .base import CorruptInfo, Download, RedirectDownload, StoreStartError, StreamDownload, parse_info
 from .owner_index import entry_name, index_keys, is_entry, is_index_key
