@@ -147,3 +147,38 @@ async def test_uvicorn_factory_from_env_serves_ops_and_drains_on_sigterm(tmp_pat
         assert sha256(stored.read_bytes()) == sha256(data)
     finally:
         await server.stop()
+
+
+async def test_uvicorn_factory_from_env_stops_an_upload_past_the_grace_and_keeps_its_bytes(tmp_path):
+    data_dir = tmp_path / "uploads"
+    env = server_env(TUSSERVER_FILE_DIR=str(data_dir), TUSSERVER_SHUTDOWN_GRACE="0.5")
+    sent = 5 * MiB + 1234
+    data = random.Random(16).randbytes(8 * MiB)
+    server = await uvicorn("tusserver.asgi:from_env", env, factory=True).start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"{server.base}/files/", headers={**TUS, "Upload-Length": str(len(data))}) as resp:
+                assert resp.status == 201
+                upload_id = resp.headers["Location"].rsplit("/", 1)[1]
+        stalled = await HangingPatch.start("127.0.0.1", server.port, f"/files/{upload_id}", 0, len(data))
+        await stalled.send(data[:sent])
+        stored = data_dir / upload_id
+        await wait_until(lambda: stored.stat().st_size >= 4 * MiB, "4 MiB on disk")
+
+        server.signal(signal.SIGTERM)
+        stopped = await stalled.response()
+        assert (stopped.status, stopped.headers["retry-after"]) == (503, "2")
+        stalled.close()
+        assert await server.wait() == -signal.SIGTERM
+        assert "shutting down: stopping 1 uploads; their bytes are kept" in server.log
+    finally:
+        await server.stop()
+    assert sha256(stored.read_bytes()) == sha256(data[:sent])
+
+    restarted = await uvicorn("tusserver.asgi:from_env", env, factory=True).start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.head(f"{restarted.base}/files/{upload_id}", headers=TUS) as resp:
+                assert (resp.status, resp.headers["Upload-Offset"]) == (200, str(sent))
+    finally:
+        await restarted.stop()
