@@ -267,7 +267,7 @@ def _file_sha256(path: str, size: int | None) -> str:
 
 @dataclass
 class Target:
-    name: str  # "ours", "tus-node" or "ceiling"
+    name: str  # "ours", "ours-asgi", "tus-node" or "ceiling"
     store: str  # "file" or "s3"
     storage: DiskStorage | S3Storage
     proc: subprocess.Popen | None = None  # None: ceiling-s3, a process per measurement
@@ -318,54 +318,55 @@ class Bench:
         urllib.request.urlopen(urllib.request.Request(f"{self.moto}/{name}", method="PUT")).close()
         return name
 
-    def start_ours(self, store: str, s3: Any) -> Target:
-        base = os.path.join(self.work, f"ours-{store}")
+    def start_ours(self, store: str, s3: Any, name: str = "ours") -> Target:
+        """Our server on `store`: `python -m tusserver` (name "ours"), or the same settings as
+        TUSSERVER_* variables for `uvicorn --factory tusserver.asgi:from_env` ("ours-asgi")."""
+        base = os.path.join(self.work, f"{name}-{store}")
         spool = os.path.join(base, "spool")
         os.makedirs(spool, exist_ok=True)
         port = free_port()
-        args = [
-            sys.executable,
-            "-m",
-            "tusserver",
-            "--store",
-            store,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--base-path",
-            "/files/",
-            "--temp-dir",
-            spool,
-            "--log-level",
-            self.args.log_level,
-        ]
+        settings = {
+            "store": store,
+            "host": "127.0.0.1",
+            "port": str(port),
+            "base_path": "/files/",
+            "temp_dir": spool,
+            "log_level": self.args.log_level,
+        }
         if store == "file":
             storage: DiskStorage | S3Storage = DiskStorage(os.path.join(base, "data"))
-            args += ["--file-dir", storage.directory]
+            settings["file_dir"] = storage.directory
             temp = [(storage.directory, ".tmp-"), (spool, "")]
         else:
-            storage = S3Storage(s3, self.make_bucket("bench-ours"))
-            args += [
-                "--s3-bucket",
-                storage.bucket,
-                "--s3-endpoint",
-                self.moto,
-                "--s3-path-style",
-                "--s3-region",
-                "us-east-1",
-                "--s3-part-size",
-                str(self.part_size),
-            ]
+            storage = S3Storage(s3, self.make_bucket(f"bench-{name}"))
+            settings.update(
+                s3_bucket=storage.bucket,
+                s3_endpoint=self.moto,
+                s3_path_style="true",
+                s3_region="us-east-1",
+                s3_part_size=str(self.part_size),
+            )
             temp = [(spool, "")]
-        args += self.args.ours_arg
         package = os.path.abspath(self.args.tusserver)
-        proc = spawn(args, port, self.log(f"ours-{store}"), env={**ENV, "PYTHONPATH": package}, cwd=package)
+        env = {**ENV, "PYTHONPATH": package}
+        if name == "ours":
+            args = [sys.executable, "-m", "tusserver"]
+            for key, value in settings.items():
+                args += ["--" + key.replace("_", "-")] + ([] if value == "true" else [value])
+            args += self.args.ours_arg
+        else:
+            # The same server behind the ASGI front door; uvicorn's fastest loop and parser,
+            # and no access log (ours logs none at the bench's default level either).
+            env.update({f"TUSSERVER_{key.upper()}": value for key, value in settings.items()})
+            args = [sys.executable, "-m", "uvicorn", "--factory", "tusserver.asgi:from_env"]
+            args += ["--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop", "--http", "httptools"]
+            args += ["--no-access-log", "--log-level", self.args.log_level]
+        proc = spawn(args, port, self.log(f"{name}-{store}"), env=env, cwd=package)
         self.procs.append(proc)
-        target = Target("ours", store, storage, proc, f"http://127.0.0.1:{port}/files/", temp)
+        target = Target(name, store, storage, proc, f"http://127.0.0.1:{port}/files/", temp)
         if self.args.profile:
             os.makedirs(self.args.profile, exist_ok=True)
-            out = os.path.join(self.args.profile, f"ours-{store}.txt")
+            out = os.path.join(self.args.profile, f"{name}-{store}.txt")
             target.profiler = subprocess.Popen(
                 ["py-spy", "record", "--gil", "--pid", str(proc.pid), "--rate", "200", "--format", "raw", "-o", out],
                 stdout=subprocess.DEVNULL,
@@ -553,6 +554,8 @@ class Bench:
             targets.append(self.start_ceiling(store, s3))
         if "ours" in wanted:
             targets.append(self.start_ours(store, s3))
+        if "ours-asgi" in wanted:
+            targets.append(self.start_ours(store, s3, "ours-asgi"))
         if "tus-node" in wanted:
             node = self.start_tus_node(store, s3)
             if node is not None:
@@ -660,6 +663,9 @@ def ratios(results: list[dict]) -> list[dict]:
             row["ours/ceiling"] = _ratio(ours, ceiling)
         if node:
             row["ours/tus-node"] = _ratio(ours, node)
+        asgi = by.get((scenario, store, "ours-asgi"))
+        if asgi:
+            row["ours-asgi/ours"] = _ratio(asgi, ours)
         out.append(row)
     return out
 
@@ -704,6 +710,33 @@ def print_table(results: list[dict], sizes: Sizes) -> None:
                 f"| {ratio.get('ours/tus-node', '-')} | {ours.get('peak_rss_mib', '')} "
                 f"| {ours.get('peak_temp_mib', '')} | {ours.get('cpu_s', '')} | {calls} |"
             )
+    if any(r["target"] == "ours-asgi" for r in results):
+        print_asgi_table(by, by_ratio, what)
+
+
+def print_asgi_table(by: dict, by_ratio: dict, what: dict[str, str]) -> None:
+    """The two front doors of the same server side by side: `tusserver` (aiohttp) and
+    uvicorn + tusserver.asgi."""
+    print()
+    print(
+        "| scenario | store | ours (aiohttp) | ours-asgi (uvicorn) | ours-asgi/ours "
+        "| peak RSS MiB ours / asgi | CPU s ours / asgi | S3 calls ours / asgi |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for store in ("file", "s3"):
+        for scenario in METRICS:
+            ours, asgi = by.get((scenario, store, "ours")), by.get((scenario, store, "ours-asgi"))
+            if asgi is None:
+                continue
+            ratio = by_ratio.get((scenario, store), {}).get("ours-asgi/ours", "-")
+            rss, cpu, calls = (f"{(ours or {}).get(k, '-')} / {asgi.get(k, '-')}" for k in _ASGI_COLUMNS)
+            print(
+                f"| {scenario} {what[scenario]} | {'disk' if store == 'file' else 's3'} | {_value(ours)} "
+                f"| {_value(asgi)} | {ratio} | {rss} | {cpu} | {calls if store == 's3' else ''} |"
+            )
+
+
+_ASGI_COLUMNS = ("peak_rss_mib", "cpu_s", "s3_calls")
 
 
 def _value(result: dict | None) -> str:
@@ -745,7 +778,9 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, help="measure each this many times (best counts)")
     parser.add_argument("--part-size", type=int, help="S3 part size for ours, ceiling-s3 and tus-node")
     parser.add_argument(
-        "--targets", default="ceiling,ours,tus-node", help="comma-separated subset of ceiling, ours, tus-node"
+        "--targets",
+        default="ceiling,ours,tus-node",
+        help="comma-separated subset of ceiling, ours, ours-asgi (uvicorn + tusserver.asgi), tus-node",
     )
     parser.add_argument("--s1-size", type=_parse_size, help="S1 size instead of the mode's, e.g. 4GiB")
     parser.add_argument("--log-level", default="warning", help="our server's log level (warning: no access log)")
