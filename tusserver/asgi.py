@@ -50,9 +50,8 @@ class AsgiContent:
         self._receive = receive
         self.done = not body_expected
         self._exc: BaseException | None = None
-        self._stopped: asyncio.Future[None] | None = None
-        self._reading: asyncio.Task[Message] | None = None
-        self._kept = b""  # what arrived together with a stop
+        self._reader: asyncio.Task | None = None  # the task waiting in receive(), if any
+        self._stopping = False
 
     async def readany(self) -> bytes:
         while True:
@@ -71,33 +70,31 @@ class AsgiContent:
                 return bytes(chunk)
 
     async def _next(self) -> Message:
-        """The next message, unless a stop comes first; the read it started goes on, and
-        its bytes are kept for `buffered`."""
-        if self._reading is None:
-            self._reading = asyncio.ensure_future(self._receive())
-        if self._stopped is None:
-            self._stopped = asyncio.get_running_loop().create_future()
-        await asyncio.wait((self._reading, self._stopped), return_when=asyncio.FIRST_COMPLETED)
-        if not self._reading.done():
+        """The next message. A stop (set_exception) cancels the wait for it: one task per
+        body rather than one per read, which would cost a task and a wait per chunk."""
+        self._reader = asyncio.current_task()
+        try:
+            return await self._receive()
+        except asyncio.CancelledError:
+            if not self._stopping:
+                raise  # the request itself is cancelled
+            self._stopping = False
+            uncancel = getattr(self._reader, "uncancel", None)  # Python 3.11+
+            if uncancel is not None:
+                uncancel()
             assert self._exc is not None
-            raise self._exc
-        reading, self._reading = self._reading, None
-        return reading.result()
+            raise self._exc from None
+        finally:
+            self._reader = None
 
     def set_exception(self, exc: BaseException) -> None:
         self._exc = exc
-        if self._stopped is not None and not self._stopped.done():
-            self._stopped.set_result(None)
+        if self._reader is not None and not self._stopping and self._reader is not asyncio.current_task():
+            self._stopping = True
+            self._reader.cancel()
 
     def buffered(self) -> bytes:
-        reading = self._reading
-        if reading is not None and reading.done() and not reading.cancelled() and reading.exception() is None:
-            self._reading = None
-            message = reading.result()
-            if message["type"] == "http.request":
-                self._kept += message.get("body", b"")
-        kept, self._kept = self._kept, b""
-        return kept
+        return b""  # what the server holds unread stays there: nothing was taken from it
 
     def bound(self) -> None:
         pass  # the ASGI server's buffers are its own
@@ -107,10 +104,6 @@ class AsgiContent:
 
     def slow_reads(self, token: object) -> None:
         pass
-
-    def close(self) -> None:
-        if self._reading is not None:
-            self._reading.cancel()
 
 
 class AsgiConnection:
@@ -309,7 +302,6 @@ class TusAsgi:
             # the connection, and the client sees a body shorter than Content-Length.
             await self.service.handle(exchange)
         finally:
-            content.close()
             connection.close()
 
 
