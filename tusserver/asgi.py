@@ -352,11 +352,45 @@ async def _serve_ops(tus: TusAsgi) -> Any:
 
     server = uvicorn.Server(
         uvicorn.Config(
-            ops, host=config.ops_host or config.host, port=config.ops_port or 0, lifespan="off", log_config=None
+            ops,
+            host=config.ops_host or config.host,
+            port=config.ops_port or 0,
+            lifespan="off",
+            log_config=None,
         )
     )
-    await server.startup()
-    return server
+    return await _OpsListener.start(server)
+
+
+class _OpsListener:
+    """A uvicorn server run as a task of this loop. Its serve() would take over the
+    process's signals, which belong to the main server."""
+
+    def __init__(self, server: Any, task: asyncio.Task) -> None:
+        self.server = server
+        self.task = task
+
+    @classmethod
+    async def start(cls, server: Any) -> _OpsListener:
+        # Its start-up lines ("Uvicorn running on ...") would pass for the main server's.
+        quiet = logging.getLogger("uvicorn.error")
+        silence = logging.Filter("-")  # passes no record
+        quiet.addFilter(silence)
+        try:
+            task = asyncio.ensure_future(server._serve())
+            while not server.started:
+                if task.done():
+                    task.result()  # its error
+                    raise OSError("the ops listener did not start")
+                await asyncio.sleep(0.01)
+        finally:
+            quiet.removeFilter(silence)
+        log.info("ops endpoints on %s:%d (/metrics, /healthz, /readyz)", server.config.host, server.config.port)
+        return cls(server, task)
+
+    async def shutdown(self) -> None:
+        self.server.should_exit = True
+        await self.task
 
 
 def create_asgi_app(
