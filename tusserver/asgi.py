@@ -122,13 +122,15 @@ class AsgiConnection:
     async def send(self, status: int, headers: CIMultiDict[str], body: bytes, *, close: bool) -> None:
         if status not in _NO_BODY_STATUS and status >= 200 and "Content-Length" not in headers:
             headers["Content-Length"] = str(len(body))
-        if close:
-            headers["Connection"] = "close"  # the rest of a stopped body is not read
-        await self.start(status, headers)
+        if close or not self._content.done:
+            # The rest of the body is not wanted: a stopped body, or one refused before it was
+            # read. Closing spares reading (and discarding) what the client still sends.
+            headers["Connection"] = "close"
+        await self._start(status, headers)
         await self._send({"type": "http.response.body", "body": body})
         self.complete = True
 
-    async def start(self, status: int, headers: CIMultiDict[str]) -> None:
+    async def _start(self, status: int, headers: CIMultiDict[str]) -> None:
         self.started = True
         await self._send(
             {
@@ -137,6 +139,9 @@ class AsgiConnection:
                 "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()],
             }
         )
+
+    async def start(self, status: int, headers: CIMultiDict[str]) -> None:
+        await self._start(status, headers)
         if self._content.done and self._watch is None:
             # A server may drop what is sent to a client that left without a word (uvicorn
             # does): the only sign is http.disconnect, once the request body is read.
