@@ -19,6 +19,8 @@ from tests.tus_client import OCTETS, TUS, create, download, head, patch, sha256
 from tusserver import Config, create_app
 
 MiB = 1 << 20
+
+pytestmark = pytest.mark.both_doors
 # The store's botocore retries={"max_attempts": 4} counts retries: 5 attempts in all, so
 # a fault met this many times in a row outlasts them.
 ATTEMPTS = 5

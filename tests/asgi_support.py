@@ -1,0 +1,194 @@
+"""The ASGI front door in tests: an ASGI app served by uvicorn inside the test's own event
+loop behind aiohttp's test-server interface, so `aiohttp_client(UvicornTestServer(app))`
+gives the usual TestClient; and the ASGI twin of an aiohttp app a test built with
+create_app (the same TusService behind TusAsgi)."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import types
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import uvicorn
+from aiohttp import web
+from aiohttp.test_utils import BaseTestServer
+from multidict import CIMultiDict
+from yarl import URL
+
+# Bounds a test server's teardown while a test left a request hanging; aiohttp's test
+# server cancels such handlers instead.
+GRACEFUL_CLOSE = 10.0
+
+
+class UvicornTestServer(BaseTestServer):
+    """An ASGI app served by uvicorn (httptools, lifespan on) on a free loopback port in the
+    running event loop. `app` is what `TestClient.app` returns: a mapping like the aiohttp
+    Application's (HANDLERS_KEY, AUTH_KEY, ...) for the tests that reach into the server."""
+
+    def __init__(self, asgi_app: Any, *, app: Mapping[Any, Any] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.asgi_app = asgi_app
+        self.app = app
+        self.uvicorn: uvicorn.Server | None = None
+        self._socket: socket.socket | None = None
+        self._main_loop: asyncio.Task | None = None
+
+    async def start_server(self, loop: asyncio.AbstractEventLoop | None = None, **kwargs: Any) -> None:
+        if self.uvicorn is not None:
+            return
+        config = uvicorn.Config(
+            self.asgi_app,
+            lifespan="on",
+            http="httptools",
+            log_level="warning",
+            log_config=None,  # leave logging to pytest: errors reach caplog like the app's own
+            access_log=False,
+            timeout_graceful_shutdown=GRACEFUL_CLOSE,
+        )
+        config.load()
+        server = uvicorn.Server(config)
+        # startup/main_loop/shutdown are serve() without its signal handlers, which would
+        # take SIGINT and SIGTERM away from pytest.
+        server.lifespan = config.lifespan_class(config)
+        family = socket.AF_INET6 if ipaddress.ip_address(self.host).version == 6 else socket.AF_INET
+        self._socket = self.socket_factory(self.host, self.port or 0, family)
+        self.host, self.port = self._socket.getsockname()[:2]
+        try:
+            await server.startup(sockets=[self._socket])
+        except SystemExit as exc:  # uvicorn's answer to a failed lifespan startup
+            self._socket.close()
+            raise RuntimeError(f"the ASGI app did not start (uvicorn exit code {exc.code})") from None
+        self.uvicorn = server
+        self._main_loop = asyncio.create_task(server.main_loop())
+        assert server.started
+        self.scheme = "http"
+        host = f"[{self.host}]" if family == socket.AF_INET6 else self.host
+        self._root = URL(f"http://{host}:{self.port}")
+
+    async def _make_runner(self, **kwargs: Any) -> Any:
+        raise NotImplementedError("uvicorn runs the app; there is no aiohttp runner")
+
+    @property
+    def started(self) -> bool:
+        return self.uvicorn is not None
+
+    async def close(self) -> None:
+        """Stop listening, finish the requests in flight, run the lifespan shutdown."""
+        if self.uvicorn is None or self._closed:
+            return
+        self._closed = True
+        self.uvicorn.should_exit = True
+        assert self._main_loop is not None
+        await self._main_loop
+        await self.uvicorn.shutdown(sockets=[self._socket] if self._socket else None)
+        self._root = None
+        self.port = None
+
+    def in_flight(self) -> set[object]:
+        """Open connections and the app calls still running (uvicorn lets a call run on
+        after its connection closed)."""
+        assert self.uvicorn is not None
+        state = self.uvicorn.server_state
+        return set(state.connections) | set(state.tasks)
+
+
+def in_flight(server: BaseTestServer) -> set[object]:
+    """What a test server of either front door is still handling."""
+    if isinstance(server, UvicornTestServer):
+        return server.in_flight()
+    assert server.runner is not None and server.runner.server is not None
+    return set(server.runner.server.connections)
+
+
+# -- the ASGI twin of an aiohttp test app ----------------------------------------------------------
+
+
+def tus_asgi_of(app: web.Application) -> Any:
+    """TusAsgi over the very TusService an aiohttp app from create_app holds."""
+    from tusserver.asgi import TusAsgi
+
+    from tusserver.app import SERVICE_KEY
+
+    return TusAsgi(app[SERVICE_KEY])
+
+
+def is_tus_app(app: web.Application) -> bool:
+    from tusserver.app import SERVICE_KEY
+
+    return SERVICE_KEY in app
+
+
+def asgi_server_for(target: web.Application | BaseTestServer, **kwargs: Any) -> UvicornTestServer:
+    """The ASGI (uvicorn) server that serves what `target` would serve on aiohttp: a create_app
+    app, or a bare aiohttp app that only mounts create_app apps under prefixes (served as a
+    Starlette app with a Mount per prefix). Anything else has no ASGI twin and raises."""
+    if isinstance(target, UvicornTestServer):
+        return target
+    if isinstance(target, BaseTestServer):
+        app = getattr(target, "app", None)
+        if not isinstance(app, web.Application):
+            raise TypeError(f"no ASGI twin for {target!r}: it serves no aiohttp Application")
+        return asgi_server_for(app, host=target.host, port=target.port, **kwargs)
+    if not isinstance(target, web.Application):
+        raise TypeError(f"no ASGI twin for {target!r}")
+    if is_tus_app(target):
+        return UvicornTestServer(tus_asgi_of(target), app=types.MappingProxyType(dict(target)), **kwargs)
+    return UvicornTestServer(_mounted(target), app=types.MappingProxyType(dict(target)), **kwargs)
+
+
+def _mounted(root: web.Application) -> Any:
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    if root.middlewares or len(root.on_response_prepare) or len(root.cleanup_ctx) or len(root.on_startup):
+        raise TypeError("no ASGI twin for an aiohttp app with middlewares or signals of its own: mark it aiohttp_only")
+    routes = []
+    for resource in root.router.resources():
+        info = resource.get_info()
+        sub = info.get("app")
+        if not isinstance(sub, web.Application) or not is_tus_app(sub):
+            raise TypeError(f"no ASGI twin for the route {resource!r}: only mounted create_app apps translate")
+        routes.append(Mount(info["prefix"].rstrip("/"), app=tus_asgi_of(sub)))
+    return Starlette(routes=routes)
+
+
+# -- what a parent app saw: the ASGI twin of an aiohttp recording middleware ------------------------
+
+
+class RecordRequests:
+    """ASGI middleware that reports each HTTP request once it is answered: method, path,
+    status (500 if the app failed before answering), request headers and the body bytes
+    the app took from `receive`."""
+
+    def __init__(self, app: Any, record: Callable[[str, str, int, CIMultiDict[str], int], None]) -> None:
+        self.app = app
+        self.record = record
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        bytes_in = 0
+
+        async def counting_receive() -> dict:
+            nonlocal bytes_in
+            message = await receive()
+            if message["type"] == "http.request":
+                bytes_in += len(message.get("body", b""))
+            return message
+
+        async def status_send(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, status_send)
+        finally:
+            headers = CIMultiDict((k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"])
+            self.record(scope["method"], scope["path"], status, headers, bytes_in)
