@@ -1,5 +1,5 @@
 """The first few bodies in flight read and write in large pieces (for speed; see
-tusserver.body.FAST_BODIES and the file store's FAST_WRITERS); no more than that many at
+tusserver.aiohttp_body.FAST_BODIES and the file store's FAST_WRITERS); no more than that many at
 once, every slot given back however the body ends, and their bytes on disk while stalled."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ import os
 
 from tests.hanging import HangingPatch, Received, wait_until
 from tests.tus_client import create, head
-from tusserver import Config, FileStore, body, create_app
+from tusserver import Config, FileStore, create_app
+from tusserver import aiohttp_body as body
 from tusserver.stores import file
 
 LENGTH = 100_000

@@ -1,4 +1,4 @@
-"""A body is read from its socket in pieces of at most body.SOCKET_READ (FAST_SOCKET_READ for
+"""A body is read from its socket in pieces of at most aiohttp_body.SOCKET_READ (FAST_SOCKET_READ for
 the first few bodies in flight) on asyncio's event loop and on uvloop's, whose transports
 have no max_size to lower: what aiohttp holds of a body between two reads of the handler."""
 
@@ -12,7 +12,8 @@ import pytest
 import uvloop
 from aiohttp import web
 
-from tusserver import body
+from tusserver import aiohttp_body as body
+from tusserver.body import Body
 
 LOOPS = {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
 LENGTH = 4 << 20
@@ -50,7 +51,7 @@ async def two_bodies() -> tuple[list[int], list[int], list[int]]:
                 digest.update(chunk)
                 await asyncio.sleep(0.002)  # the client's bytes pile up in the socket meanwhile
         else:
-            async for chunk in body.Body(request.content, LENGTH):
+            async for chunk in Body(body.AiohttpContent(request.content), LENGTH):
                 fast_slots.append(body._fast_bodies)
                 sizes.append(len(chunk))
                 digest.update(chunk)

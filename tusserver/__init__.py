@@ -1,4 +1,4 @@
-"""tusserver: a tus 1.0.0 resumable-upload server on aiohttp, for disk and S3."""
+"""tusserver: a tus 1.0.0 resumable-upload server for disk and S3, on aiohttp or any ASGI server."""
 
 from __future__ import annotations
 
@@ -19,20 +19,19 @@ _EXPORTS = {
     "Store": ".stores",
     "TusError": ".errors",
     "UploadInfo": ".info",
-    "add_ops_routes": ".ops",
+    "add_ops_routes": ".app",
     "create_app": ".app",
     "make_token": ".auth",
 }
 
 if TYPE_CHECKING:
-    from .app import create_app
+    from .app import add_ops_routes, create_app
     from .auth import make_token
     from .config import Config
     from .errors import TusError
     from .hooks import HookEvent, HookRejected, HookResult, Hooks
     from .info import UploadInfo
     from .locks import MemoryLocker
-    from .ops import add_ops_routes
     from .owners import Quota
     from .stores import FileStore, Store
 

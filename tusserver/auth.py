@@ -21,13 +21,12 @@ from typing import Any
 
 import aiohttp
 import jwt
-from aiohttp import web
 from yarl import URL
 
 from . import errors
 from .config import Config
 from .errors import TusError
-from .keys import AUTH_CLAIMS, AUTH_SUBJECT
+from .exchange import Exchange
 from .load import ConfigError
 from .protocol import is_valid_upload_id
 
@@ -338,10 +337,10 @@ class BearerAuth:
             return decode_token(token, await self.jwks.key(kid, alg), alg, self.rules)
         raise InvalidToken(f"algorithm {alg[:20]!r} is not accepted")
 
-    async def check(self, request: web.Request, method: str) -> None:
+    async def check(self, request: Exchange, method: str) -> None:
         if method == "OPTIONS":
             return
-        upload_id = request.match_info.get("upload_id")
+        upload_id = request.route_id
         token, in_url = _request_token(request, upload_id)
         try:
             claims = await self.verify(token)
@@ -370,15 +369,15 @@ class BearerAuth:
             needed = "upload"  # a listing of one's uploads: for uploaders as for downloaders
         if not claims.allows(needed):
             raise _insufficient(needed, f"{needed} is not in the token's scope")
-        request[AUTH_SUBJECT] = claims.subject
-        request[AUTH_CLAIMS] = claims
+        request.auth_subject = claims.subject
+        request.auth_claims = claims
 
     async def close(self) -> None:
         if self.jwks is not None:
             await self.jwks.close()
 
 
-def _request_token(request: web.Request, upload_id: str | None) -> tuple[str, bool]:
+def _request_token(request: Exchange, upload_id: str | None) -> tuple[str, bool]:
     """The token and whether it came from the URL; raises 401 when there is none."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     in_header = scheme.lower() == "bearer" and token.strip() != ""

@@ -14,9 +14,9 @@ from typing import Any
 from aiohttp import web, web_response
 
 from . import __version__
-from .app import SERVER_NAME, SHUTDOWN_KEY, create_app, server_headers
+from .aiohttp_body import READ_BUFFER
+from .app import SERVER_NAME, SHUTDOWN_KEY, add_ops_routes, create_app, server_headers
 from .auth import make_token
-from .body import READ_BUFFER
 from .config import Config
 from .load import (
     CHOICES,
@@ -29,8 +29,7 @@ from .load import (
     service_links,
 )
 from .logs import setup_logging
-from .ops import add_ops_routes
-from .shutdown import drain_on_signals
+from .shutdown import Shutdown, drain_on_signals
 from .sizes import format_size
 from .stores.base import StoreStartError
 
@@ -201,7 +200,13 @@ def serve(config: Config) -> int:
     except ValueError as exc:  # e.g. a cors_origins regex that does not compile
         log.error("invalid configuration: %s", exc)
         return 2
-    drain_on_signals(app, app[SHUTDOWN_KEY])
+    shutdown = app[SHUTDOWN_KEY]
+    assert isinstance(shutdown, Shutdown)
+
+    async def on_signals(app: web.Application) -> None:
+        drain_on_signals(shutdown, _exit)
+
+    app.on_startup.append(on_signals)
     # Answers aiohttp gives before any app sees the request (a malformed request line: 400)
     # skip on_response_prepare; in our own process, its default Server value can change too.
     web_response.SERVER_SOFTWARE = SERVER_NAME
@@ -228,6 +233,11 @@ def serve(config: Config) -> int:
     )
     log.info("tusserver stopped")
     return 0
+
+
+def _exit() -> None:
+    # Raised in a loop callback, it ends run_app's loop, which then runs the app's cleanup.
+    raise web.GracefulExit()
 
 
 def new_event_loop(use_uvloop: bool) -> asyncio.AbstractEventLoop:
@@ -277,9 +287,7 @@ def cleanup(config: Config) -> int:
     return 0
 
 
-def print_token(
-    config: Config, ttl: float, subject: str | None, scope: list[str] | None, upload: str | None
-) -> int:
+def print_token(config: Config, ttl: float, subject: str | None, scope: list[str] | None, upload: str | None) -> int:
     if not config.auth_secret:
         log.error("token: set auth_secret (TUSSERVER_AUTH_SECRET or the config file) first")
         return 2

@@ -13,12 +13,12 @@ downloads included; any other origin gets none, so the browser refuses it.
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
 
-from aiohttp import web
+from multidict import CIMultiDict
 
 from .auth import auth_enabled
 from .config import Config
+from .exchange import Exchange, Response
 from .load import ConfigError
 
 ALLOWED_METHODS = ("POST", "GET", "HEAD", "PATCH", "DELETE", "OPTIONS", "PUT")  # PUT: a draft creation
@@ -64,8 +64,6 @@ EXPOSED_HEADERS = (
 
 REGEX_PREFIX = "re:"
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
 
 class OriginPolicy:
     """Decides whether an `Origin` header value is allowed."""
@@ -88,8 +86,8 @@ class OriginPolicy:
 
 
 class Cors:
-    """The CORS layer of one app: `middleware` answers preflights, `on_prepare`
-    adds the grant to every response."""
+    """The CORS layer of one app: `preflight` answers preflights, `grant` adds the grant
+    to every answer."""
 
     def __init__(self, config: Config) -> None:
         if "*" in config.cors_origins and config.cors_credentials:
@@ -113,38 +111,30 @@ class Cors:
         }
         self.exposed = ", ".join(EXPOSED_HEADERS)
 
-    def install(self, app: web.Application) -> None:
-        # Outermost middleware: a preflight carries no Tus-Resumable and must not reach tus checks.
-        app.middlewares.insert(0, self.middleware)
-        app.on_response_prepare.append(self.on_prepare)
+    def preflight(self, request: Exchange) -> Response | None:
+        """The answer to a CORS preflight; None for any other request. Answered before tus
+        checks: a preflight carries no Tus-Resumable."""
+        if not is_preflight(request):
+            return None
+        response = Response(204)
+        if self.policy.allows(request.headers["Origin"]):
+            response.headers.update(self.preflight_headers)
+        return response
 
-    @web.middleware
-    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if is_preflight(request):
-            response = web.Response(status=204)
-            if self.policy.allows(request.headers["Origin"]):
-                response.headers.update(self.preflight_headers)
-            return response
-        return await handler(request)
-
-    async def on_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
+    def grant(self, request: Exchange, headers: CIMultiDict[str]) -> None:
+        """Add the grant for an allowed origin to any answer's headers."""
         # The grant depends on Origin, so caches must key on it, whatever the outcome.
-        _add_vary(response, "Origin")
+        _add_vary(headers, "Origin")
         origin = request.headers.get("Origin")
         if origin is None or not self.policy.allows(origin):
             return
-        response.headers["Access-Control-Allow-Origin"] = origin if self.echo_origin else "*"
+        headers["Access-Control-Allow-Origin"] = origin if self.echo_origin else "*"
         if self.credentials:
-            response.headers["Access-Control-Allow-Credentials"] = "true"
-        response.headers["Access-Control-Expose-Headers"] = self.exposed
+            headers["Access-Control-Allow-Credentials"] = "true"
+        headers["Access-Control-Expose-Headers"] = self.exposed
 
 
-def install_cors(app: web.Application, config: Config) -> None:
-    """Answer CORS preflights on every path of `app` and grant allowed origins."""
-    Cors(config).install(app)
-
-
-def is_preflight(request: web.Request) -> bool:
+def is_preflight(request: Exchange) -> bool:
     return (
         request.method == "OPTIONS"
         and "Origin" in request.headers
@@ -163,9 +153,9 @@ def _unique(*groups: tuple[str, ...] | list[str]) -> list[str]:
     return names
 
 
-def _add_vary(response: web.StreamResponse, name: str) -> None:
-    current = response.headers.get("Vary")
+def _add_vary(headers: CIMultiDict[str], name: str) -> None:
+    current = headers.get("Vary")
     if current is None:
-        response.headers["Vary"] = name
+        headers["Vary"] = name
     elif name.lower() not in (v.strip().lower() for v in current.split(",")):
-        response.headers["Vary"] = f"{current}, {name}"
+        headers["Vary"] = f"{current}, {name}"

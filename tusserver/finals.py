@@ -15,10 +15,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from aiohttp import web
-
 from . import errors
 from .errors import ErrorKind, TusError
+from .exchange import Exchange
 from .info import FinalProgress, UploadInfo
 from .locks import Locker
 from .stores.base import ConcatenatingStore, Store
@@ -28,7 +27,7 @@ log = logging.getLogger("tusserver.finals")
 WORKERS = 2  # finals concatenated at once by this instance
 QUEUE_SIZE = 256  # finals waiting per worker; more are dropped (a later HEAD submits again)
 
-OnFinished = Callable[[web.Request, UploadInfo], Awaitable[None]]
+OnFinished = Callable[[Exchange, UploadInfo], Awaitable[None]]
 
 
 def failure(info: UploadInfo) -> ErrorKind | None:
@@ -41,7 +40,7 @@ def failure(info: UploadInfo) -> ErrorKind | None:
 @dataclass
 class _Job:
     final_id: str
-    request: web.Request  # the request that caused the job: the post-finish event names it
+    request: Exchange  # the request that caused the job: the post-finish event names it
     done: asyncio.Future[UploadInfo | None]
 
 
@@ -80,7 +79,7 @@ class FinalWorker:
             job.done.cancel()
         self._queued.clear()
 
-    def submit(self, final_id: str, request: web.Request) -> asyncio.Future[UploadInfo | None] | None:
+    def submit(self, final_id: str, request: Exchange) -> asyncio.Future[UploadInfo | None] | None:
         """Have the final checked (and concatenated once every partial is finished). Returns
         what the check returns, or None if the queue is full (the final waits for a later submit)."""
         job = self._queued.get(final_id)
@@ -129,7 +128,7 @@ class FinalWorker:
             finally:
                 queue.task_done()
 
-    async def check(self, final_id: str, request: web.Request) -> UploadInfo | None:
+    async def check(self, final_id: str, request: Exchange) -> UploadInfo | None:
         """Record the partials found finished; concatenate when all are; fail the final
         when they add up to more than its limit or one is gone. Idempotent. None: no such final."""
         async with self.locker.lock(final_id):

@@ -9,16 +9,15 @@ import copy
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-
-from aiohttp import web
+from collections.abc import AsyncIterator, Callable
 
 from . import errors, protocol
 from .auth import auth_enabled
-from .body import Body, ClientGone, ReleaseRequested, bound_buffering
+from .body import Body, ClientGone, ReleaseRequested
 from .cancellation import await_to_completion
 from .config import Config
 from .errors import TusError
+from .exchange import Exchange, Response, parse_range
 from .finals import FinalWorker, failure
 from .hooks import (
     POST_CREATE,
@@ -35,7 +34,6 @@ from .hooks import (
     metadata_text,
 )
 from .info import FinalProgress, UploadInfo
-from .keys import AUTH_CLAIMS, AUTH_SUBJECT, BODY, BYTES_IN, HOOK_HEADERS, MAX_SIZE, QUOTA, STOP_REASON, UPLOAD_ID
 from .limits import DownloadSlots, UploadSlots, check_metadata
 from .locks import Locker, seeing_version
 from .metrics import Metrics
@@ -60,9 +58,6 @@ log = logging.getLogger("tusserver")
 # A PATCH saves a later expiry when the saved one is less than this share of `expire_after`
 # away: at most every expire_after/3 while bytes flow, and never expired on the way.
 EXPIRY_REFRESH = 2 / 3
-# Bytes of a download handed to aiohttp at a time, each within download_stall_timeout:
-# about what a write waits to drain, so the timeout measures a stall, not a slow link.
-DOWNLOAD_PIECE = 64 * 1024
 
 
 @dataclasses.dataclass
@@ -86,8 +81,8 @@ class TusHandlers:
         hooks: HookRunner | None = None,
         *,
         metrics: Metrics | None = None,
-        max_size_for: Callable[[web.Request], int | None] | None = None,
-        quota_for: Callable[[web.Request], Quota | None] | None = None,
+        max_size_for: Callable[[Exchange], int | None] | None = None,
+        quota_for: Callable[[Exchange], Quota | None] | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -109,14 +104,14 @@ class TusHandlers:
 
     # -- helpers -----------------------------------------------------------
 
-    def upload_id_of(self, request: web.Request) -> str:
-        upload_id = request.match_info["upload_id"]
-        if not protocol.is_valid_upload_id(upload_id):
+    def upload_id_of(self, request: Exchange) -> str:
+        upload_id = request.route_id
+        if upload_id is None or not protocol.is_valid_upload_id(upload_id):
             raise TusError(errors.NOT_FOUND)
-        request[UPLOAD_ID] = upload_id
+        request.upload_id = upload_id
         return upload_id
 
-    async def _load(self, upload_id: str, request: web.Request | None = None) -> UploadInfo:
+    async def _load(self, upload_id: str, request: Exchange | None = None) -> UploadInfo:
         """The upload's state; for `request`, only if its caller may use it (else 404)."""
         info = await self.store.get_info(upload_id)
         if request is not None:
@@ -128,22 +123,22 @@ class TusHandlers:
             raise TusError(failed)
         return info
 
-    def _caller(self, request: web.Request) -> Caller | None:
+    def _caller(self, request: Exchange) -> Caller | None:
         """Who calls, by the bearer token; None while tokens are off."""
-        claims = request.get(AUTH_CLAIMS)
+        claims = request.auth_claims
         if claims is None:
             return None
         return Caller(claims.subject, "admin" in claims.scopes, claims.upload)
 
-    def _may_use(self, request: web.Request, info: UploadInfo) -> bool:
+    def _may_use(self, request: Exchange, info: UploadInfo) -> bool:
         caller = self._caller(request)
         return caller is None or caller.may_use(info)
 
-    def _check_owner(self, request: web.Request, info: UploadInfo) -> None:
+    def _check_owner(self, request: Exchange, info: UploadInfo) -> None:
         if not self._may_use(request, info):
             raise TusError(errors.NOT_FOUND)  # as if it did not exist: ids are not confirmed to others
 
-    async def _access(self, request: web.Request, upload_id: str, action: str) -> None:
+    async def _access(self, request: Exchange, upload_id: str, action: str) -> None:
         """Before the upload's lock is taken, so that a request that will be refused never
         asks the holder (the owner's PATCH) to let go: the owner check, then pre-access."""
         caller = self._caller(request)
@@ -156,12 +151,12 @@ class TusHandlers:
         self._check_owner(request, info)
         await self.hooks.pre(PRE_ACCESS, request, info, action=action)
 
-    def _quota(self, request: web.Request) -> Quota:
+    def _quota(self, request: Exchange) -> Quota:
         """`quota_bytes` / `quota_uploads`, tightened by the embedder's `quota_for(request)`."""
-        if QUOTA not in request:
+        if request.quota is None:
             quota = Quota(self.config.quota_bytes, self.config.quota_uploads)
-            request[QUOTA] = quota.tighter(self.quota_for(request) if self.quota_for else None)
-        return request[QUOTA]
+            request.quota = quota.tighter(self.quota_for(request) if self.quota_for else None)
+        return request.quota
 
     def _state_headers(self, info: UploadInfo) -> dict[str, str]:
         headers = {"Upload-Offset": str(info.offset), "Cache-Control": "no-store"}
@@ -169,12 +164,13 @@ class TusHandlers:
             headers["Upload-Expires"] = protocol.http_date(info.expires)
         return headers
 
-    def max_size(self, request: web.Request) -> int | None:
+    def max_size(self, request: Exchange) -> int | None:
         """The smaller of `max_size` and the embedder's `max_size_for(request)`."""
-        if MAX_SIZE not in request:
+        if not request.max_size_known:
             limits = [self.config.max_size, self.max_size_for(request) if self.max_size_for else None]
-            request[MAX_SIZE] = min((n for n in limits if n is not None), default=None)
-        return request[MAX_SIZE]
+            request.max_size = min((n for n in limits if n is not None), default=None)
+            request.max_size_known = True
+        return request.max_size
 
     def check_append_size(self, content_length: int | None) -> None:
         """Refuse a body announced larger than `max_append_size`, before anything changes."""
@@ -182,13 +178,13 @@ class TusHandlers:
         if content_length is not None and most is not None and content_length > most:
             raise TusError(errors.APPEND_TOO_LARGE, f"at most {most} bytes per request")
 
-    def check_size(self, request: web.Request, length: int | None) -> None:
+    def check_size(self, request: Exchange, length: int | None) -> None:
         max_size = self.max_size(request)
         if length is not None and max_size is not None and length > max_size:
             raise TusError(errors.MAX_SIZE_EXCEEDED, f"limit is {max_size} bytes")
 
     async def _receive_owned(
-        self, request: web.Request, info: UploadInfo, posts: _Posts, *, completes: bool = False
+        self, request: Exchange, info: UploadInfo, posts: _Posts, *, completes: bool = False
     ) -> None:
         """_receive() within the owner's quota: a deferred upload's body may bring what the
         quota has left, held for it meanwhile. `completes`: the body is the rest of the upload."""
@@ -198,9 +194,7 @@ class TusHandlers:
         if completes and not info.finished:
             await self._complete(request, info, posts)
 
-    async def _receive(
-        self, request: web.Request, info: UploadInfo, posts: _Posts, quota_left: int | None = None
-    ) -> None:
+    async def _receive(self, request: Exchange, info: UploadInfo, posts: _Posts, quota_left: int | None = None) -> None:
         """Append the request body to `info` (locked by the caller) and finish the
         upload when it is complete. Updates `info.offset`."""
         checksum = protocol.parse_checksum(_header(request, "Upload-Checksum"))
@@ -230,9 +224,9 @@ class TusHandlers:
             self.config.min_upload_rate,
             self.config.min_upload_rate_window,
         )
-        request[BODY] = body
-        if STOP_REASON in request:  # asked to let go before the body started
-            body.stop(request[STOP_REASON])
+        request.body = body
+        if request.stop_reason is not None:  # asked to let go before the body started
+            body.stop(request.stop_reason)
         # Before any byte: a cleaner in another process (cron, no shared lock) must never
         # find this upload expired while it receives bytes.
         await self._extend_expiry(info)
@@ -252,7 +246,7 @@ class TusHandlers:
                 await self._save_expiry(info)  # a full expire_after from here
             raise
         finally:
-            request[BYTES_IN] = body.received
+            request.bytes_in = body.received
             if progress is not None:
                 progress.cancel()
         if body.received and self.hooks.wants(POST_RECEIVE):
@@ -299,7 +293,7 @@ class TusHandlers:
 
     @contextlib.asynccontextmanager
     async def _locked(
-        self, request: web.Request, upload_id: str, posts: _Posts | None = None, *, interrupt: bool = True
+        self, request: Exchange, upload_id: str, posts: _Posts | None = None, *, interrupt: bool = True
     ) -> AsyncIterator[_Posts]:
         """Hold the upload's lock for the block. post-* events the block adds are delivered
         after the lock is released (even when the block fails: they happened), by the
@@ -313,13 +307,13 @@ class TusHandlers:
             if outermost:
                 await self._deliver(request, held_back)
 
-    async def _deliver(self, request: web.Request, posts: _Posts) -> None:
+    async def _deliver(self, request: Exchange, posts: _Posts) -> None:
         for name, info in posts.events:
             result = await self.hooks.post(name, request, info)
             if name == POST_FINISH and result.headers:
-                request.setdefault(HOOK_HEADERS, {}).update(result.headers)
+                request.hook_headers.update(result.headers)
 
-    def _report_progress(self, request: web.Request, info: UploadInfo, body: Body) -> asyncio.Task | None:
+    def _report_progress(self, request: Exchange, info: UploadInfo, body: Body) -> asyncio.Task | None:
         """post-receive every `progress_interval` seconds while bytes arrive (0: only at the end)."""
         if not self.config.progress_interval or not self.hooks.wants(POST_RECEIVE):
             return None
@@ -335,7 +329,7 @@ class TusHandlers:
 
         return asyncio.create_task(report())
 
-    def _release(self, request: web.Request):
+    def _release(self, request: Exchange):
         def release() -> None:
             stop_body(request, ReleaseRequested())
 
@@ -343,7 +337,7 @@ class TusHandlers:
 
     # -- verbs ---------------------------------------------------------------
 
-    async def options(self, request: web.Request) -> web.Response:
+    async def options(self, request: Exchange) -> Response:
         headers = {
             "Tus-Version": protocol.TUS_VERSION,
             "Tus-Extension": ",".join(self.extensions),
@@ -352,16 +346,16 @@ class TusHandlers:
         max_size = self.max_size(request)
         if max_size is not None:
             headers["Tus-Max-Size"] = str(max_size)
-        return web.Response(status=200, headers=headers)  # as tusd: 200, which checkers expect
+        return Response(200, headers)  # as tusd: 200, which checkers expect
 
-    async def post(self, request: web.Request) -> web.Response:
+    async def post(self, request: Exchange) -> Response:
         if protocol.is_offset_content_type(request.headers.get("Content-Type")):
-            bound_buffering(request.content)  # before any wait: meanwhile aiohttp reads on
+            request.content.bound()  # before any wait: meanwhile the front door reads on
             with self.uploads.take():  # a body: an upload in progress, within the instance's limit
                 return await self._create(request)
         return await self._create(request)
 
-    async def _create(self, request: web.Request) -> web.Response:
+    async def _create(self, request: Exchange) -> Response:
         metadata = protocol.parse_metadata(request.headers.get("Upload-Metadata"))
         check_metadata(request.headers.get("Upload-Metadata"), metadata, self.config)
         concat = protocol.parse_concat(_header(request, "Upload-Concat"))
@@ -398,10 +392,10 @@ class TusHandlers:
             posts = _Posts()
             await self._finish(request, info, posts)
             await self._deliver(request, posts)
-        return web.Response(status=201, headers=headers)
+        return Response(201, headers)
 
     async def create_upload(
-        self, request: web.Request, length: int | None, metadata: protocol.Metadata, *, concat: str | None = None
+        self, request: Exchange, length: int | None, metadata: protocol.Metadata, *, concat: str | None = None
     ) -> UploadInfo:
         """A new upload (not a final concatenation): pre-create, owners and quota, the store,
         post-create."""
@@ -411,13 +405,13 @@ class TusHandlers:
         await self.hooks.post(POST_CREATE, request, info)
         return info
 
-    async def complete(self, request: web.Request, info: UploadInfo) -> None:
+    async def complete(self, request: Exchange, info: UploadInfo) -> None:
         """Finish `info` now that its client says every byte is here (see `_complete`)."""
         async with self._locked(request, info.id) as posts:
             await self._complete(request, info, posts)
 
     async def receive_creation(
-        self, request: web.Request, info: UploadInfo, location: str, *, completes: bool = False
+        self, request: Exchange, info: UploadInfo, location: str, *, completes: bool = False
     ) -> None:
         """Receive the body of the request that created `info` (tus creation-with-upload, or
         the draft's creation); `completes`: the body is the rest of the upload."""
@@ -431,7 +425,7 @@ class TusHandlers:
         except ReleaseRequested:
             raise TusError(errors.INTERRUPTED, headers={"Location": location}) from None
 
-    async def _complete(self, request: web.Request, info: UploadInfo, posts: _Posts) -> None:
+    async def _complete(self, request: Exchange, info: UploadInfo, posts: _Posts) -> None:
         """The client says every byte is here: a deferred length becomes the offset, and a
         known one must have been reached. Then the upload finishes."""
         if info.length is None:
@@ -441,10 +435,10 @@ class TusHandlers:
         if not info.finished:
             await self._finish(request, info, posts)
 
-    async def _create_upload(self, request: web.Request, info: UploadInfo) -> None:
+    async def _create_upload(self, request: Exchange, info: UploadInfo) -> None:
         """Run pre-create, apply what it changes (metadata, and the id = storage key), and
         create the upload in the store."""
-        info.owner = request.get(AUTH_SUBJECT)  # the hook sees it, and may choose another
+        info.owner = request.auth_subject  # the hook sees it, and may choose another
         changes = checked_changes(await self.hooks.pre(PRE_CREATE, request, info))
         if changes.metadata is not None:
             info.metadata = changes.metadata
@@ -457,7 +451,7 @@ class TusHandlers:
                 await self.owners.add(info)
                 await self.store.create(info)
             return
-        info.id = request[UPLOAD_ID] = changes.upload_id
+        info.id = request.upload_id = changes.upload_id
         # A taken id is usually seen here, without asking a PATCH that holds its lock to let go.
         await self._check_id_free(info.id)
         # Two creations of one chosen id: the store's create is atomic per id, so the loser
@@ -477,16 +471,14 @@ class TusHandlers:
         else:
             raise TusError(errors.UPLOAD_ID_TAKEN)
 
-    def _new_info(self, request: web.Request, length: int | None, metadata: protocol.Metadata) -> UploadInfo:
+    def _new_info(self, request: Exchange, length: int | None, metadata: protocol.Metadata) -> UploadInfo:
         info = UploadInfo(id=protocol.new_upload_id(), length=length, metadata=metadata)
         if self.config.expire_after is not None:
             info.expires = time.time() + self.config.expire_after
-        request[UPLOAD_ID] = info.id
+        request.upload_id = info.id
         return info
 
-    async def _create_final(
-        self, request: web.Request, concat: protocol.Concat, metadata: protocol.Metadata
-    ) -> web.Response:
+    async def _create_final(self, request: Exchange, concat: protocol.Concat, metadata: protocol.Metadata) -> Response:
         if _header(request, "Upload-Length") is not None:
             raise TusError(errors.FINAL_WITH_LENGTH)
         # Bounded before anything is read: how many partials, each named once.
@@ -532,9 +524,9 @@ class TusHandlers:
         headers = {"Location": location}
         if info.expires is not None and not info.finished:
             headers["Upload-Expires"] = protocol.http_date(info.expires)
-        return web.Response(status=201, headers=headers)
+        return Response(201, headers)
 
-    async def _load_partial(self, request: web.Request, partial_id: str) -> UploadInfo:
+    async def _load_partial(self, request: Exchange, partial_id: str) -> UploadInfo:
         try:
             partial = await self._load(partial_id)
         except TusError as exc:
@@ -574,7 +566,7 @@ class TusHandlers:
                 await self.store.terminate(info)
             raise
 
-    async def _finish(self, request: web.Request, info: UploadInfo, posts: _Posts) -> None:
+    async def _finish(self, request: Exchange, info: UploadInfo, posts: _Posts) -> None:
         # A pre-finish rejection leaves the upload complete but unfinished: a later HEAD
         # or empty PATCH asks again.
         try:
@@ -592,12 +584,12 @@ class TusHandlers:
             for final_id in await self.store.finals_of(info.id):
                 self.finals.submit(final_id, request)
 
-    async def _post_finish(self, request: web.Request, info: UploadInfo) -> None:
+    async def _post_finish(self, request: Exchange, info: UploadInfo) -> None:
         result = await self.hooks.post(POST_FINISH, request, info)
         if result.headers:
-            request.setdefault(HOOK_HEADERS, {}).update(result.headers)
+            request.hook_headers.update(result.headers)
 
-    async def current(self, request: web.Request, upload_id: str) -> UploadInfo:
+    async def current(self, request: Exchange, upload_id: str) -> UploadInfo:
         """The upload's state for an offset request (tus HEAD, the draft's HEAD or GET). Taking
         the lock stops a request in flight on it, so the offset is one the next PATCH accepts."""
         await self._access(request, upload_id, "head")
@@ -623,7 +615,7 @@ class TusHandlers:
             self.finals.submit(upload_id, request)
         return info
 
-    async def head(self, request: web.Request) -> web.Response:
+    async def head(self, request: Exchange) -> Response:
         upload_id = self.upload_id_of(request)
         info = await self.current(request, upload_id)
         headers = self._state_headers(info)
@@ -640,14 +632,14 @@ class TusHandlers:
             headers["Upload-Length"] = str(info.length)
         if info.metadata:
             headers["Upload-Metadata"] = protocol.format_metadata(info.metadata)
-        return web.Response(status=200, headers=headers)
+        return Response(200, headers)
 
-    async def patch(self, request: web.Request) -> web.Response:
-        bound_buffering(request.content)  # before any wait: meanwhile aiohttp reads on
+    async def patch(self, request: Exchange) -> Response:
+        request.content.bound()  # before any wait: meanwhile the front door reads on
         with self.uploads.take():  # an upload in progress, within the instance's limit
             return await self._patch(request)
 
-    async def _patch(self, request: web.Request) -> web.Response:
+    async def _patch(self, request: Exchange) -> Response:
         upload_id = self.upload_id_of(request)
         protocol.check_content_type(request.headers.get("Content-Type"))
         offset = protocol.parse_upload_offset(_header(request, "Upload-Offset"))
@@ -655,10 +647,10 @@ class TusHandlers:
         length = None if new_length is None else protocol.parse_upload_length(new_length)
         protocol.parse_checksum(_header(request, "Upload-Checksum"))  # malformed: refused before any change
         info = await self.append(request, upload_id, offset, length)
-        return web.Response(status=204, headers=self._state_headers(info))
+        return Response(204, self._state_headers(info))
 
     async def append(
-        self, request: web.Request, upload_id: str, offset: int, length: int | None, *, completes: bool = False
+        self, request: Exchange, upload_id: str, offset: int, length: int | None, *, completes: bool = False
     ) -> UploadInfo:
         """Append the request body at `offset` (a tus PATCH, or the draft's append), setting
         a deferred `length` first; `completes`: the body is the rest of the upload."""
@@ -683,9 +675,7 @@ class TusHandlers:
                 await self._receive_owned(request, info, posts, completes=completes)
         return info
 
-    async def _set_length(
-        self, request: web.Request, info: UploadInfo, length: int, *, body_pending: bool = True
-    ) -> None:
+    async def _set_length(self, request: Exchange, info: UploadInfo, length: int, *, body_pending: bool = True) -> None:
         """`body_pending`: the request's body is still to come, and must fit."""
         if info.length is not None:
             raise TusError(errors.LENGTH_ALREADY_SET)
@@ -700,7 +690,7 @@ class TusHandlers:
         store = self.store
         await self.owners.set_length(info, length, self._quota(request), lambda: store.set_length(info, length))
 
-    async def delete(self, request: web.Request) -> web.Response:
+    async def delete(self, request: Exchange) -> Response:
         upload_id = self.upload_id_of(request)
         if not isinstance(self.store, TerminatingStore):
             raise TusError(errors.METHOD_NOT_ALLOWED)
@@ -711,13 +701,20 @@ class TusHandlers:
             await self.hooks.pre(PRE_TERMINATE, request, info)
             await self.store.terminate(info)
         await self.hooks.post(POST_TERMINATE, request, info)
-        return web.Response(status=204)
+        return Response(204)
 
-    async def get(self, request: web.Request) -> web.StreamResponse:
-        with self.downloads.take():  # held until the last byte is sent, or the client is dropped
-            return await self._get(request)
+    async def get(self, request: Exchange) -> Response:
+        slot = contextlib.ExitStack()
+        slot.enter_context(self.downloads.take())  # held until the last byte is sent, or the client is dropped
+        try:
+            response = await self._get(request)
+        except BaseException:
+            slot.close()
+            raise
+        response.sent = slot.close
+        return response
 
-    async def _get(self, request: web.Request) -> web.StreamResponse:
+    async def _get(self, request: Exchange) -> Response:
         upload_id = self.upload_id_of(request)
         if not self.config.downloads:
             raise TusError(errors.DOWNLOAD_DISABLED)
@@ -731,12 +728,12 @@ class TusHandlers:
         headers = protocol.download_headers(info.metadata)
         download = await self.store.download(info)
         if isinstance(download, RedirectDownload):
-            raise web.HTTPFound(download.url)
+            return Response(302, {"Location": download.url})
         if isinstance(download, FileDownload):
             download = await stream_file(download.path)
-        return await _stream_download(request, download, headers, self.config.download_stall_timeout)
+        return _download_response(request, download, headers)
 
-    async def listing(self, request: web.Request) -> web.Response:
+    async def listing(self, request: Exchange) -> Response:
         """GET on the collection: the caller's uploads as JSON, newest first, a page at a time
         (`?limit=`, `?cursor=`); an admin's lists everyone's, or `?owner=`'s."""
         caller = self._caller(request)
@@ -766,10 +763,10 @@ class TusHandlers:
             }
             for info in found
         ]
-        return web.json_response({"uploads": uploads, "next": after}, headers={"Cache-Control": "no-store"})
+        return Response.json(200, {"uploads": uploads, "next": after}, {"Cache-Control": "no-store"})
 
 
-def _header(request: web.Request, name: str) -> str | None:
+def _header(request: Exchange, name: str) -> str | None:
     """The value of a single-valued tus header; two different values are a 400."""
     return protocol.single_value(name, request.headers.getall(name, []))
 
@@ -778,28 +775,38 @@ def _needs_finish(info: UploadInfo) -> bool:
     return info.concat != "final" and info.length == info.offset and not info.finished
 
 
-def stop_body(request: web.Request, reason: Exception) -> None:
+def stop_body(request: Exchange, reason: Exception) -> None:
     """Stop receiving the request's body now, or as soon as it starts; the bytes
     received are kept and the request answers as `reason` says."""
-    request.setdefault(STOP_REASON, reason)
-    body = request.get(BODY)
-    if body is not None:
-        body.stop(reason)
+    if request.stop_reason is None:
+        request.stop_reason = reason
+    if request.body is not None:
+        request.body.stop(reason)
 
 
-class DownloadStalled(Exception):
-    """The client read nothing for download_stall_timeout seconds."""
+@dataclasses.dataclass(frozen=True)
+class _RangeStream:
+    """Bytes [start, stop) of a download, for the service to send."""
+
+    download: StreamDownload
+    start: int
+    stop: int
+
+    @property
+    def length(self) -> int:
+        return self.stop - self.start
+
+    def open(self) -> contextlib.AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        return self.download.open(self.start, self.stop)
 
 
-async def _stream_download(
-    request: web.Request, download: StreamDownload, headers: dict[str, str], stall_timeout: float
-) -> web.StreamResponse:
+def _download_response(request: Exchange, download: StreamDownload, headers: dict[str, str]) -> Response:
+    """200 with the whole download, or 206 with the one range asked for."""
     size = download.size
     try:
-        rng = request.http_range
+        start, stop = parse_range(request.headers.get("Range"))
     except ValueError:
         raise TusError(errors.INVALID_RANGE, headers={"Content-Range": f"bytes */{size}"}) from None
-    start, stop = rng.start, rng.stop
     partial = start is not None or stop is not None
     if start is None:
         start = 0
@@ -809,73 +816,12 @@ async def _stream_download(
         stop = size
     if partial and (start >= size or start >= stop):
         raise TusError(errors.INVALID_RANGE, headers={"Content-Range": f"bytes */{size}"})
-    response = web.StreamResponse(status=206 if partial else 200, headers=headers)
+    response = Response(206 if partial else 200, headers)
     response.headers["Accept-Ranges"] = "bytes"
     if download.etag:
         response.headers["ETag"] = download.etag
     if partial:
         response.headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
-    response.content_length = stop - start
-    if stop == start:  # an empty upload: nothing to read
-        await response.prepare(request)
-        await response.write_eof()
-        return response
-    sent = 0
-    try:
-        # The store's first call happens on entry, before any header is sent: a missing
-        # object or an unavailable store is still an ordinary tus error (404, 503).
-        async with download.open(start, stop) as chunks:
-            await response.prepare(request)
-            async for chunk in chunks:
-                view = memoryview(chunk)
-                for at in range(0, len(view), DOWNLOAD_PIECE):
-                    await _within(stall_timeout, response.write(view[at : at + DOWNLOAD_PIECE]))
-                sent += len(chunk)
-            await _within(stall_timeout, response.write_eof())
-    except Exception as exc:
-        if not response.prepared:
-            raise
-        # An answer now would be written into the body: close the connection instead, so
-        # the client sees a body shorter than Content-Length, then EOF.
-        _log_broken_download(request, exc, sent, stop - start)
-        _drop_connection(request, at_once=isinstance(exc, DownloadStalled))
+    if stop > start:  # else an empty upload: nothing to read
+        response.stream = _RangeStream(download, start, stop)
     return response
-
-
-async def _within(stall_timeout: float, write: Awaitable[None]) -> None:
-    """`write`, which waits while the client does not read; DownloadStalled after `stall_timeout`."""
-    try:
-        if _timeout is None:  # Python 3.10
-            await asyncio.wait_for(write, stall_timeout)
-        else:
-            async with _timeout(stall_timeout):  # no task per write, unlike wait_for before 3.12
-                await write
-    except asyncio.TimeoutError:
-        raise DownloadStalled(f"the client read nothing for {stall_timeout:g} s") from None
-
-
-_timeout = getattr(asyncio, "timeout", None)
-
-
-def _log_broken_download(request: web.Request, exc: Exception, sent: int, total: int) -> None:
-    if isinstance(exc, DownloadStalled):
-        log.info("download of %s dropped after %d of %d bytes: %s", request.path, sent, total, exc)
-    elif isinstance(exc, ConnectionError):  # from write(): the store raises TusError only
-        log.info("client went away after %d of %d bytes of %s: %s", sent, total, request.path, exc)
-    elif isinstance(exc, TusError):
-        log.warning("download of %s failed after %d of %d bytes; connection closed: %s", request.path, sent, total, exc)
-    else:
-        log.error(
-            "download of %s failed after %d of %d bytes; connection closed", request.path, sent, total, exc_info=exc
-        )
-
-
-def _drop_connection(request: web.Request, *, at_once: bool = False) -> None:
-    """Close the connection once what is buffered is sent (`at_once`: now, discarding it,
-    since a client that stopped reading would hold it open for ever): no further response on it."""
-    request.protocol.force_close()
-    if request.transport is not None:
-        if at_once:
-            request.transport.abort()
-        else:
-            request.transport.close()

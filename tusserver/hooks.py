@@ -26,14 +26,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 from yarl import URL
 
 from . import errors, protocol
 from .config import Config
 from .errors import TusError
+from .exchange import Exchange
 from .info import UploadInfo
-from .keys import AUTH_SUBJECT
 from .metrics import Metrics
 from .stores.owner_index import MAX_OWNER, is_valid_owner
 
@@ -80,9 +79,7 @@ class HookRejected(TusError):
     """Raised by a pre-* hook to refuse the request; the client gets `status` (kept
     within 400-599) and `message` (one line, at most 200 characters)."""
 
-    def __init__(
-        self, status: int = 403, message: str = "", *, headers: Mapping[str, str] | None = None
-    ) -> None:
+    def __init__(self, status: int = 403, message: str = "", *, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(
             errors.HOOK_REJECTED, clean_message(message) or None, status=clamp_status(status), headers=headers
         )
@@ -103,13 +100,13 @@ class HookRequest:
     subject: str | None = None  # `sub` of the bearer token, when tokens are on
 
     @classmethod
-    def from_request(cls, request: web.Request) -> HookRequest:
+    def from_request(cls, request: Exchange) -> HookRequest:
         return cls(
             method=request.method,
-            uri=str(request.rel_url.without_query_params("token")),  # a download link's token stays here
+            uri=str(request.url.without_query_params("token")),  # a download link's token stays here
             remote_addr=request.remote,
             headers=request.headers,
-            subject=request.get(AUTH_SUBJECT),
+            subject=request.auth_subject,
         )
 
 
@@ -391,12 +388,10 @@ class HookRunner:
     def wants(self, event: str) -> bool:
         return bool(self.hooks.callbacks(event)) or (self.webhook is not None and event in self.webhook.events)
 
-    def _event(self, name: str, request: web.Request, info: UploadInfo, action: str | None = None) -> HookEvent:
+    def _event(self, name: str, request: Exchange, info: UploadInfo, action: str | None = None) -> HookEvent:
         return HookEvent(name, copy.deepcopy(info), HookRequest.from_request(request), action)
 
-    async def pre(
-        self, name: str, request: web.Request, info: UploadInfo, *, action: str | None = None
-    ) -> HookResult:
+    async def pre(self, name: str, request: Exchange, info: UploadInfo, *, action: str | None = None) -> HookResult:
         """Run a pre-* event; raises HookRejected (or a TusError) to refuse the request."""
         result = HookResult()
         if not self.wants(name):
@@ -414,7 +409,7 @@ class HookRunner:
                 raise
         return result
 
-    async def post(self, name: str, request: web.Request, info: UploadInfo) -> HookResult:
+    async def post(self, name: str, request: Exchange, info: UploadInfo) -> HookResult:
         """Run a post-* event. Never raises: failures are logged."""
         result = HookResult()
         if self.metrics is not None:

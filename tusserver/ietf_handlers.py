@@ -1,4 +1,4 @@
-"""The draft's requests ("Resumable Uploads for HTTP") on aiohttp: creation on the collection,
+"""The draft's requests ("Resumable Uploads for HTTP"): creation on the collection,
 offset retrieval, append, cancellation and OPTIONS. Each step an upload takes (owners,
 hooks, limits, locks, stores, expiry) is TusHandlers', so an upload made here is a tus
 upload like any other; only the header dialect differs (rules in ietf.py)."""
@@ -8,20 +8,16 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 
-from aiohttp import web
-from aiohttp.http import HttpVersion11
-
 from . import errors, ietf, protocol
-from .body import bound_buffering
 from .errors import TusError
+from .exchange import Exchange, Response
 from .handlers import TusHandlers
 from .info import UploadInfo
-from .keys import DIALECT
 from .limits import check_metadata
 from .stores.base import LengthDeferringStore
 from .urls import upload_location
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Handler = Callable[[Exchange], Awaitable[Response]]
 
 
 class IetfHandlers:
@@ -33,7 +29,7 @@ class IetfHandlers:
 
     # -- helpers -----------------------------------------------------------
 
-    def limits(self, request: web.Request, info: UploadInfo | None = None) -> ietf.Limits:
+    def limits(self, request: Exchange, info: UploadInfo | None = None) -> ietf.Limits:
         """What Upload-Limit announces: the size limit, and the time left (of `info`, or of
         a new upload)."""
         max_age = None
@@ -46,7 +42,7 @@ class IetfHandlers:
             max_size=self.tus.max_size(request), max_append_size=self.config.max_append_size, max_age=max_age
         )
 
-    def _state(self, dialect: ietf.Dialect, request: web.Request, info: UploadInfo) -> dict[str, str]:
+    def _state(self, dialect: ietf.Dialect, request: Exchange, info: UploadInfo) -> dict[str, str]:
         headers = {
             "Upload-Offset": str(info.offset),
             dialect.complete_field: dialect.complete_value(info.finished),
@@ -59,26 +55,26 @@ class IetfHandlers:
             headers["Upload-Limit"] = limit
         return headers
 
-    async def _interim(self, request: web.Request, dialect: ietf.Dialect, location: str, info: UploadInfo) -> None:
+    async def _interim(self, request: Exchange, dialect: ietf.Dialect, location: str, info: UploadInfo) -> None:
         """Send the 104 announcing the upload resource, before any byte of the body is read.
         HTTP/1.0 has no interim responses; the client then learns the URL from the final one."""
-        if request.version < HttpVersion11:
+        if request.http_version < (1, 1):
             return
-        await request.writer.write(ietf.interim_104(dialect, location, self.limits(request, info)))
+        await request.conn.interim(ietf.interim_104(dialect, location, self.limits(request, info)))
 
     # -- requests ----------------------------------------------------------
 
-    async def options(self, request: web.Request) -> web.Response:
-        dialect = request[DIALECT]
+    async def options(self, request: Exchange) -> Response:
+        dialect = _dialect(request)
         response = await self.tus.options(request)
         limit = ietf.format_limits(dialect, self.limits(request))
         if limit is not None:
             response.headers["Upload-Limit"] = limit
         return response
 
-    async def create(self, request: web.Request) -> web.Response:
+    async def create(self, request: Exchange) -> Response:
         """POST, PUT or PATCH with the completeness field on the collection."""
-        dialect: ietf.Dialect = request[DIALECT]
+        dialect = _dialect(request)
         complete = ietf.completeness(dialect, request.headers)
         assert complete is not None  # selected by its presence (ietf.select)
         content_length = protocol.parse_content_length(request.headers.get("Content-Length"))
@@ -100,20 +96,20 @@ class IetfHandlers:
         check_metadata(protocol.format_metadata(metadata) or None, metadata, self.config)
         if content_length == 0:
             return await self._create(request, dialect, length, metadata, complete, with_body=False)
-        bound_buffering(request.content)  # before any wait: meanwhile aiohttp reads on
+        request.content.bound()  # before any wait: meanwhile the front door reads on
         with self.tus.uploads.take():
             return await self._create(request, dialect, length, metadata, complete, with_body=True)
 
     async def _create(
         self,
-        request: web.Request,
+        request: Exchange,
         dialect: ietf.Dialect,
         length: int | None,
         metadata: protocol.Metadata,
         complete: bool,
         *,
         with_body: bool,
-    ) -> web.Response:
+    ) -> Response:
         info = await self.tus.create_upload(request, length, metadata)
         location = upload_location(request, self.config, info.id)
         await self._interim(request, dialect, location, info)
@@ -122,28 +118,28 @@ class IetfHandlers:
         elif complete or length == 0:
             await self.tus.complete(request, info)
         headers = {"Location": location, **self._state(dialect, request, info)}
-        return web.Response(status=201, headers=headers)
+        return Response(201, headers)
 
-    async def head(self, request: web.Request) -> web.Response:
-        dialect: ietf.Dialect = request[DIALECT]
+    async def head(self, request: Exchange) -> Response:
+        dialect = _dialect(request)
         ietf.check_no_state_fields(dialect, request.headers)
         upload_id = self.tus.upload_id_of(request)
         info = await self.tus.current(request, upload_id)
-        return web.Response(status=204, headers=self._state(dialect, request, info))
+        return Response(204, self._state(dialect, request, info))
 
-    async def get(self, request: web.Request) -> web.StreamResponse:
+    async def get(self, request: Exchange) -> Response:
         """From -12 a GET is an offset retrieval, like HEAD; before, the tus download."""
-        if request[DIALECT].get_is_offset_retrieval:
+        if _dialect(request).get_is_offset_retrieval:
             return await self.head(request)
         return await self.tus.get(request)
 
-    async def append(self, request: web.Request) -> web.Response:
-        bound_buffering(request.content)  # before any wait: meanwhile aiohttp reads on
+    async def append(self, request: Exchange) -> Response:
+        request.content.bound()  # before any wait: meanwhile the front door reads on
         with self.tus.uploads.take():
             return await self._append(request)
 
-    async def _append(self, request: web.Request) -> web.Response:
-        dialect: ietf.Dialect = request[DIALECT]
+    async def _append(self, request: Exchange) -> Response:
+        dialect = _dialect(request)
         upload_id = self.tus.upload_id_of(request)
         ietf.check_append_type(dialect, request.headers.get("Content-Type"))
         offset = ietf.parse_sf_integer(request.headers.get("Upload-Offset"))
@@ -158,17 +154,17 @@ class IetfHandlers:
         if content_length is not None:
             self.tus.check_size(request, offset + content_length)  # max-size, before the known length
         info = await self.tus.append(request, upload_id, offset, length, completes=complete)
-        return web.Response(status=204, headers=self._state(dialect, request, info))
+        return Response(204, self._state(dialect, request, info))
 
-    async def delete(self, request: web.Request) -> web.Response:
-        ietf.check_no_state_fields(request[DIALECT], request.headers)
+    async def delete(self, request: Exchange) -> Response:
+        ietf.check_no_state_fields(_dialect(request), request.headers)
         return await self.tus.delete(request)
 
     # -- errors ------------------------------------------------------------
 
-    def error_response(self, request: web.Request, error: TusError) -> web.Response:
+    def error_response(self, request: Exchange, error: TusError) -> Response:
         """A failure as RFC 9457 problem details, with the fields the draft asks for."""
-        dialect: ietf.Dialect = request[DIALECT]
+        dialect = _dialect(request)
         status = ietf.error_status(error.kind, error.status)
         headers = dict(error.headers)
         headers.pop("Upload-Expires", None)  # tus's; the draft says max-age in Upload-Limit
@@ -186,12 +182,9 @@ class IetfHandlers:
             provided_offset=ietf.parse_sf_integer(request.headers.get("Upload-Offset")),
             expected_offset=expected,
         )
-        return web.Response(
-            status=status,
-            body=ietf.problem_body(document),
-            content_type=ietf.PROBLEM_JSON,
-            headers=headers,
-        )
+        response = Response(status, headers, ietf.problem_body(document))
+        response.headers["Content-Type"] = ietf.PROBLEM_JSON
+        return response
 
     def routes(self) -> tuple[dict[str, Handler], dict[str, Handler]]:
         """(collection, upload resource) method tables."""
@@ -210,3 +203,8 @@ class IetfHandlers:
             "GET": self.get,
         }
         return collection, upload
+
+
+def _dialect(request: Exchange) -> ietf.Dialect:
+    assert request.dialect is not None  # routed here for having one
+    return request.dialect

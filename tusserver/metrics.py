@@ -4,13 +4,10 @@ process keep separate numbers)."""
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from .keys import BYTES_IN, OPS_REQUEST
 from .stores.spool import spool_bytes
 
 _METHODS = frozenset({"OPTIONS", "POST", "HEAD", "PATCH", "DELETE", "GET"})
@@ -30,9 +27,7 @@ class Metrics:
             name: Counter(f"tusserver_uploads_{name}", f"Uploads {name}", registry=r)
             for name in _UPLOAD_COUNTERS.values()
         }
-        self.active_uploads = Gauge(
-            "tusserver_active_uploads", "Requests receiving upload bytes right now", registry=r
-        )
+        self.active_uploads = Gauge("tusserver_active_uploads", "Requests receiving upload bytes right now", registry=r)
         self.s3_seconds = Histogram(
             "tusserver_s3_request_seconds",
             "S3 request durations (retries included), by operation",
@@ -50,7 +45,9 @@ class Metrics:
             "tusserver_temp_bytes", "Bytes in this process's spool files in the temp directory", registry=r
         )
         self.hook_invocations = Counter(
-            "tusserver_hook_invocations", "Hook calls, by event and source (python, http)", ["event", "source"],
+            "tusserver_hook_invocations",
+            "Hook calls, by event and source (python, http)",
+            ["event", "source"],
             registry=r,
         )
         self.hook_errors = Counter(
@@ -99,25 +96,8 @@ class Metrics:
             self.s3_seconds.labels(operation).observe(time.monotonic() - started)
         self.s3_errors.labels(operation).inc()
 
-    @web.middleware
-    async def middleware(
-        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        status = 500
-        try:
-            response = await handler(request)
-            status = response.status
-            return response
-        except web.HTTPException as exc:
-            status = exc.status
-            raise
-        finally:
-            if not request.get(OPS_REQUEST):
-                self._count(request, status)
-
-    def _count(self, request: web.Request, status: int) -> None:
-        method = request.method if request.method in _METHODS else "other"
-        self.requests.labels(method, str(status)).inc()
-        received = request.get(BYTES_IN, 0)
+    def count(self, method: str, status: int, received: int) -> None:
+        """One answered request, with the upload bytes its body brought."""
+        self.requests.labels(method if method in _METHODS else "other", str(status)).inc()
         if received:
             self.received_bytes.inc(received)

@@ -1,52 +1,36 @@
-"""Operations endpoints: /metrics (Prometheus text), /healthz (alive), /readyz (store reachable)."""
+"""Operations endpoints: /metrics (Prometheus text), /healthz (alive), /readyz (store reachable).
+Not tus requests: they are neither counted in the metrics nor in the access log."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 
-from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .app import METRICS_KEY, STORE_KEY
-from .keys import OPS_REQUEST
+from .exchange import Response
+from .service import TusService, server_headers
 from .stores.base import ReadyStore
 
 log = logging.getLogger("tusserver")
 
 READY_TIMEOUT = 5.0  # seconds the store gets to answer /readyz
+OPS_PATHS = ("/metrics", "/healthz", "/readyz")
 
 
-def add_ops_routes(app: web.Application, tus_app: web.Application) -> None:
-    """Serve /metrics, /healthz and /readyz of `tus_app` (an app from create_app) on `app`,
-    which may be `tus_app` itself or the application it is mounted in."""
-    metrics = tus_app[METRICS_KEY]
-    store = tus_app[STORE_KEY]
-
-    async def metrics_page(request: web.Request) -> web.Response:
-        response = web.Response(body=generate_latest(metrics.registry))
+async def ops_response(service: TusService, path: str) -> Response:
+    """The answer of the ops endpoint at `path` (one of OPS_PATHS)."""
+    if path == "/metrics":
+        response = Response(200, body=generate_latest(service.metrics.registry))
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
-        return response
-
-    async def healthz(request: web.Request) -> web.Response:
-        return web.Response(text="ok\n")
-
-    async def readyz(request: web.Request) -> web.Response:
-        if await store_ready(store):
-            return web.Response(text="ready\n")
-        return web.Response(status=503, text="store unreachable\n")
-
-    for path, handler in (("/metrics", metrics_page), ("/healthz", healthz), ("/readyz", readyz)):
-        app.router.add_get(path, _not_counted(handler))
-
-
-def _not_counted(handler):
-    # When the tus app serves these itself (base_path "/"), scrapes must not count as tus requests.
-    async def handle(request: web.Request) -> web.StreamResponse:
-        request[OPS_REQUEST] = True
-        return await handler(request)
-
-    return handle
+    elif path == "/healthz":
+        response = Response.text(200, "ok\n")
+    elif await store_ready(service.store):
+        response = Response.text(200, "ready\n")
+    else:
+        response = Response.text(503, "store unreachable\n")
+    server_headers(response.headers)
+    return response
 
 
 async def store_ready(store: object) -> bool:

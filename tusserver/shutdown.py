@@ -8,13 +8,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-
-from aiohttp import web
 
 from . import errors
 from .errors import TusError
+from .exchange import Exchange
 from .handlers import stop_body
 
 log = logging.getLogger("tusserver")
@@ -35,12 +34,12 @@ class Shutdown:
     def __init__(self, grace: float) -> None:
         self.grace = grace
         self.draining = False
-        self._uploads: dict[int, web.Request] = {}  # by id(): requests are not hashable
+        self._uploads: dict[int, Exchange] = {}  # by id(): requests are not hashable
         self._idle = asyncio.Event()
         self._idle.set()
 
     @asynccontextmanager
-    async def upload(self, request: web.Request) -> AsyncIterator[None]:
+    async def upload(self, request: Exchange) -> AsyncIterator[None]:
         """Wrap the handling of an upload request; refuses it once draining has begun."""
         if self.draining:
             raise shutting_down()
@@ -81,37 +80,29 @@ class Shutdown:
         return True
 
 
-def drain_on_signals(app: web.Application, shutdown: Shutdown) -> None:
-    """For `web.run_app`: on SIGTERM/SIGINT drain first, while still listening (so that new
-    uploads get their 503), then let aiohttp stop. A second signal cuts the grace short
-    (uploads stop now, keeping their bytes); a third exits without waiting for them."""
+def drain_on_signals(shutdown: Shutdown, exit: Callable[[], None]) -> None:
+    """On SIGTERM/SIGINT drain first, while still listening (so that new uploads get their
+    503), then `exit` (the front door's own stop). A second signal cuts the grace short
+    (uploads stop now, keeping their bytes); a third exits without waiting for them.
+    Installs on the running loop."""
+    loop = asyncio.get_running_loop()
+    tasks: set[asyncio.Task] = set()
+    signals = 0
 
-    async def install(app: web.Application) -> None:
-        loop = asyncio.get_running_loop()
-        tasks: set[asyncio.Task] = set()
-        signals = 0
+    async def drain_then_exit() -> None:
+        await shutdown.drain()
+        loop.call_soon(exit)
 
-        async def drain_then_exit() -> None:
-            await shutdown.drain()
-            loop.call_soon(_exit)
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            tasks.add(loop.create_task(drain_then_exit()))
+        elif signals == 2:
+            log.info("shutting down now: stopping the uploads in flight")
+            shutdown.stop_uploads()
+        else:
+            exit()
 
-        def on_signal() -> None:
-            nonlocal signals
-            signals += 1
-            if signals == 1:
-                tasks.add(loop.create_task(drain_then_exit()))
-            elif signals == 2:
-                log.info("shutting down now: stopping the uploads in flight")
-                shutdown.stop_uploads()
-            else:
-                _exit()
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, on_signal)  # replaces aiohttp's immediate exit
-
-    app.on_startup.append(install)
-
-
-def _exit() -> None:
-    # Raised in a loop callback, it ends run_app's loop, which then runs the app's cleanup.
-    raise web.GracefulExit()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)  # replaces the front door's immediate stop

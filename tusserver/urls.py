@@ -5,9 +5,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from aiohttp import web
-
 from .config import Config
+from .exchange import Exchange
 
 _FORWARDED_PAIR = re.compile(r'(?i)(?:^|;)\s*(proto|host)=("[^"]*"|[^;,\s]*)')
 _LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
@@ -15,15 +14,12 @@ _LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
 _HOST = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*\.?|\[[0-9A-Fa-f:.]+\])(?::(?P<port>[0-9]{{1,5}}))?")
 
 
-def collection_path(request: web.Request) -> str:
+def collection_path(request: Exchange) -> str:
     """The path that uploads are created under, from a request to it or to an upload."""
-    path = request.path
-    if "upload_id" in request.match_info:
-        path = path[: path.rstrip("/").rfind("/") + 1]
-    return path if path.endswith("/") else path + "/"
+    return request.collection_path
 
 
-def request_origin(request: web.Request, config: Config) -> str:
+def request_origin(request: Exchange, config: Config) -> str:
     """scheme://host that the client used, honouring a trusted proxy's headers."""
     if config.public_url:
         return config.public_url.rstrip("/")
@@ -68,7 +64,7 @@ def _valid_host(host: str) -> bool:
     return port is None or 0 < int(port) <= 65535
 
 
-def upload_location(request: web.Request, config: Config, upload_id: str) -> str:
+def upload_location(request: Exchange, config: Config, upload_id: str) -> str:
     path = collection_path(request) + upload_id
     if config.relative_location:
         return path

@@ -1,0 +1,396 @@
+"""The ASGI front door: a TusService as an ASGI 3 application, for uvicorn, Hypercorn or
+a mount in FastAPI, Starlette and the like.
+
+    tus = create_asgi_app(Config(file_dir="uploads"))
+    app = FastAPI(lifespan=tus.lifespan)
+    app.mount("/uploads", tus)
+
+`uvicorn --factory tusserver.asgi:from_env` serves what the `tusserver` command serves."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from typing import Any
+
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from .config import Config
+from .exchange import Exchange, relative_route
+from .hooks import Hooks
+from .locks import Locker
+from .ops import OPS_PATHS, ops_response
+from .owners import Quota
+from .service import TusService, build_service
+from .shutdown import drain_on_signals
+from .stores.base import Store
+
+log = logging.getLogger("tusserver")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+_NO_BODY_STATUS = frozenset({204, 304})
+
+
+class AsgiContent:
+    """The request body from `receive`, as the core's BodyStream. The ASGI server bounds
+    what it buffers (uvicorn stops reading the socket past 64 KiB unread), so reading only
+    when the store asks is the back-pressure."""
+
+    def __init__(self, receive: Receive, body_expected: bool) -> None:
+        self._receive = receive
+        self.done = not body_expected
+        self._exc: BaseException | None = None
+        self._stopped: asyncio.Future[None] | None = None
+        self._reading: asyncio.Task[Message] | None = None
+        self._kept = b""  # what arrived together with a stop
+
+    async def readany(self) -> bytes:
+        while True:
+            if self._exc is not None:
+                raise self._exc
+            if self.done:
+                return b""
+            message = await self._next()
+            if message["type"] == "http.disconnect":
+                self.done = True
+                raise ConnectionResetError("the client disconnected")
+            if not message.get("more_body", False):
+                self.done = True
+            chunk = message.get("body", b"")
+            if chunk:
+                return bytes(chunk)
+
+    async def _next(self) -> Message:
+        """The next message, unless a stop comes first; the read it started goes on, and
+        its bytes are kept for `buffered`."""
+        if self._reading is None:
+            self._reading = asyncio.ensure_future(self._receive())
+        if self._stopped is None:
+            self._stopped = asyncio.get_running_loop().create_future()
+        await asyncio.wait((self._reading, self._stopped), return_when=asyncio.FIRST_COMPLETED)
+        if not self._reading.done():
+            assert self._exc is not None
+            raise self._exc
+        reading, self._reading = self._reading, None
+        return reading.result()
+
+    def set_exception(self, exc: BaseException) -> None:
+        self._exc = exc
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(None)
+
+    def buffered(self) -> bytes:
+        reading = self._reading
+        if reading is not None and reading.done() and not reading.cancelled() and reading.exception() is None:
+            self._reading = None
+            message = reading.result()
+            if message["type"] == "http.request":
+                self._kept += message.get("body", b"")
+        kept, self._kept = self._kept, b""
+        return kept
+
+    def bound(self) -> None:
+        pass  # the ASGI server's buffers are its own
+
+    def fast_reads(self) -> object | None:
+        return None
+
+    def slow_reads(self, token: object) -> None:
+        pass
+
+    def close(self) -> None:
+        if self._reading is not None:
+            self._reading.cancel()
+
+
+class AsgiConnection:
+    """The core's Connection over ASGI `send`."""
+
+    def __init__(self, send: Send, receive: Receive, content: AsgiContent) -> None:
+        self._send = send
+        self._receive = receive
+        self._content = content
+        self.started = False
+        self.complete = False
+        self.dropped = False
+        self._gone = False
+        self._watch: asyncio.Task[None] | None = None
+
+    async def send(self, status: int, headers: CIMultiDict[str], body: bytes, *, close: bool) -> None:
+        if status not in _NO_BODY_STATUS and status >= 200 and "Content-Length" not in headers:
+            headers["Content-Length"] = str(len(body))
+        if close:
+            headers["Connection"] = "close"  # the rest of a stopped body is not read
+        await self.start(status, headers)
+        await self._send({"type": "http.response.body", "body": body})
+        self.complete = True
+
+    async def start(self, status: int, headers: CIMultiDict[str]) -> None:
+        self.started = True
+        await self._send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()],
+            }
+        )
+        if self._content.done and self._watch is None:
+            # A server may drop what is sent to a client that left without a word (uvicorn
+            # does): the only sign is http.disconnect, once the request body is read.
+            self._watch = asyncio.ensure_future(self._watch_disconnect())
+
+    async def _watch_disconnect(self) -> None:
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                self._gone = True
+                return
+
+    async def write(self, data: bytes | memoryview) -> None:
+        if self._gone:
+            raise ConnectionResetError("the client disconnected")
+        await self._send({"type": "http.response.body", "body": bytes(data), "more_body": True})
+
+    async def finish(self) -> None:
+        await self._send({"type": "http.response.body", "body": b""})
+        self.complete = True
+
+    async def interim(self, head: bytes) -> bool:
+        return False  # ASGI has no interim responses
+
+    def drop(self, *, at_once: bool) -> None:
+        # ASGI has no way to close a connection but to end the app with the response
+        # incomplete; the server then closes it.
+        self.dropped = True
+
+    def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+
+
+def _body_expected(headers: CIMultiDictProxy[str]) -> bool:
+    if "Transfer-Encoding" in headers:
+        return True
+    try:
+        return int(headers.get("Content-Length", "0")) > 0
+    except ValueError:
+        return True
+
+
+class TusAsgi:
+    """`service` as an ASGI 3 application. Paths are relative to the scope's root_path
+    (where it is mounted): `base_path` is the collection, `base_path` + id an upload.
+    `ops`: also serve /metrics, /healthz and /readyz; `signals`: on SIGTERM/SIGINT drain
+    before the server stops listening, as the `tusserver` command does (for a process that
+    serves only this app)."""
+
+    def __init__(self, service: TusService, *, base_path: str = "/", ops: bool = False, signals: bool = False) -> None:
+        self.service = service
+        self.base_path = "/" + base_path.strip("/") if base_path.strip("/") else ""
+        self.ops = ops
+        self.signals = signals
+        self._starting: asyncio.Lock | None = None
+        self._ops_server: Any = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self._lifespan(receive, send)
+        elif kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "websocket":
+            await send({"type": "websocket.close", "code": 1000})
+
+    # -- life ----------------------------------------------------------------
+
+    async def startup(self) -> None:
+        """Start the service (once; a request that comes first starts it too)."""
+        if self._starting is None:
+            self._starting = asyncio.Lock()
+        async with self._starting:
+            if self.service.started:
+                return
+            await self.service.start()
+            if self.signals and threading.current_thread() is threading.main_thread():
+                drain_on_signals(self.service.shutdown, _server_exit())
+            if self.ops and self.service.config.ops_port is not None:
+                self._ops_server = await _serve_ops(self)
+
+    async def shutdown(self) -> None:
+        """Drain the uploads in flight (see Shutdown), then stop the service."""
+        if not self.service.started:
+            return
+        await self.service.drain()
+        if self._ops_server is not None:
+            await self._ops_server.shutdown()
+            self._ops_server = None
+        await self.service.close()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: object = None) -> AsyncIterator[None]:
+        """For the application this one is mounted in: FastAPI(lifespan=tus.lifespan).
+        A mounted app gets no lifespan events of its own."""
+        await self.startup()
+        try:
+            yield
+        finally:
+            await self.shutdown()
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    log.error("cannot start: %s", exc)
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # -- requests ------------------------------------------------------------
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self.service.started:
+            await self.startup()
+        root_path = scope.get("root_path", "")
+        path: str = scope["path"]
+        if root_path and path.startswith(root_path):
+            path = path[len(root_path) :]  # the ASGI spec puts the mount point in both
+        if self.ops and self.service.config.ops_port is None and path in OPS_PATHS:
+            await _send_ops(self.service, path, receive, send)
+            return
+        on_route, route_id = False, None
+        if path == self.base_path or path.startswith(self.base_path + "/"):
+            on_route, route_id = relative_route(path[len(self.base_path) :])
+        headers = CIMultiDictProxy(
+            CIMultiDict(
+                (name.decode("latin-1"), value.decode("utf-8", "surrogateescape")) for name, value in scope["headers"]
+            )
+        )
+        content = AsgiContent(receive, _body_expected(headers))
+        connection = AsgiConnection(send, receive, content)
+        server = scope.get("server")
+        host = headers.get("Host") or (f"{server[0]}:{server[1]}" if server else "localhost")
+        client = scope.get("client")
+        version = scope.get("http_version", "1.1")
+        major, _, minor = version.partition(".")
+        exchange = Exchange(
+            method=scope["method"],
+            url=_url(scope),
+            headers=headers,
+            root_path=root_path + self.base_path,
+            route_id=route_id,
+            scheme=scope.get("scheme", "http"),
+            host=host,
+            remote=client[0] if client else None,
+            http_version=(int(major or 1), int(minor or 0)),
+            content=content,
+            body_exists=_body_expected(headers),
+            conn=connection,
+            on_route=on_route,
+        )
+        try:
+            # A dropped download returns with its body incomplete: the server then closes
+            # the connection, and the client sees a body shorter than Content-Length.
+            await self.service.handle(exchange)
+        finally:
+            content.close()
+            connection.close()
+
+
+def _url(scope: Scope) -> URL:
+    raw = scope.get("raw_path")
+    path = raw.decode("latin-1") if raw else URL.build(path=scope["path"]).raw_path
+    query = scope.get("query_string", b"").decode("latin-1")
+    return URL(path + ("?" + query if query else ""), encoded=True)
+
+
+def _server_exit() -> Callable[[], None]:
+    """What stops the ASGI server, as the signal would have: its own handler (uvicorn's
+    sets should_exit), else the signal with its default action."""
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def exit_server() -> None:
+        if callable(previous):
+            previous(signal.SIGTERM, None)
+        else:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return exit_server
+
+
+async def _send_ops(service: TusService, path: str, receive: Receive, send: Send) -> None:
+    response = await ops_response(service, path)
+    connection = AsgiConnection(send, receive, AsgiContent(receive, False))
+    await connection.send(response.status, response.headers, response.body, close=False)
+
+
+async def _serve_ops(tus: TusAsgi) -> Any:
+    """/metrics, /healthz and /readyz on ops_host:ops_port, off the public listener. The
+    listener is uvicorn's, started without its signal handling (the main server's)."""
+    import uvicorn
+
+    config = tus.service.config
+    service = tus.service
+
+    async def ops(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] in OPS_PATHS:
+            await _send_ops(service, scope["path"], receive, send)
+            return
+        connection = AsgiConnection(send, receive, AsgiContent(receive, False))
+        await connection.send(404, CIMultiDict({"Content-Type": "text/plain"}), b"not found\n", close=False)
+
+    server = uvicorn.Server(
+        uvicorn.Config(
+            ops, host=config.ops_host or config.host, port=config.ops_port or 0, lifespan="off", log_config=None
+        )
+    )
+    await server.startup()
+    return server
+
+
+def create_asgi_app(
+    config: Config | None = None,
+    *,
+    store: Store | None = None,
+    locker: Locker | None = None,
+    hooks: Hooks | None = None,
+    max_size_for: Callable[[Exchange], int | None] | None = None,
+    quota_for: Callable[[Exchange], Quota | None] | None = None,
+) -> TusAsgi:
+    """A tus server as an ASGI 3 application, with the collection at its root and uploads
+    below it; see create_app for the arguments. Mount it anywhere: Location headers carry
+    the mount point (the scope's root_path)."""
+    return TusAsgi(
+        build_service(config, store=store, locker=locker, hooks=hooks, max_size_for=max_size_for, quota_for=quota_for)
+    )
+
+
+def from_env() -> TusAsgi:
+    """For `uvicorn --factory tusserver.asgi:from_env`: the configuration the `tusserver`
+    command would load (TUSSERVER_* variables, the TUSSERVER_CONFIG file), with its base
+    path, its ops endpoints, and its drain on SIGTERM."""
+    from .load import load_config
+    from .logs import setup_logging
+
+    config = load_config(cli={}, env=os.environ, config_file=None)
+    setup_logging(config.log_level, config.log_format)
+    return TusAsgi(build_service(config), base_path=config.base_path, ops=True, signals=True)
