@@ -108,11 +108,26 @@ def in_flight(server: BaseTestServer) -> set[object]:
 
 def tus_asgi_of(app: web.Application) -> Any:
     """TusAsgi over the very TusService an aiohttp app from create_app holds."""
+    from tusserver.app import SERVICE_KEY
     from tusserver.asgi import TusAsgi
 
-    from tusserver.app import SERVICE_KEY
-
     return TusAsgi(app[SERVICE_KEY])
+
+
+def service_keys(service: Any) -> Mapping[Any, Any]:
+    """What a test reads from a create_app app (`client.app[HANDLERS_KEY]`, ...), from the service."""
+    from tusserver.app import AUTH_KEY, HANDLERS_KEY, METRICS_KEY, SERVICE_KEY, SHUTDOWN_KEY, STORE_KEY
+
+    return types.MappingProxyType(
+        {
+            SERVICE_KEY: service,
+            HANDLERS_KEY: service.handlers,
+            STORE_KEY: service.store,
+            METRICS_KEY: service.metrics,
+            SHUTDOWN_KEY: service.shutdown,
+            AUTH_KEY: service.auth,
+        }
+    )
 
 
 def is_tus_app(app: web.Application) -> bool:
@@ -135,7 +150,8 @@ def asgi_server_for(target: web.Application | BaseTestServer, **kwargs: Any) -> 
     if not isinstance(target, web.Application):
         raise TypeError(f"no ASGI twin for {target!r}")
     if is_tus_app(target):
-        return UvicornTestServer(tus_asgi_of(target), app=types.MappingProxyType(dict(target)), **kwargs)
+        tus = tus_asgi_of(target)
+        return UvicornTestServer(tus, app=service_keys(tus.service), **kwargs)
     return UvicornTestServer(_mounted(target), app=types.MappingProxyType(dict(target)), **kwargs)
 
 
@@ -143,8 +159,6 @@ def _mounted(root: web.Application) -> Any:
     from starlette.applications import Starlette
     from starlette.routing import Mount
 
-    if root.middlewares or len(root.on_response_prepare) or len(root.cleanup_ctx) or len(root.on_startup):
-        raise TypeError("no ASGI twin for an aiohttp app with middlewares or signals of its own: mark it aiohttp_only")
     routes = []
     for resource in root.router.resources():
         info = resource.get_info()
@@ -152,6 +166,18 @@ def _mounted(root: web.Application) -> Any:
         if not isinstance(sub, web.Application) or not is_tus_app(sub):
             raise TypeError(f"no ASGI twin for the route {resource!r}: only mounted create_app apps translate")
         routes.append(Mount(info["prefix"].rstrip("/"), app=tus_asgi_of(sub)))
+    # add_subapp registers one startup, shutdown and cleanup signal per sub-app; any more
+    # (or a middleware, or a response hook) is the test's own and has no ASGI twin.
+    bare = web.Application()
+    signals = [(root.on_startup, bare.on_startup), (root.on_shutdown, bare.on_shutdown)]
+    signals.append((root.on_cleanup, bare.on_cleanup))
+    if (
+        root.middlewares
+        or len(root.on_response_prepare)
+        or len(root.cleanup_ctx)
+        or any(len(mine) != len(plain) + len(routes) for mine, plain in signals)
+    ):
+        raise TypeError("no ASGI twin for an aiohttp app with middlewares or signals of its own: mark it aiohttp_only")
     return Starlette(routes=routes)
 
 

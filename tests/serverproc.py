@@ -29,6 +29,17 @@ class ServerProcess:
         self._reader: asyncio.Task | None = None
 
     @property
+    def stopped_by_sigterm(self) -> int:
+        """The exit status after a graceful stop on SIGTERM: the tusserver command exits 0;
+        uvicorn, once shut down, raises the signal again with its default action."""
+        return 0 if self.door == "aiohttp" else -signal.SIGTERM
+
+    @property
+    def stopped_line(self) -> str:
+        """What the process logs once the app has stopped (uvicorn's: after the lifespan shutdown)."""
+        return "tusserver stopped" if self.door == "aiohttp" else "Application shutdown complete."
+
+    @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/files/"
 

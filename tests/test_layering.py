@@ -14,12 +14,13 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "tusserver"
 
-# The aiohttp front door: the modules that may import aiohttp's server side.
+# The aiohttp front door: the modules that may import aiohttp's server side. `keys` holds
+# the request-storage keys it leaves for parent apps' middlewares; `cli` runs it.
 ADAPTERS = {
     "tusserver.app",
     "tusserver.aiohttp_body",
+    "tusserver.keys",
     "tusserver.cli",
-    "tusserver.ops",
 }
 
 # aiohttp modules that belong to its server side (by their first dotted part after "aiohttp.").

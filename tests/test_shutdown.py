@@ -79,8 +79,8 @@ async def test_sigterm_refuses_new_uploads_and_lets_the_one_in_flight_finish(
             assert done.status == 204
             assert done.headers["upload-offset"] == str(len(data))
             inflight.close()
-        assert await server.wait() == 0
-        assert "tusserver stopped" in server.log
+        assert await server.wait() == server.stopped_by_sigterm
+        assert server.stopped_line in server.log
     finally:
         await server.stop()
 
@@ -114,7 +114,7 @@ async def test_sigterm_stops_an_upload_past_the_grace_and_keeps_its_bytes(
         assert stopped.status == 503
         assert stopped.headers["retry-after"] == "2"
         stalled.close()
-        assert await server.wait() == 0
+        assert await server.wait() == server.stopped_by_sigterm
         assert "shutting down: stopping 1 uploads; their bytes are kept" in server.log
     finally:
         await server.stop()
@@ -150,7 +150,7 @@ async def test_a_second_sigterm_cuts_the_grace_short_and_keeps_the_bytes(
         await server.wait_for_log("shutting down: waiting up to 600s for 1 uploads")
         server.signal(signal.SIGTERM)
         assert (await stalled.response()).status == 503
-        assert await server.wait() == 0
+        assert await server.wait() == server.stopped_by_sigterm
         stalled.close()
     finally:
         await server.stop()

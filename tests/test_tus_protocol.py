@@ -400,6 +400,7 @@ async def test_post_with_body_and_malformed_checksum_is_400_and_creates_nothing(
     assert await tus.upload_ids() == set()
 
 
+@pytest.mark.aiohttp_only("aiohttp's parser bounds a header line; uvicorn (httptools) passes it on: the app says 413")
 async def test_header_larger_than_the_http_parser_allows_is_400_and_creates_nothing(tus):
     # aiohttp's parser refuses it before the app runs, so this answer has no Tus-Resumable.
     head = raw_head("POST", "/", "Upload-Length: 5", "Upload-Metadata: a " + "A" * 10000)
