@@ -6,8 +6,7 @@ create_app (the same TusService behind TusAsgi)."""
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-import socket
+import contextlib
 import types
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -33,7 +32,6 @@ class UvicornTestServer(BaseTestServer):
         self.asgi_app = asgi_app
         self.app = app
         self.uvicorn: uvicorn.Server | None = None
-        self._socket: socket.socket | None = None
         self._main_loop: asyncio.Task | None = None
 
     async def start_server(self, loop: asyncio.AbstractEventLoop | None = None, **kwargs: Any) -> None:
@@ -41,6 +39,8 @@ class UvicornTestServer(BaseTestServer):
             return
         config = uvicorn.Config(
             self.asgi_app,
+            host=self.host,
+            port=self.port or 0,
             lifespan="on",
             http="httptools",
             log_level="warning",
@@ -51,21 +51,19 @@ class UvicornTestServer(BaseTestServer):
         config.load()
         server = uvicorn.Server(config)
         # startup/main_loop/shutdown are serve() without its signal handlers, which would
-        # take SIGINT and SIGTERM away from pytest.
+        # take SIGINT and SIGTERM away from pytest. uvicorn binds the socket itself, as in
+        # production: asyncio then sets TCP_NODELAY, which a socket made with proto 0 misses.
         server.lifespan = config.lifespan_class(config)
-        family = socket.AF_INET6 if ipaddress.ip_address(self.host).version == 6 else socket.AF_INET
-        self._socket = self.socket_factory(self.host, self.port or 0, family)
-        self.host, self.port = self._socket.getsockname()[:2]
         try:
-            await server.startup(sockets=[self._socket])
-        except SystemExit as exc:  # uvicorn's answer to a failed lifespan startup
-            self._socket.close()
+            await server.startup()
+        except SystemExit as exc:  # uvicorn's answer to a failed lifespan startup or bind
             raise RuntimeError(f"the ASGI app did not start (uvicorn exit code {exc.code})") from None
         self.uvicorn = server
         self._main_loop = asyncio.create_task(server.main_loop())
         assert server.started
+        self.host, self.port = server.servers[0].sockets[0].getsockname()[:2]
         self.scheme = "http"
-        host = f"[{self.host}]" if family == socket.AF_INET6 else self.host
+        host = f"[{self.host}]" if ":" in self.host else self.host
         self._root = URL(f"http://{host}:{self.port}")
 
     async def _make_runner(self, **kwargs: Any) -> Any:
@@ -82,8 +80,10 @@ class UvicornTestServer(BaseTestServer):
         self._closed = True
         self.uvicorn.should_exit = True
         assert self._main_loop is not None
-        await self._main_loop
-        await self.uvicorn.shutdown(sockets=[self._socket] if self._socket else None)
+        self._main_loop.cancel()  # it only ticks (Date header, should_exit): no need to wait for one
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._main_loop
+        await self.uvicorn.shutdown()
         self._root = None
         self.port = None
 
