@@ -1,5 +1,6 @@
-"""Shared fixtures: a moto S3 server in its own process, and a `store` fixture
-that runs a test once per store (disk and S3)."""
+"""Shared fixtures: a moto S3 server in its own process, a `store` fixture that runs a test
+once per store (disk and S3), and the front doors: a module marked `both_doors` runs each
+test that serves tusserver once through aiohttp and once through ASGI (uvicorn)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,71 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
 MiB = 1 << 20
+DOORS = ("aiohttp", "asgi")
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line(
+        "markers", "both_doors: serve tusserver through each front door, aiohttp and ASGI (uvicorn), in turn"
+    )
+    config.addinivalue_line(
+        "markers", "aiohttp_only(reason): in a both_doors module, a test only the aiohttp front door can run"
+    )
+
+
+def pytest_generate_tests(metafunc) -> None:
+    """Parametrize `front_door` for the tests of both_doors modules that serve tusserver
+    (they use it through aiohttp_client, serve_process or make_target)."""
+    if "front_door" not in metafunc.fixturenames:
+        return
+    both = metafunc.definition.get_closest_marker("both_doors") is not None
+    only = metafunc.definition.get_closest_marker("aiohttp_only")
+    if only is not None:
+        assert only.args, f"{metafunc.definition.nodeid}: aiohttp_only needs its reason"
+    doors = list(DOORS) if both and only is None else ["aiohttp"]
+    if "handler_cancel" in metafunc.fixturenames:
+        # aiohttp has two disconnect modes; uvicorn has one: it never cancels the app call.
+        modes = [(door, cancel) for door in doors for cancel in ((True, False) if door == "aiohttp" else (False,))]
+        ids = [door if door != "aiohttp" else f"{door}-{'cancelled' if c else 'not-cancelled'}" for door, c in modes]
+        metafunc.parametrize(("front_door", "handler_cancel"), modes, ids=ids)
+    elif both:
+        metafunc.parametrize("front_door", doors)
+
+
+@pytest.fixture
+def front_door() -> str:
+    """The front door tusserver is served through; parametrized in both_doors modules."""
+    return "aiohttp"
+
+
+@pytest.fixture
+def handler_cancel() -> bool:
+    """Whether a dropped connection cancels its handler (aiohttp's test server does)."""
+    return True
+
+
+@pytest.fixture
+def aiohttp_client(aiohttp_client, front_door):
+    """pytest-aiohttp's aiohttp_client; on the ASGI door an aiohttp app from create_app (or
+    a bare app mounting such apps) is served by its ASGI twin under uvicorn instead."""
+    if front_door == "aiohttp":
+        return aiohttp_client
+    from tests.asgi_support import asgi_server_for
+
+    async def through_asgi(target, *, server_kwargs=None, **kwargs):
+        return await aiohttp_client(asgi_server_for(target, **(server_kwargs or {})), **kwargs)
+
+    return through_asgi
+
+
+@pytest.fixture
+def serve_process(front_door):
+    """ServerProcess for the front door: `python -m tusserver`, or uvicorn with tusserver.asgi:from_env."""
+    from functools import partial
+
+    from tests.serverproc import ServerProcess
+
+    return partial(ServerProcess, door=front_door)
 
 
 def free_port() -> int:

@@ -11,14 +11,16 @@ import signal
 from types import SimpleNamespace
 
 import aiohttp
+import pytest
 
 from tests.hanging import HangingPatch
-from tests.serverproc import ServerProcess
 from tests.stored import assert_store_holds
 from tests.test_shutdown import stored_at_least
 from tests.tus_client import OCTETS, TUS, sha256
 
 MiB = 1 << 20
+
+pytestmark = pytest.mark.both_doors
 
 
 async def direct_store(store_kind: str, tmp_path, request):
@@ -35,10 +37,12 @@ async def direct_store(store_kind: str, tmp_path, request):
     return store, SimpleNamespace(endpoint=endpoint)
 
 
-async def test_sigkill_mid_patch_then_restart_resumes_byte_exact(server_args, store_kind, tmp_path, request):
+async def test_sigkill_mid_patch_then_restart_resumes_byte_exact(
+    serve_process, server_args, store_kind, tmp_path, request
+):
     data = os.urandom(13 * MiB + 5)
     sent = 11 * MiB + 321
-    server = await ServerProcess(*server_args).start()
+    server = await serve_process(*server_args).start()
     try:
         async with aiohttp.ClientSession() as session:
             async with session.post(server.url, headers={**TUS, "Upload-Length": str(len(data))}) as resp:
@@ -57,7 +61,7 @@ async def test_sigkill_mid_patch_then_restart_resumes_byte_exact(server_args, st
     finally:
         await server.stop()
 
-    restarted = await ServerProcess(*server_args).start()
+    restarted = await serve_process(*server_args).start()
     store, factory = await direct_store(store_kind, tmp_path, request)
     try:
         if store_kind == "s3":
@@ -84,11 +88,11 @@ async def test_sigkill_mid_patch_then_restart_resumes_byte_exact(server_args, st
 
 
 async def test_sigkill_during_a_checksum_patch_keeps_nothing_of_it_and_cleans_up(
-    server_args, store_kind, tmp_path, request
+    serve_process, server_args, store_kind, tmp_path, request
 ):
     """With Upload-Checksum a PATCH is all or nothing, a crash included."""
     first, rest = os.urandom(MiB + 3), os.urandom(6 * MiB)
-    server = await ServerProcess(*server_args).start()
+    server = await serve_process(*server_args).start()
     try:
         async with aiohttp.ClientSession() as session:
             headers = {**TUS, "Upload-Length": str(len(first) + len(rest))}
@@ -119,7 +123,7 @@ async def test_sigkill_during_a_checksum_patch_keeps_nothing_of_it_and_cleans_up
     finally:
         await server.stop()
 
-    restarted = await ServerProcess(*server_args).start()
+    restarted = await serve_process(*server_args).start()
     store, factory = await direct_store(store_kind, tmp_path, request)
     try:
         assert spooled() == 0

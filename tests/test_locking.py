@@ -18,6 +18,8 @@ from tusserver.locks import held_version
 
 MiB = 1 << 20
 
+pytestmark = pytest.mark.both_doors
+
 
 @pytest.fixture
 async def server(aiohttp_client, store_factory, store_kind):

@@ -8,12 +8,15 @@ import os
 import signal
 
 import aiohttp
+import pytest
 
 from tests.hanging import HangingPatch, wait_until
 from tests.serverproc import ServerProcess
 from tests.tus_client import OCTETS, TUS, sha256
 
 MiB = 1 << 20
+
+pytestmark = pytest.mark.both_doors
 
 
 async def create(session: aiohttp.ClientSession, server: ServerProcess, length: int) -> str:
@@ -46,9 +49,9 @@ async def stored_at_least(store_kind: str, tmp_path, upload_url: str, count: int
 
 
 async def test_sigterm_refuses_new_uploads_and_lets_the_one_in_flight_finish(
-    server_args, store_kind, tmp_path, request
+    serve_process, server_args, store_kind, tmp_path, request
 ):
-    server = await ServerProcess(*server_args, "--shutdown-grace", "20").start()
+    server = await serve_process(*server_args, "--shutdown-grace", "20").start()
     try:
         async with aiohttp.ClientSession() as session:
             data = os.urandom(6 * MiB + 3)
@@ -76,12 +79,12 @@ async def test_sigterm_refuses_new_uploads_and_lets_the_one_in_flight_finish(
             assert done.status == 204
             assert done.headers["upload-offset"] == str(len(data))
             inflight.close()
-        assert await server.wait() == 0
-        assert "tusserver stopped" in server.log
+        assert await server.wait() == server.stopped_by_sigterm
+        assert server.stopped_line in server.log
     finally:
         await server.stop()
 
-    restarted = await ServerProcess(*server_args).start()
+    restarted = await serve_process(*server_args).start()
     try:
         async with aiohttp.ClientSession() as session:
             async with session.get(restarted.url + url.rsplit("/", 1)[1]) as resp:
@@ -91,8 +94,10 @@ async def test_sigterm_refuses_new_uploads_and_lets_the_one_in_flight_finish(
         await restarted.stop()
 
 
-async def test_sigterm_stops_an_upload_past_the_grace_and_keeps_its_bytes(server_args, store_kind, tmp_path, request):
-    server = await ServerProcess(*server_args, "--shutdown-grace", "0.5").start()
+async def test_sigterm_stops_an_upload_past_the_grace_and_keeps_its_bytes(
+    serve_process, server_args, store_kind, tmp_path, request
+):
+    server = await serve_process(*server_args, "--shutdown-grace", "0.5").start()
     # On S3 a whole part and a tail: the tail must be flushed to .part on the way out.
     sent = 5 * MiB + 1234
     data = os.urandom(8 * MiB)
@@ -109,12 +114,12 @@ async def test_sigterm_stops_an_upload_past_the_grace_and_keeps_its_bytes(server
         assert stopped.status == 503
         assert stopped.headers["retry-after"] == "2"
         stalled.close()
-        assert await server.wait() == 0
+        assert await server.wait() == server.stopped_by_sigterm
         assert "shutting down: stopping 1 uploads; their bytes are kept" in server.log
     finally:
         await server.stop()
 
-    restarted = await ServerProcess(*server_args).start()
+    restarted = await serve_process(*server_args).start()
     try:
         async with aiohttp.ClientSession() as session:
             async with session.head(url.replace(server.url, restarted.url), headers=TUS) as resp:
@@ -129,8 +134,10 @@ async def test_sigterm_stops_an_upload_past_the_grace_and_keeps_its_bytes(server
         await restarted.stop()
 
 
-async def test_a_second_sigterm_cuts_the_grace_short_and_keeps_the_bytes(server_args, store_kind, tmp_path, request):
-    server = await ServerProcess(*server_args, "--shutdown-grace", "600").start()
+async def test_a_second_sigterm_cuts_the_grace_short_and_keeps_the_bytes(
+    serve_process, server_args, store_kind, tmp_path, request
+):
+    server = await serve_process(*server_args, "--shutdown-grace", "600").start()
     sent = 5 * MiB + 77
     data = os.urandom(6 * MiB)
     try:
@@ -143,11 +150,11 @@ async def test_a_second_sigterm_cuts_the_grace_short_and_keeps_the_bytes(server_
         await server.wait_for_log("shutting down: waiting up to 600s for 1 uploads")
         server.signal(signal.SIGTERM)
         assert (await stalled.response()).status == 503
-        assert await server.wait() == 0
+        assert await server.wait() == server.stopped_by_sigterm
         stalled.close()
     finally:
         await server.stop()
-    restarted = await ServerProcess(*server_args).start()
+    restarted = await serve_process(*server_args).start()
     try:
         async with aiohttp.ClientSession() as session:
             async with session.head(restarted.url + url.rsplit("/", 1)[1], headers=TUS) as resp:

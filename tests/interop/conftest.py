@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import BaseTestServer, TestServer
 from interop_support import INTEROP, PREFIX, Received, TusTarget
 from multidict import CIMultiDict
 
+from tests.asgi_support import RecordRequests, UvicornTestServer
 from tusserver.app import create_app
 from tusserver.config import Config
 from tusserver.keys import BYTES_IN
@@ -30,40 +31,20 @@ def node_modules() -> Path:
 
 
 @pytest.fixture
-async def make_target(store_factory, store_kind):
+async def make_target(store_factory, store_kind, front_door):
     """`await make_target(**config)` starts a tusserver (under /files/) on a free
-    127.0.0.1 port over a fresh store; all are stopped after the test."""
-    targets: list[TestServer] = []
+    127.0.0.1 port over a fresh store; all are stopped after the test. On the ASGI door it
+    is create_asgi_app mounted in a FastAPI app, served by uvicorn."""
+    targets: list[BaseTestServer] = []
 
     async def make(**options) -> TusTarget:
         store = store_factory()
         config = Config(**options)
         requests: list[Received] = []
-
-        @web.middleware
-        async def record(request: web.Request, handler):
-            status = 500
-            try:
-                response = await handler(request)
-                status = response.status
-                return response
-            except web.HTTPException as exc:
-                status = exc.status
-                raise
-            finally:
-                requests.append(
-                    Received(
-                        request.method,
-                        request.path,
-                        status,
-                        CIMultiDict(request.headers),
-                        request.get(BYTES_IN, 0),
-                    )
-                )
-
-        root = web.Application(middlewares=[record])
-        root.add_subapp(PREFIX, create_app(config, store=store))
-        server = TestServer(root, host="127.0.0.1", port=0)
+        if front_door == "aiohttp":
+            server: BaseTestServer = TestServer(aiohttp_target(config, store, requests), host="127.0.0.1", port=0)
+        else:
+            server = UvicornTestServer(asgi_target(config, store, requests), host="127.0.0.1", port=0)
         await server.start_server()
         targets.append(server)
         s3_endpoint = getattr(store_factory, "endpoint", None)
@@ -72,3 +53,41 @@ async def make_target(store_factory, store_kind):
     yield make
     for server in targets:
         await server.close()
+
+
+def aiohttp_target(config: Config, store, requests: list[Received]) -> web.Application:
+    @web.middleware
+    async def record(request: web.Request, handler):
+        status = 500
+        try:
+            response = await handler(request)
+            status = response.status
+            return response
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        finally:
+            requests.append(
+                Received(
+                    request.method,
+                    request.path,
+                    status,
+                    CIMultiDict(request.headers),
+                    request.get(BYTES_IN, 0),
+                )
+            )
+
+    root = web.Application(middlewares=[record])
+    root.add_subapp(PREFIX, create_app(config, store=store))
+    return root
+
+
+def asgi_target(config: Config, store, requests: list[Received]):
+    """The mounted case as FastAPI users write it; what the parent saw is recorded around it."""
+    from fastapi import FastAPI
+    from tusserver.asgi import create_asgi_app
+
+    tus = create_asgi_app(config, store=store)
+    parent = FastAPI(lifespan=tus.lifespan)
+    parent.mount(PREFIX.rstrip("/"), tus)
+    return RecordRequests(parent, lambda *seen: requests.append(Received(*seen)))

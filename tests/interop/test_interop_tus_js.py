@@ -10,7 +10,7 @@ from interop_support import MiB, content_disposition_filename, decode_metadata, 
 SIZE = 5 * MiB + 123
 NAME = "naïve résumé ✓.bin"
 
-pytestmark = pytest.mark.usefixtures("node_modules")
+pytestmark = [pytest.mark.usefixtures("node_modules"), pytest.mark.both_doors]
 
 
 async def tus_js(**options) -> dict:

@@ -11,7 +11,11 @@ from interop_support import MiB, make_file, run_node
 SIZE = 3 * MiB + 321
 PROTOCOLS = {"ietf-draft-03": "5", "ietf-draft-05": "6"}
 
-pytestmark = [pytest.mark.usefixtures("node_modules"), pytest.mark.parametrize("protocol", sorted(PROTOCOLS))]
+pytestmark = [
+    pytest.mark.usefixtures("node_modules"),
+    pytest.mark.both_doors,
+    pytest.mark.parametrize("protocol", sorted(PROTOCOLS)),
+]
 
 
 async def tus_js(**options) -> dict:

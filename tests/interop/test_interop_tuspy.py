@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from interop_support import MiB, decode_metadata, make_file
 from tusclient.client import TusClient
 from tusclient.storage.filestorage import FileStorage
 
 SIZE = 5 * MiB + 123
+
+pytestmark = pytest.mark.both_doors
 
 
 def offsets(target, url: str) -> list[int]:

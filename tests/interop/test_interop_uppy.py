@@ -20,6 +20,8 @@ SIZE = 7 * MiB
 CHUNK = 2 * MiB
 NAME = "uppy ✓ 7MiB.bin"
 
+pytestmark = pytest.mark.both_doors
+
 
 @pytest.fixture(scope="session")
 def uppy_bundle(node_modules) -> Path:
