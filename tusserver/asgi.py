@@ -10,6 +10,7 @@ a mount in FastAPI, Starlette and the like.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -39,42 +40,78 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 _NO_BODY_STATUS = frozenset({204, 304})
+# Body bytes taken from the ASGI server ahead of the store, per request (see AsgiContent).
+HOLD = 64 * 1024
 
 
 class AsgiContent:
-    """The request body from `receive`, as the core's BodyStream. The ASGI server bounds
-    what it buffers (uvicorn stops reading the socket past 64 KiB unread), so reading only
-    when the store asks is the back-pressure."""
+    """The request body from `receive`, as the core's BodyStream.
 
-    def __init__(self, receive: Receive, body_expected: bool) -> None:
+    A pump keeps a receive() waiting while less than HOLD bytes wait here: an ASGI server
+    answers http.disconnect once the client is gone and drops what it had buffered, so
+    bytes are safe only once taken from it. Past HOLD the pump waits for the store, and the
+    server's own bound applies (uvicorn stops reading the socket past 64 KiB unread)."""
+
+    def __init__(self, receive: Receive, body_expected: bool, *, read_now: bool) -> None:
         self._receive = receive
-        self.done = not body_expected
+        self.done = not body_expected  # every message of the body was taken from the queue
+        self._messages: collections.deque[Message] = collections.deque()
+        self._held = 0  # body bytes in _messages
+        self._arrived = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._pump: asyncio.Task[None] | None = None
         self._exc: BaseException | None = None
-        self._reader: asyncio.Task | None = None  # the task waiting in receive(), if any
+        self._reader: asyncio.Task | None = None  # the task waiting in readany(), if any
         self._stopping = False
+        if read_now and body_expected:
+            self._start()
+
+    def _start(self) -> None:
+        if self._pump is None:
+            self._pump = asyncio.ensure_future(self._run_pump())
+
+    async def _run_pump(self) -> None:
+        while True:
+            await self._room.wait()
+            message = await self._receive()
+            self._messages.append(message)
+            self._held += len(message.get("body", b""))
+            if self._held >= HOLD:
+                self._room.clear()
+            self._arrived.set()
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                return
 
     async def readany(self) -> bytes:
         while True:
             if self._exc is not None:
                 raise self._exc
+            if self._messages:
+                message = self._messages.popleft()
+                chunk = message.get("body", b"")
+                self._held -= len(chunk)
+                if self._held < HOLD:
+                    self._room.set()
+                if message["type"] != "http.request":
+                    self.done = True
+                    raise ConnectionResetError("the client disconnected")
+                if not message.get("more_body", False):
+                    self.done = True
+                if chunk:
+                    return bytes(chunk)
+                continue
             if self.done:
                 return b""
-            message = await self._next()
-            if message["type"] == "http.disconnect":
-                self.done = True
-                raise ConnectionResetError("the client disconnected")
-            if not message.get("more_body", False):
-                self.done = True
-            chunk = message.get("body", b"")
-            if chunk:
-                return bytes(chunk)
+            self._start()  # not before the body is wanted: it sends a 100 Continue
+            self._arrived.clear()
+            await self._wait()
 
-    async def _next(self) -> Message:
-        """The next message. A stop (set_exception) cancels the wait for it: one task per
-        body rather than one per read, which would cost a task and a wait per chunk."""
+    async def _wait(self) -> None:
+        """Until a message arrives; a stop (set_exception) cancels the wait, not the pump."""
         self._reader = asyncio.current_task()
         try:
-            return await self._receive()
+            await self._arrived.wait()
         except asyncio.CancelledError:
             if not self._stopping:
                 raise  # the request itself is cancelled
@@ -94,16 +131,24 @@ class AsgiContent:
             self._reader.cancel()
 
     def buffered(self) -> bytes:
-        return b""  # what the server holds unread stays there: nothing was taken from it
+        """What the pump took from the server and the store did not read yet."""
+        kept = b"".join(bytes(m.get("body", b"")) for m in self._messages if m["type"] == "http.request")
+        self._messages.clear()
+        self._held = 0
+        return kept
 
     def bound(self) -> None:
-        pass  # the ASGI server's buffers are its own
+        pass  # HOLD, and the ASGI server's own buffers
 
     def fast_reads(self) -> object | None:
         return None
 
     def slow_reads(self, token: object) -> None:
         pass
+
+    def close(self) -> None:
+        if self._pump is not None:
+            self._pump.cancel()
 
 
 class AsgiConnection:
@@ -280,7 +325,11 @@ class TusAsgi:
                 (name.decode("latin-1"), value.decode("utf-8", "surrogateescape")) for name, value in scope["headers"]
             )
         )
-        content = AsgiContent(receive, _body_expected(headers))
+        # A client that waits for 100 Continue sends nothing before it: reading starts with
+        # the store. Any other's bytes are taken at once, so that a drop loses none of them.
+        content = AsgiContent(
+            receive, _body_expected(headers), read_now="100-continue" not in headers.get("Expect", "").lower()
+        )
         connection = AsgiConnection(send, receive, content)
         server = scope.get("server")
         host = headers.get("Host") or (f"{server[0]}:{server[1]}" if server else "localhost")
@@ -308,6 +357,7 @@ class TusAsgi:
             await self.service.handle(exchange)
         finally:
             connection.close()
+            content.close()
 
 
 def _url(scope: Scope) -> URL:
@@ -334,7 +384,7 @@ def _server_exit() -> Callable[[], None]:
 
 async def _send_ops(service: TusService, path: str, receive: Receive, send: Send) -> None:
     response = await ops_response(service, path)
-    connection = AsgiConnection(send, receive, AsgiContent(receive, False))
+    connection = AsgiConnection(send, receive, AsgiContent(receive, False, read_now=False))
     await connection.send(response.status, response.headers, response.body, close=False)
 
 
@@ -352,7 +402,7 @@ async def _serve_ops(tus: TusAsgi) -> Any:
         if scope["path"] in OPS_PATHS:
             await _send_ops(service, scope["path"], receive, send)
             return
-        connection = AsgiConnection(send, receive, AsgiContent(receive, False))
+        connection = AsgiConnection(send, receive, AsgiContent(receive, False, read_now=False))
         await connection.send(404, CIMultiDict({"Content-Type": "text/plain"}), b"not found\n", close=False)
 
     server = uvicorn.Server(
