@@ -310,12 +310,8 @@ class S3Store:
         self._reading: dict[str, asyncio.Future[None]] = {}  # id -> a read of its state under way
         # Ids whose `.info` says they had tail chunks: a flag that is never unset.
         self._tailed: OrderedDict[str, bool] = OrderedDict()
-        # id -> (the UploadInfo get_info() returned, the state it read), for the append()
-        # that follows in the same request; see _kept_state().
-        self._states: OrderedDict[str, tuple[UploadInfo, _State]] = OrderedDict()
-        # id -> (the UploadInfo append() completed, its parts, the tail chunks that may be
-        # left), for the finish() that follows under the same lock; see finish().
-        self._completed: OrderedDict[str, tuple[UploadInfo, list[dict[str, Any]], list[str]]] = OrderedDict()
+        # What one request reads and writes between taking an upload's lock and releasing
+        # it lives in its S3Upload (see open()), never here.
 
     @classmethod
     def from_config(cls, config: Config) -> S3Store:
@@ -474,7 +470,7 @@ class S3Store:
             now = await self.versions.version(upload_id)
         return None if not now else ((now,), now)  # 0: free, but without a version
 
-    def _recall(self, upload_id: str, versions: tuple[tuple[int | None, ...], int]) -> UploadInfo | None:
+    def _recall(self, upload_id: str, versions: tuple[tuple[int | None, ...], int]) -> S3Upload | None:
         known = self._known.get(upload_id)
         if known is None or known.version not in versions[0] or time.monotonic() - known.since > KNOWN_STATE_SECONDS:
             return None
@@ -482,11 +478,10 @@ class S3Store:
         known.version = versions[1]
         if known.state is None:
             info.offset = info.length or 0
-            return info
+            return S3Upload(self, info, None)
         state = _State(list(known.state.parts), list(known.state.tail), list(known.state.stale), known.state.stored)
         info.offset = state.offset
-        self._keep(self._states, upload_id, (info, state))
-        return info
+        return S3Upload(self, info, state)
 
     def _remember(self, info: UploadInfo, state: _State | None, version: int) -> None:
         if state is not None and len(state.parts) > KNOWN_STATE_PARTS:
@@ -603,15 +598,6 @@ class S3Store:
         listed, chunks = await asyncio.gather(self._list_parts(info), self._chunks_of(info))
         return self._state(info, listed, chunks)
 
-    def _kept_state(self, info: UploadInfo) -> _State | None:
-        """The state get_info() read for this very `info` object, once. The handler holds the
-        upload's lock from get_info() to append(), so S3 cannot have changed in between;
-        this saves a ListParts and a HEAD of `.part` on every PATCH."""
-        kept = self._states.pop(info.id, None)
-        if kept is None or kept[0] is not info or kept[1].offset != info.offset:
-            return None
-        return kept[1]
-
     @staticmethod
     def _keep(cache: OrderedDict, upload_id: str, value: Any, limit: int = UPLOAD_ID_CACHE) -> None:
         cache[upload_id] = value
@@ -682,6 +668,12 @@ class S3Store:
             raise TusError(errors.UPLOAD_ID_TAKEN)
 
     async def get_info(self, upload_id: str) -> UploadInfo:
+        return (await self.open(upload_id)).info
+
+    async def open(self, upload_id: str) -> S3Upload:
+        """The upload as S3 holds it now (or as this process last read or wrote it, while the
+        lock's version says nobody changed it since), for a caller that holds its lock; see
+        S3Upload. Raises TusError(NOT_FOUND) for an unknown id."""
         self._key(upload_id)
         versions = await self._versions_now(upload_id)
         if versions is None:
@@ -708,7 +700,7 @@ class S3Store:
 
     async def _read_current(
         self, upload_id: str, versions: tuple[tuple[int | None, ...], int] | None
-    ) -> UploadInfo:
+    ) -> S3Upload:
         """The upload's state read from S3, kept under `versions` unless that is None."""
         known = self._upload_ids.get(upload_id)
 
@@ -730,7 +722,7 @@ class S3Store:
             info.offset = info.length or 0
             if versions is not None:
                 self._remember(info, None, versions[1])
-            return info
+            return S3Upload(self, info, None)
         if info.storage.get("tails"):
             self._keep(self._tailed, upload_id, True)
         if chunks is None:
@@ -742,15 +734,14 @@ class S3Store:
             try:
                 listed = await self._list_parts(info)
             except ClientError:
-                return await self._recover_completed(info)
+                return S3Upload(self, await self._recover_completed(info), None)
         if upload:
             self._keep(self._upload_ids, upload_id, upload)
         state = self._state(info, listed, chunks)
         info.offset = state.offset
-        self._keep(self._states, upload_id, (info, state))
         if versions is not None:
             self._remember(info, state, versions[1])
-        return info
+        return S3Upload(self, info, state)
 
     async def _recover_completed(self, info: UploadInfo) -> UploadInfo:
         """The multipart upload is gone: either completed before `.info` said so, or aborted."""
@@ -766,94 +757,18 @@ class S3Store:
         await self.save_info(info)
         return info
 
+    # Per-call forms of the session's methods, for callers that hold no session (the
+    # finals worker, cleanup, embedders): each opens one from `info`, which reads on use
+    # what S3 holds.
+
     async def append(self, info: UploadInfo, body: AsyncIterable[bytes], *, atomic: bool = False) -> int:
-        self._forget(info.id)
-        state = self._kept_state(info)
-        if state is None:
-            try:
-                state = await self._read_state(info)
-            except ClientError:
-                raise TusError(errors.NOT_FOUND) from None
-        if state.offset != info.offset:
-            raise TusError(errors.MISMATCHED_OFFSET, f"upload is at {state.offset}")
-        writer = _PartWriter(self, info, state, atomic)
-        error: BaseException | None = None
-        try:
-            async for chunk in body:
-                await writer.write(chunk)
-        except (Exception, asyncio.CancelledError) as exc:
-            error = exc
-        if atomic and error is not None:
-            writer.discard()
-            raise error
-
-        async def settle() -> int:
-            offset = await writer.flush()
-            if error is not None and info.storage.get("object_stored") is not None:
-                await self.save_info(info)  # no finish() follows: the written object must be known
-            return offset
-
-        # Keep what was received even when the request is being cancelled, and end only
-        # when S3 has it: the caller releases the upload's lock when this returns.
-        offset = await await_to_completion(settle())
-        if error is None and info.length is not None and offset == info.length:
-            self._keep(self._completed, info.id, (info, writer.parts(state), writer.leftover))
-        if error is not None:
-            raise error
-        return offset
+        return await S3Upload(self, info, None).append(body, atomic=atomic)
 
     async def set_length(self, info: UploadInfo, length: int) -> None:
-        if length > MAX_OBJECT_SIZE:
-            raise TusError(errors.MAX_SIZE_EXCEEDED, "S3 objects are at most 5 TiB")
-        part_size = info.storage.get("part_size")
-        if part_size:
-            if not info.storage.get("upload_id") and info.storage.get("object_stored") is None:
-                # No part sent yet: the parts may still take the size this length needs.
-                part_size = info.storage["part_size"] = uniform_part_size(length, self.part_size, self.min_part_size)
-            elif length > part_size * MAX_PARTS:
-                raise TusError(
-                    errors.MAX_SIZE_EXCEEDED,
-                    f"with parts of {part_size} bytes this upload holds at most {part_size * MAX_PARTS} bytes",
-                )
-        info.length = length
-        await self.save_info(info)
+        await S3Upload(self, info, None).set_length(length)
 
     async def finish(self, info: UploadInfo) -> None:
-        if info.finished:
-            return
-        self._forget(info.id)
-        # The append() just before, under the same lock, knows every part and ETag.
-        completed = self._completed.pop(info.id, None)
-        if completed is not None and completed[0] is info:
-            parts, leftover = completed[1], completed[2]
-        else:
-            state = self._kept_state(info)
-            if state is None:
-                try:
-                    state = await self._read_state(info)
-                except ClientError:
-                    raise TusError(errors.NOT_FOUND) from None
-            # Chunks may be left by a request that wrote the whole object, then failed.
-            leftover = [c.key for c in state.tail + state.stale]
-            parts = state.parts
-            if state.tail:  # not reached via append(), which uploads the last part itself
-                writer = _PartWriter(self, info, state, atomic=False)
-                if await writer.flush() != info.length:
-                    raise TusError(errors.STORAGE_UNAVAILABLE)
-                parts, leftover = writer.parts(state), writer.leftover
-        stored = info.storage.pop("object_stored", None)
-        if stored is not None:
-            info.storage["etag"] = stored
-        else:
-            await self._complete(info, parts)
-        info.finished = True
-        info.offset = info.length or 0
-        await self.save_info(info)
-        if leftover:  # after .info: until then, a crash leaves a resumable upload
-            await self._delete_keys(leftover)
-        await self._delete(self._marker(info.id))
-        self._upload_ids.pop(info.id, None)
-        self._remember_held(info, None)
+        await S3Upload(self, info, None).finish()
 
     async def _complete(self, info: UploadInfo, parts: list[dict[str, Any]]) -> None:
         key, upload = info.storage["key"], info.storage.get("upload_id")
@@ -1263,6 +1178,125 @@ class S3Store:
         except _STORAGE_ERRORS as exc:
             raise _unavailable(exc) from None
         return removed
+
+
+class S3Upload:
+    """One upload of an S3Store, for a caller that holds the upload's lock (S3Store.open),
+    and valid only until it releases it: then another request may change what S3 holds.
+
+    It holds what the request learnt: the state read when it was opened (used by the
+    first append, or a finish, instead of a ListParts and a listing of the tail) and the
+    parts an append that completed the upload stored (for the finish that follows)."""
+
+    def __init__(self, store: S3Store, info: UploadInfo, state: _State | None) -> None:
+        self.store = store
+        self.info = info
+        self._state = state  # None: not known, read from S3 when needed
+        # The parts and the leftover tail chunk keys of the append that received the last byte.
+        self._completed: tuple[list[dict[str, Any]], list[str]] | None = None
+
+    async def _take_state(self) -> _State:
+        """The state S3 holds, read now unless the session knows it; a change follows, after
+        which it is not known any more."""
+        state, self._state = self._state, None
+        if state is not None and state.offset == self.info.offset:
+            return state
+        try:
+            return await self.store._read_state(self.info)
+        except ClientError:
+            raise TusError(errors.NOT_FOUND) from None
+
+    async def append(self, body: AsyncIterable[bytes], *, atomic: bool = False) -> int:
+        """Store `body` at `info.offset`; see Store.append. Sets `info.offset` to the offset
+        stored, also when `body` fails."""
+        store, info = self.store, self.info
+        store._forget(info.id)
+        self._completed = None
+        state = await self._take_state()
+        if state.offset != info.offset:
+            raise TusError(errors.MISMATCHED_OFFSET, f"upload is at {state.offset}")
+        writer = _PartWriter(store, info, state, atomic)
+        error: BaseException | None = None
+        try:
+            async for chunk in body:
+                await writer.write(chunk)
+        except (Exception, asyncio.CancelledError) as exc:
+            error = exc
+        if atomic and error is not None:
+            writer.discard()
+            raise error
+
+        async def settle() -> int:
+            offset = await writer.flush()
+            if error is not None and info.storage.get("object_stored") is not None:
+                await store.save_info(info)  # no finish() follows: the written object must be known
+            return offset
+
+        # Keep what was received even when the request is being cancelled, and end only
+        # when S3 has it: the caller releases the upload's lock when this returns.
+        info.offset = await await_to_completion(settle())
+        if error is not None:
+            raise error
+        if info.length is not None and info.offset == info.length:
+            self._completed = (writer.parts(state), writer.leftover)
+        return info.offset
+
+    async def set_length(self, length: int) -> None:
+        """Set the deferred length and save `.info`."""
+        info = self.info
+        if length > MAX_OBJECT_SIZE:
+            raise TusError(errors.MAX_SIZE_EXCEEDED, "S3 objects are at most 5 TiB")
+        part_size = info.storage.get("part_size")
+        if part_size:
+            if not info.storage.get("upload_id") and info.storage.get("object_stored") is None:
+                # No part sent yet: the parts may still take the size this length needs.
+                part_size = info.storage["part_size"] = uniform_part_size(
+                    length, self.store.part_size, self.store.min_part_size
+                )
+            elif length > part_size * MAX_PARTS:
+                raise TusError(
+                    errors.MAX_SIZE_EXCEEDED,
+                    f"with parts of {part_size} bytes this upload holds at most {part_size * MAX_PARTS} bytes",
+                )
+        info.length = length
+        await self.save_info()
+
+    async def save_info(self) -> None:
+        """Persist `info` (its `.info` record) as it is now."""
+        await self.store.save_info(self.info)
+
+    async def finish(self) -> None:
+        """Complete the object from every byte received and mark the upload finished."""
+        store, info = self.store, self.info
+        if info.finished:
+            return
+        store._forget(info.id)
+        completed, self._completed = self._completed, None
+        if completed is not None:  # the append just before knows every part and ETag
+            parts, leftover = completed
+        else:
+            state = await self._take_state()
+            # Chunks may be left by a request that wrote the whole object, then failed.
+            leftover = [c.key for c in state.tail + state.stale]
+            parts = state.parts
+            if state.tail:  # not reached via append(), which uploads the last part itself
+                writer = _PartWriter(store, info, state, atomic=False)
+                if await writer.flush() != info.length:
+                    raise TusError(errors.STORAGE_UNAVAILABLE)
+                parts, leftover = writer.parts(state), writer.leftover
+        stored = info.storage.pop("object_stored", None)
+        if stored is not None:
+            info.storage["etag"] = stored
+        else:
+            await store._complete(info, parts)
+        info.finished = True
+        info.offset = info.length or 0
+        await store.save_info(info)
+        if leftover:  # after .info: until then, a crash leaves a resumable upload
+            await store._delete_keys(leftover)
+        await store._delete(store._marker(info.id))
+        store._upload_ids.pop(info.id, None)
+        store._remember_held(info, None)
 
 
 class _Phase(enum.Enum):
