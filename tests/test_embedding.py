@@ -16,6 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.asgiproc import ROOT, server_env, tuspy_upload, uvicorn
+from tests.conftest import free_port
 from tests.hanging import HangingPatch, wait_until
 from tests.tus_client import TUS
 
@@ -182,3 +183,36 @@ async def test_uvicorn_factory_from_env_stops_an_upload_past_the_grace_and_keeps
                 assert (resp.status, resp.headers["Upload-Offset"]) == (200, str(sent))
     finally:
         await restarted.stop()
+
+
+async def test_uvicorn_factory_from_env_serves_ops_on_ops_port_only(tmp_path):
+    """With ops_port, /metrics, /healthz and /readyz answer there and not on the public
+    listener (where they are unknown paths), as with the `tusserver` command."""
+    ops_port = free_port()
+    env = server_env(
+        TUSSERVER_STORE="file",
+        TUSSERVER_FILE_DIR=str(tmp_path / "uploads"),
+        TUSSERVER_OPS_HOST="127.0.0.1",
+        TUSSERVER_OPS_PORT=str(ops_port),
+    )
+    server = await uvicorn("tusserver.asgi:from_env", env, factory=True).start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"{server.base}/files/", headers={**TUS, "Upload-Length": "0"}) as resp:
+                assert resp.status == 201
+            ops = f"http://127.0.0.1:{ops_port}"
+            async with session.get(f"{ops}/healthz") as response:
+                assert (response.status, await response.text()) == (200, "ok\n")
+            async with session.get(f"{ops}/readyz") as response:
+                assert (response.status, await response.text()) == (200, "ready\n")
+            assert await metric(session, ops, "tusserver_uploads_created_total") == 1
+            async with session.get(f"{ops}/{'a' * 32}") as response:
+                assert response.status == 404  # no tus routes there
+            for path in ("/metrics", "/healthz", "/readyz"):
+                async with session.get(f"{server.base}{path}") as response:
+                    assert response.status == 404, path
+        server.signal(signal.SIGTERM)
+        assert await server.wait() == -signal.SIGTERM
+        assert "Traceback" not in server.log, server.log
+    finally:
+        await server.stop()

@@ -21,11 +21,13 @@ _EXPORTS = {
     "UploadInfo": ".info",
     "add_ops_routes": ".app",
     "create_app": ".app",
+    "create_asgi_app": ".asgi",
     "make_token": ".auth",
 }
 
 if TYPE_CHECKING:
     from .app import add_ops_routes, create_app
+    from .asgi import create_asgi_app
     from .auth import make_token
     from .config import Config
     from .errors import TusError
@@ -49,6 +51,7 @@ __all__ = [
     "UploadInfo",
     "add_ops_routes",
     "create_app",
+    "create_asgi_app",
     "make_token",
 ]
 __version__ = "0.1.0"

@@ -122,13 +122,15 @@ class AsgiConnection:
     async def send(self, status: int, headers: CIMultiDict[str], body: bytes, *, close: bool) -> None:
         if status not in _NO_BODY_STATUS and status >= 200 and "Content-Length" not in headers:
             headers["Content-Length"] = str(len(body))
-        if close:
-            headers["Connection"] = "close"  # the rest of a stopped body is not read
-        await self.start(status, headers)
+        if close or not self._content.done:
+            # The rest of the body is not wanted: a stopped body, or one refused before it was
+            # read. Closing spares reading (and discarding) what the client still sends.
+            headers["Connection"] = "close"
+        await self._start(status, headers)
         await self._send({"type": "http.response.body", "body": body})
         self.complete = True
 
-    async def start(self, status: int, headers: CIMultiDict[str]) -> None:
+    async def _start(self, status: int, headers: CIMultiDict[str]) -> None:
         self.started = True
         await self._send(
             {
@@ -137,6 +139,9 @@ class AsgiConnection:
                 "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()],
             }
         )
+
+    async def start(self, status: int, headers: CIMultiDict[str]) -> None:
+        await self._start(status, headers)
         if self._content.done and self._watch is None:
             # A server may drop what is sent to a client that left without a word (uvicorn
             # does): the only sign is http.disconnect, once the request body is read.
@@ -352,11 +357,45 @@ async def _serve_ops(tus: TusAsgi) -> Any:
 
     server = uvicorn.Server(
         uvicorn.Config(
-            ops, host=config.ops_host or config.host, port=config.ops_port or 0, lifespan="off", log_config=None
+            ops,
+            host=config.ops_host or config.host,
+            port=config.ops_port or 0,
+            lifespan="off",
+            log_config=None,
         )
     )
-    await server.startup()
-    return server
+    return await _OpsListener.start(server)
+
+
+class _OpsListener:
+    """A uvicorn server run as a task of this loop. Its serve() would take over the
+    process's signals, which belong to the main server."""
+
+    def __init__(self, server: Any, task: asyncio.Task) -> None:
+        self.server = server
+        self.task = task
+
+    @classmethod
+    async def start(cls, server: Any) -> _OpsListener:
+        # Its start-up lines ("Uvicorn running on ...") would pass for the main server's.
+        quiet = logging.getLogger("uvicorn.error")
+        silence = logging.Filter("-")  # passes no record
+        quiet.addFilter(silence)
+        try:
+            task = asyncio.ensure_future(server._serve())
+            while not server.started:
+                if task.done():
+                    task.result()  # its error
+                    raise OSError("the ops listener did not start")
+                await asyncio.sleep(0.01)
+        finally:
+            quiet.removeFilter(silence)
+        log.info("ops endpoints on %s:%d (/metrics, /healthz, /readyz)", server.config.host, server.config.port)
+        return cls(server, task)
+
+    async def shutdown(self) -> None:
+        self.server.should_exit = True
+        await self.task
 
 
 def create_asgi_app(
