@@ -417,7 +417,8 @@ class TusHandlers:
         """Finish the upload `info` describes now that its client says every byte is here
         (see `_complete`); its state after."""
         async with self._locked(request, info.id) as posts:
-            upload = await self._open(info.id, request)
+            # The creator's own upload, just made: no owner check (pre-create may name another).
+            upload = await open_upload(self.store, info.id)
             await self._complete(request, upload, posts)
         return upload.info
 
@@ -428,7 +429,7 @@ class TusHandlers:
         the draft's creation); `completes`: the body is the rest of the upload. Its state after."""
         try:
             async with self._locked(request, info.id) as posts:
-                upload = await self._open(info.id, request)
+                upload = await open_upload(self.store, info.id)  # the creator's, as in complete()
                 await self._receive_owned(request, upload, posts, completes=completes)
             return upload.info
         except TusError as exc:
