@@ -73,22 +73,30 @@ class HangingPatch:
 
 
 class Received:
-    """Counts the body bytes a store's `append` has taken in (wraps the real store's
-    method on that instance), so a test knows the server holds them before it acts."""
+    """Counts the body bytes a store's upload sessions have taken in (wraps the real
+    store's `open` on that instance, and the `append` of each session it opens), so a test
+    knows the server holds them before it acts."""
 
     def __init__(self, store) -> None:
         self.total = 0
-        original = store.append
+        original = store.open
 
-        async def append(info, body, *, atomic: bool = False):
-            async def counted():
-                async for chunk in body:
-                    self.total += len(chunk)
-                    yield chunk
+        async def open_counted(upload_id: str):
+            upload = await original(upload_id)
+            append = upload.append
 
-            return await original(info, counted(), atomic=atomic)
+            async def counted_append(body, *, atomic: bool = False):
+                async def counted():
+                    async for chunk in body:
+                        self.total += len(chunk)
+                        yield chunk
 
-        store.append = append
+                return await append(counted(), atomic=atomic)
+
+            upload.append = counted_append
+            return upload
+
+        store.open = open_counted
 
     async def at_least(self, count: int) -> None:
         await wait_until(lambda: self.total >= count, f"the server to receive {count} bytes")

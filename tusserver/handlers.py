@@ -47,6 +47,8 @@ from .stores.base import (
     Store,
     StreamDownload,
     TerminatingStore,
+    Upload,
+    open_upload,
     store_extensions,
     stream_file,
 )
@@ -114,6 +116,16 @@ class TusHandlers:
     async def _load(self, upload_id: str, request: Exchange | None = None) -> UploadInfo:
         """The upload's state; for `request`, only if its caller may use it (else 404)."""
         info = await self.store.get_info(upload_id)
+        self._check_usable(info, request)
+        return info
+
+    async def _open(self, upload_id: str, request: Exchange) -> Upload:
+        """The upload's session, for `request`, which holds its lock (see _load)."""
+        upload = await open_upload(self.store, upload_id)
+        self._check_usable(upload.info, request)
+        return upload
+
+    def _check_usable(self, info: UploadInfo, request: Exchange | None) -> None:
         if request is not None:
             self._check_owner(request, info)
         if info.expired(time.time(), self.config.expire_finished):
@@ -121,7 +133,6 @@ class TusHandlers:
         failed = failure(info)  # a final that can never complete says why, to HEAD, GET and PATCH
         if failed is not None:
             raise TusError(failed)
-        return info
 
     def _caller(self, request: Exchange) -> Caller | None:
         """Who calls, by the bearer token; None while tokens are off."""
@@ -184,18 +195,19 @@ class TusHandlers:
             raise TusError(errors.MAX_SIZE_EXCEEDED, f"limit is {max_size} bytes")
 
     async def _receive_owned(
-        self, request: Exchange, info: UploadInfo, posts: _Posts, *, completes: bool = False
+        self, request: Exchange, upload: Upload, posts: _Posts, *, completes: bool = False
     ) -> None:
         """_receive() within the owner's quota: a deferred upload's body may bring what the
         quota has left, held for it meanwhile. `completes`: the body is the rest of the upload."""
-        async with self.owners.receiving(info, self._quota(request), request.content_length) as granted:
-            await self._receive(request, info, posts, granted)
-        if completes and not info.finished:
-            await self._complete(request, info, posts)
+        async with self.owners.receiving(upload.info, self._quota(request), request.content_length) as granted:
+            await self._receive(request, upload, posts, granted)
+        if completes and not upload.info.finished:
+            await self._complete(request, upload, posts)
 
-    async def _receive(self, request: Exchange, info: UploadInfo, posts: _Posts, quota_left: int | None = None) -> None:
-        """Append the request body to `info` (locked by the caller) and finish the
-        upload when it is complete. Updates `info.offset`."""
+    async def _receive(self, request: Exchange, upload: Upload, posts: _Posts, quota_left: int | None = None) -> None:
+        """Append the request body to the upload (locked by the caller) and finish it when
+        it is complete. Updates `upload.info.offset`."""
+        info = upload.info
         checksum, content_length = request.checksum, request.content_length
         max_size = self.max_size(request)
         if info.length is not None:
@@ -227,21 +239,21 @@ class TusHandlers:
             body.stop(request.stop_reason)
         # Before any byte: a cleaner in another process (cron, no shared lock) must never
         # find this upload expired while it receives bytes.
-        await self._extend_expiry(info)
-        stream = body if self.config.expire_after is None else self._keeping_alive(info, body)
+        await self._extend_expiry(upload)
+        stream = body if self.config.expire_after is None else self._keeping_alive(upload, body)
         progress = self._report_progress(request, info, body)
         try:
             # The store call ends before the lock is released, even when this request is
             # cancelled (a dropped client, shutdown): then its body stops, and what arrived is kept.
-            info.offset = await await_to_completion(
-                self.store.append(info, stream, atomic=checksum is not None),
+            await await_to_completion(
+                upload.append(stream, atomic=checksum is not None),
                 on_cancel=lambda: stop_body(request, ClientGone("the request was cancelled")),
             )
         except Exception:
             # A checksummed body is all or nothing: failed, it stored nothing, and a rejected
             # request changes nothing. Otherwise the client resumes from what was kept.
             if body.received and checksum is None and self.config.expire_after is not None:
-                await self._save_expiry(info)  # a full expire_after from here
+                await self._save_expiry(upload)  # a full expire_after from here
             raise
         finally:
             request.bytes_in = body.received
@@ -252,9 +264,9 @@ class TusHandlers:
         if self.config.expire_after is not None:
             info.expires = time.time() + self.config.expire_after
         if info.length is not None and info.offset == info.length and not info.finished:
-            await self._finish(request, info, posts)
+            await self._finish(request, upload, posts)
         elif self.config.expire_after is not None:
-            await self.store.save_info(info)
+            await upload.save_info()
         if body.overflowed and by_append:
             raise TusError(errors.APPEND_TOO_LARGE, "bytes past it were discarded")
         if body.overflowed and by_quota:
@@ -263,31 +275,31 @@ class TusHandlers:
         if body.overflowed:
             raise TusError(errors.EXCEEDS_UPLOAD_LENGTH, "bytes past the length were discarded")
 
-    async def _extend_expiry(self, info: UploadInfo) -> None:
+    async def _extend_expiry(self, upload: Upload) -> None:
         """Save a later expiry when the saved one comes close (see EXPIRY_REFRESH)."""
         if self.config.expire_after is None:
             return
-        now = time.time()
+        now, info = time.time(), upload.info
         # None: saved before expiry was configured.
         if info.expires is None or info.expires - now < self.config.expire_after * EXPIRY_REFRESH:
             info.expires = now + self.config.expire_after
-            await self.store.save_info(info)
+            await upload.save_info()
 
-    async def _keeping_alive(self, info: UploadInfo, body: Body) -> AsyncIterator[bytes]:
+    async def _keeping_alive(self, upload: Upload, body: Body) -> AsyncIterator[bytes]:
         """`body`, moving the saved expiry forward while bytes flow. Between two chunks the
         store waits for the next one and writes nothing, so saving `.info` there never races
         the store's own writes of it (the S3 store records its multipart upload there)."""
         async for chunk in body:
             yield chunk
-            await self._extend_expiry(info)
+            await self._extend_expiry(upload)
 
-    async def _save_expiry(self, info: UploadInfo) -> None:
+    async def _save_expiry(self, upload: Upload) -> None:
         assert self.config.expire_after is not None
-        info.expires = time.time() + self.config.expire_after
+        upload.info.expires = time.time() + self.config.expire_after
         try:
-            await self.store.save_info(info)
+            await upload.save_info()
         except Exception as exc:  # the request's own failure is what the client must see
-            log.warning("could not save the expiry of upload %s: %s", info.id, exc)
+            log.warning("could not save the expiry of upload %s: %s", upload.info.id, exc)
 
     @contextlib.asynccontextmanager
     async def _locked(
@@ -382,14 +394,12 @@ class TusHandlers:
         info = await self.create_upload(request, length, metadata, concat="partial" if concat is not None else None)
         headers = {"Location": upload_location(request, self.config, info.id)}
         if with_body:
-            await self.receive_creation(request, info, headers["Location"])
+            info = await self.receive_creation(request, info, headers["Location"])
             headers.update(self._state_headers(info))
         elif info.expires is not None:
             headers["Upload-Expires"] = protocol.http_date(info.expires)
         if length == 0 and not info.finished:
-            posts = _Posts()
-            await self._finish(request, info, posts)
-            await self._deliver(request, posts)
+            await self.complete(request, info)
         return Response(201, headers)
 
     async def create_upload(
@@ -403,19 +413,25 @@ class TusHandlers:
         await self.hooks.post(POST_CREATE, request, info)
         return info
 
-    async def complete(self, request: Exchange, info: UploadInfo) -> None:
-        """Finish `info` now that its client says every byte is here (see `_complete`)."""
+    async def complete(self, request: Exchange, info: UploadInfo) -> UploadInfo:
+        """Finish the upload `info` describes now that its client says every byte is here
+        (see `_complete`); its state after."""
         async with self._locked(request, info.id) as posts:
-            await self._complete(request, info, posts)
+            # The creator's own upload, just made: no owner check (pre-create may name another).
+            upload = await open_upload(self.store, info.id)
+            await self._complete(request, upload, posts)
+        return upload.info
 
     async def receive_creation(
         self, request: Exchange, info: UploadInfo, location: str, *, completes: bool = False
-    ) -> None:
+    ) -> UploadInfo:
         """Receive the body of the request that created `info` (tus creation-with-upload, or
-        the draft's creation); `completes`: the body is the rest of the upload."""
+        the draft's creation); `completes`: the body is the rest of the upload. Its state after."""
         try:
             async with self._locked(request, info.id) as posts:
-                await self._receive_owned(request, info, posts, completes=completes)
+                upload = await open_upload(self.store, info.id)  # the creator's, as in complete()
+                await self._receive_owned(request, upload, posts, completes=completes)
+            return upload.info
         except TusError as exc:
             # The upload exists and keeps what arrived: the client can resume it.
             exc.headers.setdefault("Location", location)
@@ -423,15 +439,16 @@ class TusHandlers:
         except ReleaseRequested:
             raise TusError(errors.INTERRUPTED, headers={"Location": location}) from None
 
-    async def _complete(self, request: Exchange, info: UploadInfo, posts: _Posts) -> None:
+    async def _complete(self, request: Exchange, upload: Upload, posts: _Posts) -> None:
         """The client says every byte is here: a deferred length becomes the offset, and a
         known one must have been reached. Then the upload finishes."""
+        info = upload.info
         if info.length is None:
-            await self._set_length(request, info, info.offset, body_pending=False)
+            await self._set_length(request, upload, info.offset, body_pending=False)
         elif info.length != info.offset:
             raise TusError(errors.LENGTH_NOT_REACHED, f"{info.offset} of {info.length} bytes received")
         if not info.finished:
-            await self._finish(request, info, posts)
+            await self._finish(request, upload, posts)
 
     async def _create_upload(self, request: Exchange, info: UploadInfo) -> None:
         """Run pre-create, apply what it changes (metadata, and the id = storage key), and
@@ -564,17 +581,18 @@ class TusHandlers:
                 await self.store.terminate(info)
             raise
 
-    async def _finish(self, request: Exchange, info: UploadInfo, posts: _Posts) -> None:
+    async def _finish(self, request: Exchange, upload: Upload, posts: _Posts) -> None:
         # A pre-finish rejection leaves the upload complete but unfinished: a later HEAD
         # or empty PATCH asks again.
+        info = upload.info
         try:
             await self.hooks.pre(PRE_FINISH, request, info)
         except Exception:
             # `info` may hold what only finish() would have saved (the S3 store's object
             # written whole, without a multipart upload): save it, or the bytes look lost.
-            await self.store.save_info(info)
+            await upload.save_info()
             raise
-        await self.store.finish(info)
+        await upload.finish()
         # Counted by the metrics either way; copied only for a hook that will see it.
         posts.add(POST_FINISH, info, snapshot=self.hooks.wants(POST_FINISH))
         if info.concat == "partial" and isinstance(self.store, ConcatenatingStore):
@@ -602,11 +620,12 @@ class TusHandlers:
                 info = None
         if info is None:
             async with self._locked(request, upload_id) as posts:
-                info = await self._load(upload_id, request)
+                upload = await self._open(upload_id, request)
+                info = upload.info
                 if _needs_finish(info):
                     # Every byte is stored but the finish never ran (its PATCH was interrupted,
                     # or the server died): finish now, since the client takes this as done.
-                    await self._finish(request, info, posts)
+                    await self._finish(request, upload, posts)
         if info.concat == "final" and not info.finished:
             # Answered from the final's .info alone; the check (which also repairs a crash or
             # a dropped submit) runs in the background, once however many HEADs ask.
@@ -655,7 +674,8 @@ class TusHandlers:
         a deferred `length` first; `completes`: the body is the rest of the upload."""
         await self._access(request, upload_id, "patch")
         async with self._locked(request, upload_id) as posts:
-            info = await self._load(upload_id, request)
+            upload = await self._open(upload_id, request)
+            info = upload.info
             if info.concat == "final":
                 raise TusError(errors.MODIFY_FINAL)
             if offset != info.offset:
@@ -664,18 +684,19 @@ class TusHandlers:
                     errors.MISMATCHED_OFFSET, f"upload is at {info.offset}", headers=self._state_headers(info)
                 )
             if length is not None and length != info.length:
-                await self._set_length(request, info, length)
+                await self._set_length(request, upload, length)
             if info.finished:
                 # Any byte now would go past Upload-Length (413); a chunked body may carry bytes too.
                 content_length = request.content_length
                 if content_length or (content_length is None and request.body_exists):
                     raise TusError(errors.UPLOAD_FINISHED)
             else:
-                await self._receive_owned(request, info, posts, completes=completes)
+                await self._receive_owned(request, upload, posts, completes=completes)
         return info
 
-    async def _set_length(self, request: Exchange, info: UploadInfo, length: int, *, body_pending: bool = True) -> None:
+    async def _set_length(self, request: Exchange, upload: Upload, length: int, *, body_pending: bool = True) -> None:
         """`body_pending`: the request's body is still to come, and must fit."""
+        info = upload.info
         if info.length is not None:
             raise TusError(errors.LENGTH_ALREADY_SET)
         if length < info.offset:
@@ -686,8 +707,7 @@ class TusHandlers:
         if body_pending and content_length is not None and info.offset + content_length > length:
             raise TusError(errors.EXCEEDS_UPLOAD_LENGTH, f"{length - info.offset} bytes remain")
         assert isinstance(self.store, LengthDeferringStore)
-        store = self.store
-        await self.owners.set_length(info, length, self._quota(request), lambda: store.set_length(info, length))
+        await self.owners.set_length(info, length, self._quota(request), lambda: upload.set_length(length))
 
     async def delete(self, request: Exchange) -> Response:
         upload_id = self.upload_id_of(request)

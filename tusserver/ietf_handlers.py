@@ -114,9 +114,9 @@ class IetfHandlers:
         location = upload_location(request, self.config, info.id)
         await self._interim(request, dialect, location, info)
         if with_body:
-            await self.tus.receive_creation(request, info, location, completes=complete)
+            info = await self.tus.receive_creation(request, info, location, completes=complete)
         elif complete or length == 0:
-            await self.tus.complete(request, info)
+            info = await self.tus.complete(request, info)
         headers = {"Location": location, **self._state(dialect, request, info)}
         return Response(201, headers)
 

@@ -5,9 +5,11 @@ from .base import (
     FileDownload,
     LengthDeferringStore,
     RedirectDownload,
+    SessionStore,
     Store,
     StreamDownload,
     TerminatingStore,
+    Upload,
 )
 from .file import FileStore
 
@@ -19,7 +21,9 @@ __all__ = [
     "FileStore",
     "LengthDeferringStore",
     "RedirectDownload",
+    "SessionStore",
     "Store",
     "StreamDownload",
     "TerminatingStore",
+    "Upload",
 ]

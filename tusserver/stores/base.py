@@ -162,6 +162,66 @@ class Store(Protocol):
 
 
 @runtime_checkable
+class Upload(Protocol):
+    """One upload, opened for a caller that holds the upload's lock, and valid only until it
+    releases it (another request may change the upload then): what the session read when it
+    was opened is trusted, not read again. Its methods keep `info` current."""
+
+    info: UploadInfo
+
+    async def append(self, body: AsyncIterable[bytes], *, atomic: bool = False) -> int:
+        """Store `body` at `info.offset` and return the new offset (also set in `info`).
+        The bytes `body` yielded before it raised are kept, as by Store.append."""
+
+    async def set_length(self, length: int) -> None:
+        """Set a deferred length (the store must be a LengthDeferringStore) and save `.info`."""
+
+    async def save_info(self) -> None:
+        """Persist `info` (its `.info` record) as it is now."""
+
+    async def finish(self) -> None:
+        """Mark the fully received upload finished (and assemble it, where needed)."""
+
+
+@runtime_checkable
+class SessionStore(Protocol):
+    async def open(self, upload_id: str) -> Upload:
+        """The upload, for a caller that holds its lock; reads its state once.
+        Raises TusError(NOT_FOUND) for an unknown id."""
+
+
+class StoreUpload:
+    """An Upload over a store's per-call methods, for a store that keeps nothing between
+    them (the file store; any Store without `open`)."""
+
+    def __init__(self, store: Store, info: UploadInfo) -> None:
+        self.store = store
+        self.info = info
+
+    async def append(self, body: AsyncIterable[bytes], *, atomic: bool = False) -> int:
+        self.info.offset = await self.store.append(self.info, body, atomic=atomic)
+        return self.info.offset
+
+    async def set_length(self, length: int) -> None:
+        assert isinstance(self.store, LengthDeferringStore)
+        await self.store.set_length(self.info, length)
+
+    async def save_info(self) -> None:
+        await self.store.save_info(self.info)
+
+    async def finish(self) -> None:
+        await self.store.finish(self.info)
+
+
+async def open_upload(store: Store, upload_id: str) -> Upload:
+    """`store.open(upload_id)`, or a StoreUpload for a store without sessions. The caller
+    holds the upload's lock while it uses the result."""
+    if isinstance(store, SessionStore):
+        return await store.open(upload_id)
+    return StoreUpload(store, await store.get_info(upload_id))
+
+
+@runtime_checkable
 class TerminatingStore(Protocol):
     async def terminate(self, info: UploadInfo) -> None:
         """Remove every trace of the upload. Idempotent."""

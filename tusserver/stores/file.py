@@ -25,7 +25,7 @@ from ..cancellation import await_to_completion
 from ..errors import TusError
 from ..info import UploadInfo
 from ..protocol import is_valid_upload_id
-from .base import Download, FileDownload, parse_info
+from .base import Download, FileDownload, StoreUpload, parse_info
 from .owner_index import entry_name, index_keys, is_entry, is_index_key
 
 WRITE_BATCH = 1 << 16  # bytes of a PATCH waiting for, or in, a write: its RAM in the store
@@ -105,6 +105,10 @@ class FileStore:
         except FileNotFoundError:
             raise TusError(errors.NOT_FOUND) from None
         return info
+
+    async def open(self, upload_id: str) -> StoreUpload:
+        """The upload, for a caller that holds its lock: the per-call methods hold no state."""
+        return StoreUpload(self, await self.get_info(upload_id))
 
     async def peek_info(self, upload_id: str) -> UploadInfo:
         return self._read_info(upload_id)

@@ -34,13 +34,16 @@ chunk moves its own bytes plus at most 2 x merge_limit (128 KiB with 5 MiB parts
 byte of a tail is read back once when its part is cut, so amortised every byte is
 uploaded at most twice and downloaded once, plus the merges. Any two neighbouring
 chunks hold more than merge_limit bytes, so a tail has at most 2 x 64 + 1 chunks.
+
+A request that holds an upload's lock works through an S3Upload (s3_upload.py, with the
+part writer), which S3Store.open returns; s3_state.py holds the state it reads and the
+part sizing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import math
 import re
@@ -57,7 +60,6 @@ from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from .. import errors
-from ..cancellation import await_to_completion
 from ..config import Config
 from ..errors import TusError
 from ..info import UploadInfo
@@ -65,18 +67,40 @@ from ..locking import Locker, held_version, seen_version
 from ..protocol import download_headers, is_valid_upload_id
 from .base import CorruptInfo, Download, RedirectDownload, StoreStartError, StreamDownload, parse_info
 from .owner_index import entry_name, index_keys, is_entry, is_index_key
+from .s3_state import (
+    MAX_OBJECT_SIZE,
+    MAX_PART_SIZE,
+    MAX_PARTS,
+    MiB,
+    _Chunk,
+    _State,
+    may_have_chunks,
+    part_size_for,
+    tail_chain,
+    uniform_part_size,
+)
+from .s3_upload import S3Upload, chunks_to_absorb, merge_limit, plan_rest
+from .s3_upload import _Rest as _Rest  # for the tests
 from .spool import Piece, Spool, TempBudget, check_writable, remove_stale_spools
 
 log = logging.getLogger("tusserver.s3")
 
-MiB = 1 << 20
-GiB = 1 << 30
-MAX_PARTS = 10_000
-MAX_PART_SIZE = 5 * GiB
-MAX_OBJECT_SIZE = 5 * 1024 * GiB
-# Deferred uploads may use the preferred part size for the first half of the part
-# budget: the other half still reaches 5 TiB with parts of about 1 GiB.
-DEFERRED_FREE_PARTS = MAX_PARTS // 2
+# Also the names of s3_state and s3_upload that the tests and embedders import from here.
+__all__ = [
+    "MAX_OBJECT_SIZE",
+    "MAX_PARTS",
+    "S3Store",
+    "S3Upload",
+    "chunks_to_absorb",
+    "merge_limit",
+    "part_size_for",
+    "plan_rest",
+    "s3_metadata",
+    "tail_chain",
+    "uniform_part_size",
+    "uniform_ranges",
+]
+
 MAX_USER_METADATA = 2000  # bytes; S3 allows 2 KiB of user metadata in all
 READ_CHUNK = 1 * MiB
 UPLOAD_ID_CACHE = 4096
@@ -89,8 +113,6 @@ KNOWN_STATE_PARTS = 16  # a longer list of parts is not kept
 POOL_WAIT = 10.0  # seconds an S3 request may wait for a pooled connection, connecting included
 READY_CACHE = 1.0  # seconds one HeadBucket answers /readyz for
 TAIL_SUFFIX = ".part."  # <id>.part.<next part>.<start offset>: a tail chunk
-MERGE_FLOOR = 64 * 1024  # see merge_limit()
-MERGE_SHARE = 64
 DELETE_BATCH = 1000  # keys per DeleteObjects
 TAIL_TAG = "tus-next-part"  # .part user metadata: the part number it goes in front of
 UNFINISHED = ".unfinished/"  # under the prefix; a dot: never an upload id
@@ -99,30 +121,6 @@ INDEXED = ".indexed"  # under UNFINISHED: every unfinished upload has its entry
 _STORAGE_ERRORS = (ClientError, BotoCoreError, aiohttp.ClientError, OSError)
 _MISSING = {"NoSuchKey", "NoSuchUpload", "404", "NotFound"}
 _META_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
-
-
-def part_size_for(
-    *, length: int | None, offset: int, parts_used: int, preferred: int, min_part: int
-) -> tuple[int, int]:
-    """(size to cut the next part at, smallest tail that may be a non-final part),
-    such that the upload never needs more than 10,000 parts."""
-    if length is None:
-        remaining, left = MAX_OBJECT_SIZE - offset, MAX_PARTS - parts_used
-        need = 0 if left > DEFERRED_FREE_PARTS else math.ceil(remaining / max(left, 1))
-    else:
-        need = math.ceil(max(length - offset, 0) / max(MAX_PARTS - parts_used, 1))
-    smallest = max(min_part, need)
-    return min(max(preferred, smallest), MAX_PART_SIZE), smallest
-
-
-def uniform_part_size(length: int | None, preferred: int, min_part: int) -> int:
-    """The one part size of an upload whose non-final parts must all be equal (R2).
-
-    Without a length it is the preferred size: `.part` holds less than one part and is
-    re-read by every PATCH, so a part sized for 5 TiB would make a deferred upload
-    quadratic. Such an upload holds at most MAX_PARTS parts of it (see set_length)."""
-    need = 0 if length is None else math.ceil(length / MAX_PARTS)
-    return min(max(preferred, min_part, need), MAX_PART_SIZE)
 
 
 def uniform_ranges(sizes: list[int], part_size: int) -> list[list[tuple[int, int, int]]]:
@@ -199,47 +197,6 @@ class _PoolWaitSession(AIOHTTPSession):
         )
 
 
-@dataclass(frozen=True)
-class _Chunk:
-    """One tail object: `size` bytes from upload offset `start`, in front of part `next_part`."""
-
-    key: str
-    next_part: int
-    start: int
-    size: int
-
-
-def may_have_chunks(info: UploadInfo) -> bool:
-    """False once `.info` says no tail chunk was ever written (`tails`, set to true before
-    the first one is); `.info` from before the flag has none and may have chunks."""
-    return info.storage.get("tails", True) is not False
-
-
-def tail_chain(chunks: list[_Chunk], next_part: int, start: int) -> tuple[list[_Chunk], list[_Chunk]]:
-    """(the tail: the chunks for `next_part` chained from offset `start` on, every other chunk)."""
-    by_start = {c.start: c for c in chunks if c.next_part == next_part and c.size > 0}
-    chain: list[_Chunk] = []
-    while start in by_start:
-        chain.append(by_start.pop(start))
-        start += chain[-1].size
-    on_chain = {c.key for c in chain}
-    return chain, [c for c in chunks if c.key not in on_chain]
-
-
-@dataclass
-class _State:
-    """What S3 holds of an unfinished upload right now."""
-
-    parts: list[dict[str, Any]]  # contiguous from part 1: PartNumber, ETag, Size
-    tail: list[_Chunk]  # the chain of chunks in front of the next part
-    stale: list[_Chunk]  # chunks off the chain, to delete
-    stored: int = 0  # bytes of an object written whole, without a multipart upload
-
-    @property
-    def offset(self) -> int:
-        return sum(p["Size"] for p in self.parts) + sum(c.size for c in self.tail) + self.stored
-
-
 @dataclass
 class _Known:
     """An upload's state as this process last read or wrote it, under lock version `version`."""
@@ -310,12 +267,8 @@ class S3Store:
         self._reading: dict[str, asyncio.Future[None]] = {}  # id -> a read of its state under way
         # Ids whose `.info` says they had tail chunks: a flag that is never unset.
         self._tailed: OrderedDict[str, bool] = OrderedDict()
-        # id -> (the UploadInfo get_info() returned, the state it read), for the append()
-        # that follows in the same request; see _kept_state().
-        self._states: OrderedDict[str, tuple[UploadInfo, _State]] = OrderedDict()
-        # id -> (the UploadInfo append() completed, its parts, the tail chunks that may be
-        # left), for the finish() that follows under the same lock; see finish().
-        self._completed: OrderedDict[str, tuple[UploadInfo, list[dict[str, Any]], list[str]]] = OrderedDict()
+        # What one request reads and writes between taking an upload's lock and releasing
+        # it lives in its S3Upload (see open()), never here.
 
     @classmethod
     def from_config(cls, config: Config) -> S3Store:
@@ -474,7 +427,7 @@ class S3Store:
             now = await self.versions.version(upload_id)
         return None if not now else ((now,), now)  # 0: free, but without a version
 
-    def _recall(self, upload_id: str, versions: tuple[tuple[int | None, ...], int]) -> UploadInfo | None:
+    def _recall(self, upload_id: str, versions: tuple[tuple[int | None, ...], int]) -> S3Upload | None:
         known = self._known.get(upload_id)
         if known is None or known.version not in versions[0] or time.monotonic() - known.since > KNOWN_STATE_SECONDS:
             return None
@@ -482,11 +435,10 @@ class S3Store:
         known.version = versions[1]
         if known.state is None:
             info.offset = info.length or 0
-            return info
+            return S3Upload(self, info, None)
         state = _State(list(known.state.parts), list(known.state.tail), list(known.state.stale), known.state.stored)
         info.offset = state.offset
-        self._keep(self._states, upload_id, (info, state))
-        return info
+        return S3Upload(self, info, state)
 
     def _remember(self, info: UploadInfo, state: _State | None, version: int) -> None:
         if state is not None and len(state.parts) > KNOWN_STATE_PARTS:
@@ -603,15 +555,6 @@ class S3Store:
         listed, chunks = await asyncio.gather(self._list_parts(info), self._chunks_of(info))
         return self._state(info, listed, chunks)
 
-    def _kept_state(self, info: UploadInfo) -> _State | None:
-        """The state get_info() read for this very `info` object, once. The handler holds the
-        upload's lock from get_info() to append(), so S3 cannot have changed in between;
-        this saves a ListParts and a HEAD of `.part` on every PATCH."""
-        kept = self._states.pop(info.id, None)
-        if kept is None or kept[0] is not info or kept[1].offset != info.offset:
-            return None
-        return kept[1]
-
     @staticmethod
     def _keep(cache: OrderedDict, upload_id: str, value: Any, limit: int = UPLOAD_ID_CACHE) -> None:
         cache[upload_id] = value
@@ -682,6 +625,12 @@ class S3Store:
             raise TusError(errors.UPLOAD_ID_TAKEN)
 
     async def get_info(self, upload_id: str) -> UploadInfo:
+        return (await self.open(upload_id)).info
+
+    async def open(self, upload_id: str) -> S3Upload:
+        """The upload as S3 holds it now (or as this process last read or wrote it, while the
+        lock's version says nobody changed it since), for a caller that holds its lock; see
+        S3Upload. Raises TusError(NOT_FOUND) for an unknown id."""
         self._key(upload_id)
         versions = await self._versions_now(upload_id)
         if versions is None:
@@ -708,7 +657,7 @@ class S3Store:
 
     async def _read_current(
         self, upload_id: str, versions: tuple[tuple[int | None, ...], int] | None
-    ) -> UploadInfo:
+    ) -> S3Upload:
         """The upload's state read from S3, kept under `versions` unless that is None."""
         known = self._upload_ids.get(upload_id)
 
@@ -730,7 +679,7 @@ class S3Store:
             info.offset = info.length or 0
             if versions is not None:
                 self._remember(info, None, versions[1])
-            return info
+            return S3Upload(self, info, None)
         if info.storage.get("tails"):
             self._keep(self._tailed, upload_id, True)
         if chunks is None:
@@ -742,15 +691,14 @@ class S3Store:
             try:
                 listed = await self._list_parts(info)
             except ClientError:
-                return await self._recover_completed(info)
+                return S3Upload(self, await self._recover_completed(info), None)
         if upload:
             self._keep(self._upload_ids, upload_id, upload)
         state = self._state(info, listed, chunks)
         info.offset = state.offset
-        self._keep(self._states, upload_id, (info, state))
         if versions is not None:
             self._remember(info, state, versions[1])
-        return info
+        return S3Upload(self, info, state)
 
     async def _recover_completed(self, info: UploadInfo) -> UploadInfo:
         """The multipart upload is gone: either completed before `.info` said so, or aborted."""
@@ -766,94 +714,18 @@ class S3Store:
         await self.save_info(info)
         return info
 
+    # Per-call forms of the session's methods, for callers that hold no session (the
+    # finals worker, cleanup, embedders): each opens one from `info`, which reads on use
+    # what S3 holds.
+
     async def append(self, info: UploadInfo, body: AsyncIterable[bytes], *, atomic: bool = False) -> int:
-        self._forget(info.id)
-        state = self._kept_state(info)
-        if state is None:
-            try:
-                state = await self._read_state(info)
-            except ClientError:
-                raise TusError(errors.NOT_FOUND) from None
-        if state.offset != info.offset:
-            raise TusError(errors.MISMATCHED_OFFSET, f"upload is at {state.offset}")
-        writer = _PartWriter(self, info, state, atomic)
-        error: BaseException | None = None
-        try:
-            async for chunk in body:
-                await writer.write(chunk)
-        except (Exception, asyncio.CancelledError) as exc:
-            error = exc
-        if atomic and error is not None:
-            writer.discard()
-            raise error
-
-        async def settle() -> int:
-            offset = await writer.flush()
-            if error is not None and info.storage.get("object_stored") is not None:
-                await self.save_info(info)  # no finish() follows: the written object must be known
-            return offset
-
-        # Keep what was received even when the request is being cancelled, and end only
-        # when S3 has it: the caller releases the upload's lock when this returns.
-        offset = await await_to_completion(settle())
-        if error is None and info.length is not None and offset == info.length:
-            self._keep(self._completed, info.id, (info, writer.parts(state), writer.leftover))
-        if error is not None:
-            raise error
-        return offset
+        return await S3Upload(self, info, None).append(body, atomic=atomic)
 
     async def set_length(self, info: UploadInfo, length: int) -> None:
-        if length > MAX_OBJECT_SIZE:
-            raise TusError(errors.MAX_SIZE_EXCEEDED, "S3 objects are at most 5 TiB")
-        part_size = info.storage.get("part_size")
-        if part_size:
-            if not info.storage.get("upload_id") and info.storage.get("object_stored") is None:
-                # No part sent yet: the parts may still take the size this length needs.
-                part_size = info.storage["part_size"] = uniform_part_size(length, self.part_size, self.min_part_size)
-            elif length > part_size * MAX_PARTS:
-                raise TusError(
-                    errors.MAX_SIZE_EXCEEDED,
-                    f"with parts of {part_size} bytes this upload holds at most {part_size * MAX_PARTS} bytes",
-                )
-        info.length = length
-        await self.save_info(info)
+        await S3Upload(self, info, None).set_length(length)
 
     async def finish(self, info: UploadInfo) -> None:
-        if info.finished:
-            return
-        self._forget(info.id)
-        # The append() just before, under the same lock, knows every part and ETag.
-        completed = self._completed.pop(info.id, None)
-        if completed is not None and completed[0] is info:
-            parts, leftover = completed[1], completed[2]
-        else:
-            state = self._kept_state(info)
-            if state is None:
-                try:
-                    state = await self._read_state(info)
-                except ClientError:
-                    raise TusError(errors.NOT_FOUND) from None
-            # Chunks may be left by a request that wrote the whole object, then failed.
-            leftover = [c.key for c in state.tail + state.stale]
-            parts = state.parts
-            if state.tail:  # not reached via append(), which uploads the last part itself
-                writer = _PartWriter(self, info, state, atomic=False)
-                if await writer.flush() != info.length:
-                    raise TusError(errors.STORAGE_UNAVAILABLE)
-                parts, leftover = writer.parts(state), writer.leftover
-        stored = info.storage.pop("object_stored", None)
-        if stored is not None:
-            info.storage["etag"] = stored
-        else:
-            await self._complete(info, parts)
-        info.finished = True
-        info.offset = info.length or 0
-        await self.save_info(info)
-        if leftover:  # after .info: until then, a crash leaves a resumable upload
-            await self._delete_keys(leftover)
-        await self._delete(self._marker(info.id))
-        self._upload_ids.pop(info.id, None)
-        self._remember_held(info, None)
+        await S3Upload(self, info, None).finish()
 
     async def _complete(self, info: UploadInfo, parts: list[dict[str, Any]]) -> None:
         key, upload = info.storage["key"], info.storage.get("upload_id")
@@ -1263,350 +1135,6 @@ class S3Store:
         except _STORAGE_ERRORS as exc:
             raise _unavailable(exc) from None
         return removed
-
-
-class _Phase(enum.Enum):
-    """Where the tail (the chain of chunks in front of part `first_part`) stands while
-    one PATCH body is written. Moves only forward: PENDING -> ASSEMBLED | BROKEN."""
-
-    PENDING = "pending"  # in S3, not read; the body's first bytes wait in the spool behind it
-    ASSEMBLED = "assembled"  # read back once and joined with the body's first bytes into one piece
-    BROKEN = "broken"  # reading it back failed: it stands as it is, and the body is dropped
-
-
-class _Rest(enum.Enum):
-    """What becomes of the bytes left when a body ends (see plan_rest)."""
-
-    NONE = "none"  # nothing left to store
-    PART = "part"  # the next part (the last one, or at least the smallest part size)
-    WHOLE = "whole"  # every byte of the upload, and no multipart upload: one PutObject
-    CHUNK = "chunk"  # too short to be a part: a tail chunk in front of the next part
-
-
-def plan_rest(*, pending: int, rest: int, completes: bool, smallest: int, uniform: bool, whole: bool) -> _Rest:
-    """The fate of what is left at the end of a body: `pending` bytes not in a part (a
-    pending tail included), `rest` of them from this body."""
-    if pending == 0:
-        return _Rest.NONE
-    if completes:
-        return _Rest.WHOLE if whole else _Rest.PART
-    if pending >= smallest and not uniform:
-        return _Rest.PART
-    return _Rest.CHUNK if rest else _Rest.NONE
-
-
-def merge_limit(smallest: int) -> int:
-    """Trailing chunks up to this many bytes in all are absorbed by the next chunk."""
-    return max(MERGE_FLOOR, smallest // MERGE_SHARE)
-
-
-def chunks_to_absorb(chain: list[_Chunk], limit: int) -> list[_Chunk]:
-    """The trailing chunks of `chain`, at most `limit` bytes together, that the next
-    chunk absorbs. Then any two neighbours hold more than `limit` bytes, so a tail of T
-    bytes has at most 2T/limit + 1 chunks."""
-    taken, size = 0, 0
-    for chunk in reversed(chain):
-        if size + chunk.size > limit:
-            break
-        size += chunk.size
-        taken += 1
-    return chain[len(chain) - taken :]
-
-
-class _PartWriter:
-    """One PATCH body on its way into parts: spooled to temp files, full pieces sent
-    while the next is received, what is too short to be a part kept as a tail chunk.
-
-    The tail already in S3 is read back only when its part is cut (`_Phase`)."""
-
-    def __init__(self, store: S3Store, info: UploadInfo, state: _State, atomic: bool) -> None:
-        self.store = store
-        self.info = info
-        self.atomic = atomic
-        self.key = info.storage["key"]
-        self.upload: str | None = info.storage.get("upload_id")  # created with the first part
-        self.phase = _Phase.PENDING
-        self.chain = state.tail
-        self.stale = state.stale
-        self.tail_size = sum(c.size for c in state.tail)
-        self.first_part = len(state.parts) + 1
-        self.next_part = self.first_part
-        self.offset = state.offset - self.tail_size  # bytes in parts
-        self.uniform = info.storage.get("part_size")
-        cut = self._sizes()[0]
-        # The first piece is what the body adds to the tail to make the part.
-        self.spool = Spool(store.temp_dir, cut, store.temp, first_size=max(cut - self.tail_size, 1))
-        self.received = 0
-        # Spooled, to be sent by flush(): atomic bodies once they check out, and a piece
-        # whose wait for an upload slot was interrupted.
-        self.waiting: list[tuple[int, Piece]] = []
-        self.short: Piece | None = None  # the rest, too short to be a part
-        self.tasks: set[asyncio.Task] = set()
-        self.sent: set[int] = set()
-        self.stored: dict[int, dict[str, Any]] = {}  # part number -> PartNumber, ETag, Size
-        self.failed: int | None = None  # lowest part number that could not be stored
-        self.limit = asyncio.Semaphore(store.upload_concurrency)
-        self.cleaned = False  # the chunks listed at the start are deleted
-
-    def _sizes(self) -> tuple[int, int]:
-        if self.uniform:
-            return self.uniform, self.uniform
-        return part_size_for(
-            length=self.info.length,
-            offset=self.offset,
-            parts_used=self.next_part - 1,
-            preferred=self.store.part_size,
-            min_part=self.store.min_part_size,
-        )
-
-    async def write(self, chunk: bytes) -> None:
-        self.received += len(chunk)
-        if self.atomic and self.received > self.store.checksum_limit:
-            raise TusError(
-                errors.CHECKSUM_BODY_TOO_LARGE,
-                f"at most {self.store.checksum_limit} bytes per PATCH here; send smaller PATCHes",
-            )
-        await self.spool.awrite(chunk)
-        await self._queue_filled()
-
-    async def _queue_filled(self) -> None:
-        # Taken one at a time: from then on _queue owns the piece (sends, keeps or removes it).
-        while (piece := self.spool.take_filled()) is not None:
-            await self._queue(piece)
-
-    async def _queue(self, piece: Piece) -> None:
-        if self.phase is _Phase.PENDING:
-            piece = await self._assemble(piece)
-        number = self.next_part
-        self.next_part += 1
-        self.offset += piece.size
-        self.spool.piece_size = self._sizes()[0]
-        if self.atomic:
-            self.waiting.append((number, piece))
-        else:
-            await self._send(number, piece)
-
-    async def _assemble(self, piece: Piece | None) -> Piece:
-        """The tail read back (once) in front of `piece`: the bytes of part `first_part`.
-        The chunks stay in S3 until that part is stored; the part makes them stale."""
-        self.phase = _Phase.BROKEN
-        if not self.chain:
-            assert piece is not None
-            self.phase = _Phase.ASSEMBLED
-            return piece
-        joined = Spool(self.store.temp_dir, MAX_PART_SIZE + 1, self.store.temp)
-        try:
-            await self.store._read_chunks_into(self.chain, joined)
-            if piece is not None:
-                await joined.acopy(piece)
-            result = joined.cut()
-        finally:
-            joined.discard()
-            if piece is not None:
-                piece.remove()
-        assert result is not None
-        self.phase = _Phase.ASSEMBLED
-        return result
-
-    async def _send(self, number: int, piece: Piece) -> None:
-        """Start uploading `piece`; waits for a free slot first (backpressure)."""
-        if self.failed is not None:
-            piece.remove()
-            raise TusError(errors.STORAGE_UNAVAILABLE)
-        if self.upload is None:
-            try:
-                self.upload = await self.store._start_upload(self.info)
-            except BaseException:
-                self.failed = number
-                piece.remove()
-                raise
-        # Interrupted while waiting for a slot (a cancel), the piece stays the writer's:
-        # flush() sends it, so its bytes are kept, or discard() removes its temp file.
-        try:
-            await self.limit.acquire()
-        except BaseException:
-            self.waiting.insert(0, (number, piece))
-            raise
-        try:
-            await self.store._slots.acquire()
-        except BaseException:
-            self.limit.release()
-            self.waiting.insert(0, (number, piece))
-            raise
-        task = asyncio.create_task(self._upload(number, piece))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    async def _upload(self, number: int, piece: Piece) -> None:
-        try:
-            assert self.upload is not None
-            etag = await self.store._upload_part(self.key, self.upload, number, piece)
-            self.sent.add(number)
-            self.stored[number] = {"PartNumber": number, "ETag": etag, "Size": piece.size}
-        except Exception as exc:  # recorded: the PATCH fails with 503 once the rest settled
-            log.warning("part %d of %s not stored: %s", number, self.info.id, exc)
-            self.failed = number if self.failed is None else min(self.failed, number)
-        finally:
-            piece.remove()
-            self.store._slots.release()
-            self.limit.release()
-
-    async def flush(self) -> int:
-        """Send what is left, store the short rest, and return the safely stored offset."""
-        try:
-            return await self._flush()
-        finally:
-            self.discard()
-
-    async def _flush(self) -> int:
-        if self.phase is _Phase.BROKEN:
-            return self.offset + self.tail_size  # the tail was not read in full: it stands
-        error: BaseException | None = None
-        try:
-            await self._queue_filled()  # filled by a write that a cancel interrupted
-            while self.waiting:
-                number, piece = self.waiting.pop(0)
-                await self._send(number, piece)
-            await self._place_rest()
-        except BaseException as exc:  # reported once every part in flight settled
-            error = exc
-        while self.tasks:
-            await asyncio.gather(*self.tasks)
-        await self._record_stale()
-        if self.phase is _Phase.BROKEN or (error is not None and self.failed is None):
-            assert error is not None
-            raise error
-        if self.failed is not None:
-            raise TusError(errors.STORAGE_UNAVAILABLE)
-        end = self.offset + (self.tail_size if self.phase is _Phase.PENDING else 0)
-        if self.short is not None:
-            end = await self._put_chunk(self.short)
-        if self.phase is _Phase.ASSEMBLED and self.first_part in self.sent:
-            await self._delete_chunks(self.chain + self.stale)  # behind a stored part: stale
-            self.cleaned = True
-        return end
-
-    async def _place_rest(self) -> None:
-        rest = self.spool.cut()
-        pending = (rest.size if rest else 0) + (self.tail_size if self.phase is _Phase.PENDING else 0)
-        plan = plan_rest(
-            pending=pending,
-            rest=rest.size if rest else 0,
-            completes=self._complete(pending),
-            smallest=self._sizes()[1],
-            uniform=bool(self.uniform),
-            whole=self.upload is None and self.next_part == 1,
-        )
-        if plan is _Rest.CHUNK:
-            self.short = rest
-            return
-        if plan is _Rest.NONE:
-            return
-        if self.phase is _Phase.ASSEMBLED:
-            assert rest is not None  # NONE is the plan when nothing is pending
-            piece = rest
-        else:
-            piece = await self._assemble(rest)
-        number = self.next_part
-        self.next_part += 1
-        self.offset += piece.size
-        if plan is _Rest.WHOLE:
-            await self._put_whole(piece)
-        else:
-            await self._send(number, piece)
-
-    async def _put_chunk(self, piece: Piece) -> int:
-        """Store `piece` as the next tail chunk; return the offset after it. Behind a
-        pending tail it absorbs the small chunks at the tail's end (chunks_to_absorb),
-        written over the key of the first of them: one PutObject switches to the new
-        chain, and the others are left behind it (stale)."""
-        if self.phase is _Phase.ASSEMBLED:  # a new tail, in front of the part after ours
-            start, absorbed = self.offset, []
-        else:
-            start = self.offset + self.tail_size
-            absorbed = chunks_to_absorb(self.chain, merge_limit(self._sizes()[1]))
-        if absorbed:
-            joined = Spool(self.store.temp_dir, MAX_PART_SIZE + 1, self.store.temp)
-            try:
-                await self.store._read_chunks_into(absorbed, joined)
-                await joined.acopy(piece)
-                merged = joined.cut()
-                assert merged is not None
-                piece.remove()
-                self.short = piece = merged
-                start = absorbed[0].start
-            except TusError:  # not read back: this body becomes a chunk of its own
-                absorbed = []
-            finally:
-                joined.discard()
-        if self.info.storage.get("tails") is False:
-            # Before the first chunk exists: from then on every read lists the chunks.
-            self.info.storage["tails"] = True
-            await self.store.save_info(self.info)
-        key = self.store._chunk_key(self.info.id, self.next_part, start)
-        with piece.open() as f:
-            await self.store._call("put_object", Key=key, Body=f, ContentLength=piece.size)
-        if len(absorbed) > 1:
-            await self._delete_chunks(absorbed[1:])
-        if self.phase is _Phase.PENDING:
-            await self._delete_chunks(self.stale)
-        return start + piece.size
-
-    async def _delete_chunks(self, chunks: list[_Chunk]) -> None:
-        if chunks:
-            await self.store._delete_keys([c.key for c in chunks])
-
-    async def _put_whole(self, piece: Piece) -> None:
-        try:
-            async with self.store._slots:
-                with piece.open() as f:
-                    response = await self.store._call(
-                        "put_object", Body=f, ContentLength=piece.size, **self.store._object_params(self.info)
-                    )
-        except Exception as exc:  # reported by flush(), like a failed part
-            log.warning("object %s not stored: %s", self.info.id, exc)
-            self.failed = 1
-            return
-        finally:
-            piece.remove()
-        self.info.storage["object_stored"] = response.get("ETag") or ""
-
-    def parts(self, state: _State) -> list[dict[str, Any]]:
-        """Every part of the upload after a flush() that stored all it was given."""
-        return state.parts + [self.stored[n] for n in sorted(self.stored)]
-
-    @property
-    def leftover(self) -> list[str]:
-        """Keys of the tail chunks that may still be in S3 after a completing flush()
-        (finish() deletes them once `.info` says finished)."""
-        return [] if self.cleaned else [c.key for c in self.chain + self.stale]
-
-    def _complete(self, pending: int) -> bool:
-        return self.info.length is not None and self.offset + pending == self.info.length
-
-    async def _record_stale(self) -> None:
-        """Parts stored after a part that failed hold bytes at no known offset; they
-        are marked stale in `.info` until a later PATCH rewrites them."""
-        stale = set(self.info.storage.get("stale_parts", []))
-        updated = stale - self.sent
-        if self.failed is not None:
-            updated |= {n for n in self.sent if n > self.failed}
-        if updated != stale:
-            if updated:
-                self.info.storage["stale_parts"] = sorted(updated)
-            else:
-                self.info.storage.pop("stale_parts", None)
-            await self.store.save_info(self.info)
-
-    def discard(self) -> None:
-        """Remove every temp file this writer still holds."""
-        for _, piece in self.waiting:
-            piece.remove()
-        self.waiting = []
-        if self.short is not None:
-            self.short.remove()
-            self.short = None
-        self.spool.discard()
 
 
 def _chunk_owner(name: str) -> str | None:
