@@ -14,7 +14,7 @@ import pytest
 from tests.hanging import HangingPatch, Received
 from tests.tus_client import OCTETS, TUS, create, download, head, patch, sha256
 from tusserver import Config, MemoryLocker, create_app
-from tusserver.locks import held_version
+from tusserver.locking import held_version
 
 MiB = 1 << 20
 

@@ -25,8 +25,8 @@ from tusserver import Config, MemoryLocker, create_app
 from tusserver.app import HANDLERS_KEY
 from tusserver.cleanup import clean_expired
 from tusserver.errors import TusError
-from tusserver.locks import held_version
-from tusserver.redis_lock import RedisLocker
+from tusserver.locking import held_version
+from tusserver.locking.redis import RedisLocker
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -177,7 +177,7 @@ async def test_releasing_someone_elses_lock_is_a_no_op(lockers, redis_url, prefi
 
 HOLDER = """
 import asyncio, sys
-from tusserver.redis_lock import RedisLocker
+from tusserver.locking.redis import RedisLocker
 
 async def main():
     locker = RedisLocker(sys.argv[1], prefix=sys.argv[2], lease=0.5)

@@ -232,7 +232,9 @@ async def test_get_object_failing_for_good_is_503_before_any_byte(server, proxy)
 
 
 @pytest.mark.parametrize("ranged", [False, True])
-async def test_get_object_cut_mid_body_closes_the_connection_after_a_true_prefix(server, proxy, caplog, ranged):
+async def test_get_object_cut_mid_body_closes_the_connection_after_a_true_prefix(
+    server, proxy, caplog, ranged, front_door
+):
     caplog.set_level(logging.DEBUG)
     data = os.urandom(3 * MiB)
     path = await create(server.client, len(data))
@@ -254,7 +256,15 @@ async def test_get_object_cut_mid_body_closes_the_connection_after_a_true_prefix
     assert b"HTTP/1.1" not in body
     failures = [r for r in caplog.records if r.getMessage().startswith(f"download of {path} failed")]
     assert [r.levelno for r in failures] == [logging.WARNING]
-    assert [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    if front_door == "asgi":
+        # ASGI's only way to cut a response is to end the app with it incomplete; uvicorn
+        # reports that once, without a traceback. Nothing else may be an error.
+        assert [(r.name, r.getMessage(), r.exc_info) for r in errors] == [
+            ("uvicorn.error", "ASGI callable returned without completing response.", None)
+        ]
+    else:
+        assert errors == []
     # The fault is gone: the next download is whole.
     assert sha256(await download(server.client, path)) == sha256(data)
 

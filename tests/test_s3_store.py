@@ -21,7 +21,7 @@ from yarl import URL
 from tests.conftest import make_bucket, start_moto, stop_process
 from tusserver import Config, create_app
 from tusserver.info import UploadInfo
-from tusserver.locks import MemoryLocker
+from tusserver.locking import MemoryLocker
 from tusserver.protocol import new_upload_id
 from tusserver.stores import s3 as s3_module
 from tusserver.stores.file import FileStore

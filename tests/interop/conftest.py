@@ -85,6 +85,7 @@ def aiohttp_target(config: Config, store, requests: list[Received]) -> web.Appli
 def asgi_target(config: Config, store, requests: list[Received]):
     """The mounted case as FastAPI users write it; what the parent saw is recorded around it."""
     from fastapi import FastAPI
+
     from tusserver.asgi import create_asgi_app
 
     tus = create_asgi_app(config, store=store)
