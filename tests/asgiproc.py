@@ -54,7 +54,11 @@ class Process(ServerProcess):
             cwd=self.cwd,
         )
         self._reader = asyncio.create_task(self._collect())
-        await self.wait_for_log(self.ready)
+        try:
+            await self.wait_for_log(self.ready)
+        except BaseException:
+            await self.stop()  # not left running when it never came up
+            raise
         return self
 
 
