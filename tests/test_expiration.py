@@ -19,6 +19,7 @@ from tests.tus_client import create, download, head, patch, sha256
 from tusserver import Config, MemoryLocker, create_app
 from tusserver.cleanup import clean_expired
 from tusserver.errors import TusError
+from tusserver.storage_errors import StorageError
 from tusserver.stores.base import CorruptInfo
 
 EXPIRY = 60.0
@@ -174,8 +175,8 @@ class AliveWatch:
                 info = await self.store.get_info(self.upload_id)
                 if info.expired(time.time()):
                     self.problems.append(f"expired {time.time() - info.expires:.1f}s ago")
-            except TusError as exc:
-                self.problems.append(exc.message)
+            except (TusError, StorageError) as exc:
+                self.problems.append(str(exc))
             self.looks += 1
             await asyncio.sleep(0.2)
 

@@ -22,8 +22,8 @@ from yarl import URL
 
 from tests.asgi_support import in_flight
 from tests.stored import assert_store_holds
-from tusserver import Config, HookResult, Hooks, UploadInfo, create_app, errors
-from tusserver.errors import TusError
+from tusserver import Config, HookResult, Hooks, UploadInfo, create_app
+from tusserver import storage_errors as storage
 from tusserver.stores.base import ExpiringStore
 
 TUS = {"Tus-Resumable": "1.0.0"}
@@ -422,9 +422,8 @@ async def test_store_create_is_atomic_per_id(tus):
     first = UploadInfo(id="chosen-id", length=5, metadata={"who": "first"})
     await tus.store.create(first)
     second = UploadInfo(id="chosen-id", length=9, metadata={"who": "second"})
-    with pytest.raises(TusError) as exc:
+    with pytest.raises(storage.IdTaken):
         await tus.store.create(second)
-    assert exc.value.kind is errors.UPLOAD_ID_TAKEN
     kept = await tus.store.get_info("chosen-id")
     assert (kept.length, kept.metadata, kept.created) == (5, {"who": "first"}, first.created)
     await tus.store_holds("/chosen-id", b"")

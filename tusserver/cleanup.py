@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 
-from . import errors
+from . import storage_errors as storage
 from .config import Config
 from .errors import TusError
 from .locking import Locker, locker_from_config
@@ -65,11 +65,13 @@ async def clean_expired(
                     removed += 1
         except CorruptInfo:
             continue  # the store logged it, naming the id; an operator must look at it
-        except TusError as exc:
-            if exc.kind is errors.NOT_FOUND and not config.expire_finished:
-                with contextlib.suppress(TusError):
+        except storage.NotFound:
+            if not config.expire_finished:
+                with contextlib.suppress(TusError, storage.StorageError):
                     await store.forget_unfinished(upload_id)  # removed without its entry
-            continue  # gone, or the lock service is unreachable: the next round decides
+            continue  # gone: its entry goes with it
+        except (TusError, storage.StorageError):
+            continue  # the store or the lock service is unreachable: the next round decides
     if orphans and config.expire_after is not None:
         removed += await store.clean_orphans(now - config.expire_after)
     return removed

@@ -6,6 +6,9 @@ import errno
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from . import storage_errors as storage
+from .storage_errors import StorageError
+
 
 @dataclass(frozen=True)
 class ErrorKind:
@@ -164,6 +167,29 @@ class TusError(Exception):
 
 _FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 _NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR}
+
+
+def from_storage(exc: StorageError) -> TusError:
+    """The answer for a store's failure: the one place where storage meets HTTP."""
+    kind = next(_STORAGE_KINDS[cls] for cls in type(exc).__mro__ if cls in _STORAGE_KINDS)
+    if isinstance(exc, storage.Corrupt):
+        return TusError(kind)  # the reason is the operator's (logged), not the client's
+    headers = {"Retry-After": TEMP_SPACE_RETRY_AFTER} if isinstance(exc, storage.Full) else {}
+    return TusError(kind, exc.detail, headers=headers)
+
+
+TEMP_SPACE_RETRY_AFTER = "5"  # seconds a client is asked to wait when the temp budget is spent
+_STORAGE_KINDS: dict[type[StorageError], ErrorKind] = {
+    storage.NotFound: NOT_FOUND,
+    storage.Unavailable: STORAGE_UNAVAILABLE,
+    storage.Full: TEMP_SPACE_EXHAUSTED,
+    storage.IdTaken: UPLOAD_ID_TAKEN,
+    storage.OffsetMismatch: MISMATCHED_OFFSET,
+    storage.TooLarge: MAX_SIZE_EXCEEDED,
+    storage.BodyTooLarge: CHECKSUM_BODY_TOO_LARGE,
+    storage.Corrupt: INTERNAL,
+    storage.StorageError: STORAGE_UNAVAILABLE,  # a kind no table row names: the backend failed
+}
 
 
 def storage_error(exc: OSError) -> TusError | None:

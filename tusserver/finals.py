@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from . import errors
+from . import storage_errors as storage
 from .errors import ErrorKind, TusError
 from .exchange import Exchange
 from .info import FinalProgress, UploadInfo
@@ -134,10 +135,8 @@ class FinalWorker:
         async with self.locker.lock(final_id):
             try:
                 final = await self.store.get_info(final_id)
-            except TusError as exc:
-                if exc.kind is errors.NOT_FOUND:
-                    return None
-                raise
+            except storage.NotFound:
+                return None
             if final.concat != "final" or final.finished or failure(final) is not None:
                 return final
             progress = final.progress = final.progress or FinalProgress()
@@ -175,10 +174,8 @@ class FinalWorker:
     async def _partial(self, partial_id: str) -> UploadInfo | None:
         try:
             return await self.store.get_info(partial_id)
-        except TusError as exc:
-            if exc.kind is errors.NOT_FOUND:
-                return None
-            raise
+        except storage.NotFound:
+            return None
 
     async def _fail(self, final: UploadInfo, kind: ErrorKind) -> UploadInfo:
         assert final.progress is not None

@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 from . import errors, protocol
+from . import storage_errors as storage
 from .auth import auth_enabled
 from .body import Body, ClientGone, ReleaseRequested
 from .cancellation import await_to_completion
@@ -38,6 +39,7 @@ from .limits import DownloadSlots, UploadSlots, check_metadata
 from .locking import Locker, seeing_version
 from .metrics import Metrics
 from .owners import Caller, Owners, Quota, parse_cursor, parse_limit
+from .storage_errors import StorageError
 from .stores.base import (
     ConcatenatingStore,
     FileDownload,
@@ -432,10 +434,9 @@ class TusHandlers:
                 upload = await open_upload(self.store, info.id)  # the creator's, as in complete()
                 await self._receive_owned(request, upload, posts, completes=completes)
             return upload.info
-        except TusError as exc:
+        except (TusError, StorageError) as exc:
             # The upload exists and keeps what arrived: the client can resume it.
-            exc.headers.setdefault("Location", location)
-            raise
+            raise with_location(exc, location) from None
         except ReleaseRequested:
             raise TusError(errors.INTERRUPTED, headers={"Location": location}) from None
 
@@ -480,9 +481,8 @@ class TusHandlers:
     async def _check_id_free(self, upload_id: str) -> None:
         try:
             await self.store.get_info(upload_id)
-        except TusError as exc:
-            if exc.kind is not errors.NOT_FOUND:
-                raise
+        except storage.NotFound:
+            pass
         else:
             raise TusError(errors.UPLOAD_ID_TAKEN)
 
@@ -533,9 +533,8 @@ class TusHandlers:
             try:
                 finished = await asyncio.shield(done)  # the client waits for its own final
                 info = finished or info
-            except TusError as exc:
-                exc.headers.setdefault("Location", location)
-                raise
+            except (TusError, StorageError) as exc:
+                raise with_location(exc, location) from None
         headers = {"Location": location}
         if info.expires is not None and not info.finished:
             headers["Upload-Expires"] = protocol.http_date(info.expires)
@@ -544,8 +543,10 @@ class TusHandlers:
     async def _load_partial(self, request: Exchange, partial_id: str) -> UploadInfo:
         try:
             partial = await self._load(partial_id)
+        except storage.NotFound:
+            raise TusError(errors.PARTIAL_NOT_FOUND, partial_id) from None
         except TusError as exc:
-            if exc.kind in (errors.NOT_FOUND, errors.GONE):
+            if exc.kind is errors.GONE:
                 raise TusError(errors.PARTIAL_NOT_FOUND, partial_id) from None
             raise
         if not self._may_use(request, partial):  # someone else's: as if it did not exist
@@ -839,3 +840,10 @@ def _download_response(request: Exchange, download: StreamDownload, headers: dic
     if stop > start:  # else an empty upload: nothing to read
         response.stream = _RangeStream(download, start, stop)
     return response
+
+
+def with_location(exc: TusError | StorageError, location: str) -> TusError:
+    """The answer to `exc`, naming the upload that exists despite it (the client resumes it)."""
+    error = errors.from_storage(exc) if isinstance(exc, StorageError) else exc
+    error.headers.setdefault("Location", location)
+    return error

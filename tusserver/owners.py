@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from . import errors
+from . import storage_errors as storage
 from .config import Config
 from .errors import TusError
 from .info import UploadInfo
@@ -146,9 +147,7 @@ class Owners:
                     info = await self.store.get_info(upload_id)  # bytes received: derived, not stored
             except CorruptInfo:
                 return None  # the store logged it; an operator must look at it
-            except TusError as exc:
-                if exc.kind is not errors.NOT_FOUND:
-                    raise
+            except storage.NotFound:
                 info = None
         if info is None or not info.listed or entry_name(info) != entry or key not in index_keys(info):
             # Its upload is gone, or the id was taken by another (a creation that lost).

@@ -26,6 +26,7 @@ from .logs import printable
 from .metrics import Metrics
 from .owners import Quota, check_quota_config
 from .shutdown import UPLOAD_METHODS, Shutdown
+from .storage_errors import StorageError
 from .stores.base import Store, VersionedStore
 from .webhook import Webhook
 
@@ -176,6 +177,8 @@ class TusService:
         if isinstance(exc, ClientGone):
             log.info("client went away mid-body: %s", exc)
             return self.error_response(request, TusError(errors.CLIENT_GONE))
+        if isinstance(exc, StorageError):
+            exc = errors.from_storage(exc)  # a Corrupt one was logged where it was found
         if isinstance(exc, (TusError, ReleaseRequested)):
             response = self.error_response(request, exc if isinstance(exc, TusError) else TusError(errors.INTERRUPTED))
             # A body stopped half way (lock release, read timeout, shutdown) still has bytes
@@ -292,9 +295,9 @@ def _log_broken_download(request: Exchange, exc: Exception, sent: int, total: in
     path = printable(request.path)
     if isinstance(exc, DownloadStalled):
         log.info("download of %s dropped after %d of %d bytes: %s", path, sent, total, exc)
-    elif isinstance(exc, ConnectionError):  # from write(): the store raises TusError only
+    elif isinstance(exc, ConnectionError):  # from write(): the store raises StorageError only
         log.info("client went away after %d of %d bytes of %s: %s", sent, total, path, exc)
-    elif isinstance(exc, TusError):
+    elif isinstance(exc, (StorageError, TusError)):
         log.warning("download of %s failed after %d of %d bytes; connection closed: %s", path, sent, total, exc)
     else:
         log.error("download of %s failed after %d of %d bytes; connection closed", path, sent, total, exc_info=exc)

@@ -12,22 +12,14 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol, runtime_checkable
 
-from .. import errors
-from ..errors import TusError
+from .. import storage_errors as storage
 from ..info import SCHEMA_VERSION, UploadInfo
 from ..locking import Locker
 
 log = logging.getLogger("tusserver.stores")
 
 
-class CorruptInfo(TusError):
-    """An upload's `.info` cannot be read: truncated (a power loss), or written by a newer
-    version. The client gets a 500; the upload is left to an operator, never removed."""
-
-    def __init__(self, upload_id: str, reason: str) -> None:
-        super().__init__(errors.INTERNAL)
-        self.upload_id = upload_id
-        self.reason = reason
+CorruptInfo = storage.Corrupt
 
 
 def parse_info(upload_id: str, data: bytes) -> UploadInfo:
@@ -64,9 +56,9 @@ class FileDownload:
 class StreamDownload:
     """A finished upload served by streaming: `async with open(start, end) as chunks`
     (end exclusive). Entering makes the first storage call, before any response header
-    is sent, so a missing object raises TusError(NOT_FOUND) and an unavailable store
-    TusError(STORAGE_UNAVAILABLE) while an error answer is still possible. Iterating
-    `chunks` raises TusError only."""
+    is sent, so a missing object raises storage.NotFound and an unavailable store
+    storage.Unavailable while an error answer is still possible. Iterating
+    `chunks` raises storage.StorageError only."""
 
     size: int
     etag: str | None
@@ -112,18 +104,18 @@ async def _read_file(file: BinaryIO, start: int, end: int) -> AsyncIterator[byte
         while start < end:
             chunk = await asyncio.to_thread(file.read, min(FILE_CHUNK, end - start))
             if not chunk:
-                raise TusError(errors.STORAGE_UNAVAILABLE, f"the file ended at {start} of {end} bytes")
+                raise storage.Unavailable(f"the file ended at {start} of {end} bytes")
             start += len(chunk)
             yield chunk
     except OSError as exc:
-        raise TusError(errors.STORAGE_UNAVAILABLE, f"reading the file failed: {exc}") from None
+        raise storage.Unavailable(f"reading the file failed: {exc}") from None
 
 
-def _file_error(exc: OSError) -> TusError:
+def _file_error(exc: OSError) -> storage.StorageError:
     if isinstance(exc, (FileNotFoundError, IsADirectoryError)):
-        return TusError(errors.NOT_FOUND)
+        return storage.NotFound()
     log.warning("cannot open %s: %s", exc.filename, exc)
-    return TusError(errors.STORAGE_UNAVAILABLE)
+    return storage.Unavailable()
 
 
 @runtime_checkable
@@ -136,11 +128,11 @@ class Store(Protocol):
 
     async def create(self, info: UploadInfo) -> None:
         """Persist a new, empty upload. `info.storage` may be filled in. Atomic per id:
-        raises TusError(UPLOAD_ID_TAKEN) when an upload with `info.id` exists."""
+        raises storage.IdTaken when an upload with `info.id` exists."""
 
     async def get_info(self, upload_id: str) -> UploadInfo:
         """The upload's state with `offset` derived from what is stored.
-        Raises TusError(NOT_FOUND) for an unknown id."""
+        Raises storage.NotFound for an unknown id."""
 
     async def append(
         self, info: UploadInfo, body: AsyncIterable[bytes], *, atomic: bool = False
@@ -157,7 +149,7 @@ class Store(Protocol):
         """Persist `info` (its `.info` record) as it is now."""
 
     async def download(self, info: UploadInfo) -> Download:
-        """How to serve the finished upload. Bytes that are gone raise TusError(NOT_FOUND)
+        """How to serve the finished upload. Bytes that are gone raise storage.NotFound
         here, or when a StreamDownload is opened; either way before any header is sent."""
 
 
@@ -187,7 +179,7 @@ class Upload(Protocol):
 class SessionStore(Protocol):
     async def open(self, upload_id: str) -> Upload:
         """The upload, for a caller that holds its lock; reads its state once.
-        Raises TusError(NOT_FOUND) for an unknown id."""
+        Raises storage.NotFound for an unknown id."""
 
 
 class StoreUpload:
@@ -265,7 +257,7 @@ class ExpiringStore(Protocol):
 
     async def peek_info(self, upload_id: str) -> UploadInfo:
         """The `.info` record alone, in one read (`offset` not derived). Raises
-        TusError(NOT_FOUND) or CorruptInfo."""
+        storage.NotFound or CorruptInfo."""
 
     async def clean_orphans(self, older_than: float) -> int:
         """Remove storage debris older than a timestamp that is recognisably this
@@ -279,7 +271,7 @@ class OwnerIndexStore(Store, Protocol):
 
     async def peek_info(self, upload_id: str) -> UploadInfo:
         """The `.info` record as stored, in one read: `offset` is not derived (0).
-        Raises TusError(NOT_FOUND) for an unknown id."""
+        Raises storage.NotFound for an unknown id."""
 
     async def index_upload(self, info: UploadInfo) -> None:
         """Write the index entries of `info` (before the upload is created)."""

@@ -20,9 +20,8 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterable, AsyncIterator
 
-from .. import errors
+from .. import storage_errors as storage
 from ..cancellation import await_to_completion
-from ..errors import TusError
 from ..info import UploadInfo
 from ..protocol import is_valid_upload_id
 from .base import Download, FileDownload, StoreUpload, parse_info
@@ -52,7 +51,7 @@ class FileStore:
 
     def _path(self, upload_id: str, suffix: str = "") -> str:
         if not is_valid_upload_id(upload_id):  # defence in depth; handlers validate too
-            raise TusError(errors.NOT_FOUND)
+            raise storage.NotFound()
         return os.path.join(self.directory, upload_id + suffix)
 
     async def start(self) -> None:
@@ -89,7 +88,7 @@ class FileStore:
             with open(path, "xb"):  # O_EXCL: of two creations of one id, one wins
                 pass
         except FileExistsError:
-            raise TusError(errors.UPLOAD_ID_TAKEN) from None
+            raise storage.IdTaken() from None
         try:
             self._mark(info.id)
             await self.save_info(info)
@@ -103,7 +102,7 @@ class FileStore:
         try:
             info.offset = os.stat(self._path(upload_id)).st_size
         except FileNotFoundError:
-            raise TusError(errors.NOT_FOUND) from None
+            raise storage.NotFound() from None
         return info
 
     async def open(self, upload_id: str) -> StoreUpload:
@@ -118,7 +117,7 @@ class FileStore:
             with open(self._path(upload_id, ".info"), "rb") as f:
                 return parse_info(upload_id, f.read())
         except FileNotFoundError:
-            raise TusError(errors.NOT_FOUND) from None
+            raise storage.NotFound() from None
 
     async def append(
         self, info: UploadInfo, body: AsyncIterable[bytes], *, atomic: bool = False
@@ -170,7 +169,7 @@ class FileStore:
         path = self._path(info.id)
         # Checked before any header is sent; the handler opens the file itself (stream_file).
         if not os.path.isfile(path):
-            raise TusError(errors.NOT_FOUND)
+            raise storage.NotFound()
         return FileDownload(path)
 
     async def concatenate(self, final: UploadInfo, partials: list[UploadInfo]) -> None:
@@ -292,7 +291,7 @@ class FileStore:
             try:
                 with open(self._path(upload_id, ".info"), "rb") as f:
                     finished = parse_info(upload_id, f.read()).finished
-            except (OSError, TusError):
+            except (OSError, storage.StorageError):
                 continue  # gone meanwhile, or unreadable (logged): never expired
             if not finished:
                 self._mark(upload_id)

@@ -60,8 +60,8 @@ from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from .. import errors
+from .. import storage_errors as storage
 from ..config import Config
-from ..errors import TusError
 from ..info import UploadInfo
 from ..locking import Locker, held_version, seen_version
 from ..protocol import download_headers, is_valid_upload_id
@@ -166,13 +166,13 @@ def _code(exc: BaseException) -> str:
     return ""
 
 
-def _unavailable(exc: BaseException) -> TusError:
+def _unavailable(exc: BaseException) -> Exception:
     local = errors.storage_error(exc) if isinstance(exc, OSError) else None
     if local is not None:  # the temp dir, not S3: full, or not writable
         log.error("spooling failed: %s", exc)
         return local
     log.warning("S3 request failed: %s", exc)
-    return TusError(errors.STORAGE_UNAVAILABLE)
+    return storage.Unavailable()
 
 
 class _PoolWaitSession(AIOHTTPSession):
@@ -397,7 +397,7 @@ class S3Store:
 
     def _key(self, upload_id: str, suffix: str = "") -> str:
         if not is_valid_upload_id(upload_id):  # defence in depth; handlers validate too
-            raise TusError(errors.NOT_FOUND)
+            raise storage.NotFound()
         return f"{self.prefix}{upload_id}{suffix}"
 
     async def _call(self, operation: str, **params: Any) -> dict[str, Any]:
@@ -467,7 +467,7 @@ class S3Store:
             async with response["Body"] as stream:
                 data = await stream.read()
         except ClientError:
-            raise TusError(errors.NOT_FOUND) from None
+            raise storage.NotFound() from None
         except _STORAGE_ERRORS as exc:
             raise _unavailable(exc) from None
         return parse_info(upload_id, data)
@@ -504,7 +504,7 @@ class S3Store:
                 raise _unavailable(exc) from None
             if got != chunk.size:
                 log.warning("tail chunk %s: read %d of %d bytes", chunk.key, got, chunk.size)
-                raise TusError(errors.STORAGE_UNAVAILABLE)
+                raise storage.Unavailable()
 
     async def _delete_keys(self, keys: list[str]) -> None:
         for i in range(0, len(keys), DELETE_BATCH):
@@ -585,7 +585,7 @@ class S3Store:
 
     async def create(self, info: UploadInfo) -> None:
         if info.length is not None and info.length > MAX_OBJECT_SIZE:
-            raise TusError(errors.MAX_SIZE_EXCEEDED, "S3 objects are at most 5 TiB")
+            raise storage.TooLarge("S3 objects are at most 5 TiB")
         # No multipart upload yet: small uploads never need one (see _PartWriter).
         info.storage = {"type": "s3", "bucket": self.bucket, "key": self._key(info.id), "tails": False}
         if self.uniform_parts:
@@ -601,7 +601,7 @@ class S3Store:
 
     async def _put_new_info(self, info: UploadInfo) -> None:
         """Write `.info` only if none exists (If-None-Match: *): of two creations of one id,
-        exactly one succeeds; the other raises TusError(UPLOAD_ID_TAKEN)."""
+        exactly one succeeds; the other raises storage.IdTaken."""
         key, body = self._key(info.id, ".info"), info.to_json()
         try:
             await self._client.put_object(
@@ -622,7 +622,7 @@ class S3Store:
         except _STORAGE_ERRORS as exc:
             raise _unavailable(exc) from None
         if stored != body:
-            raise TusError(errors.UPLOAD_ID_TAKEN)
+            raise storage.IdTaken()
 
     async def get_info(self, upload_id: str) -> UploadInfo:
         return (await self.open(upload_id)).info
@@ -630,7 +630,7 @@ class S3Store:
     async def open(self, upload_id: str) -> S3Upload:
         """The upload as S3 holds it now (or as this process last read or wrote it, while the
         lock's version says nobody changed it since), for a caller that holds its lock; see
-        S3Upload. Raises TusError(NOT_FOUND) for an unknown id."""
+        S3Upload. Raises storage.NotFound for an unknown id."""
         self._key(upload_id)
         versions = await self._versions_now(upload_id)
         if versions is None:
@@ -705,9 +705,9 @@ class S3Store:
         try:
             head = await self._call("head_object", Key=info.storage["key"])
         except ClientError:
-            raise TusError(errors.NOT_FOUND) from None
+            raise storage.NotFound() from None
         if info.length is None or head["ContentLength"] != info.length:
-            raise TusError(errors.NOT_FOUND)
+            raise storage.NotFound()
         info.finished = True
         info.storage["etag"] = head.get("ETag")
         info.offset = info.length
@@ -771,7 +771,7 @@ class S3Store:
                 )
             except _STORAGE_ERRORS as exc:
                 if _code(exc) in _MISSING:
-                    raise TusError(errors.NOT_FOUND) from None
+                    raise storage.NotFound() from None
                 raise _unavailable(exc) from None
             async with response["Body"] as stream:
                 yield _read_chunks(stream)
@@ -876,7 +876,7 @@ class S3Store:
                     piece = await self._spool_ranges([(partials[i].storage["key"], s, e) for i, s, e in ranges])
                     try:
                         if piece.size != size:  # a body cut short must not become a part
-                            raise TusError(errors.STORAGE_UNAVAILABLE)
+                            raise storage.Unavailable()
                         async with self._slots:
                             etag = await self._upload_part(key, upload, number, piece)
                     finally:
@@ -1038,9 +1038,9 @@ class S3Store:
         async for upload_id in self.list_uploads():
             try:
                 info = await self._read_info(upload_id)
-            except TusError as exc:
-                if exc.kind is errors.STORAGE_UNAVAILABLE:
-                    raise
+            except storage.Unavailable:
+                raise
+            except storage.StorageError:
                 continue  # gone meanwhile, or unreadable (logged): never expired
             if not info.finished:
                 await self._call("put_object", Key=self._marker(upload_id), Body=b"")
@@ -1083,10 +1083,8 @@ class S3Store:
             info = await self._read_info(upload_id)
         except CorruptInfo:
             return True  # unreadable: leave it to an operator
-        except TusError as exc:
-            if exc.kind is errors.NOT_FOUND:
-                return False
-            raise
+        except storage.NotFound:
+            return False
         return info.storage.get("upload_id") == s3_upload_id
 
     async def clean_orphans(self, older_than: float) -> int:
@@ -1150,11 +1148,11 @@ def _chunk_owner(name: str) -> str | None:
 
 
 async def _read_chunks(stream: Any) -> AsyncIterator[bytes]:
-    """A GetObject body in chunks; a failure mid-way is TusError(STORAGE_UNAVAILABLE),
+    """A GetObject body in chunks; a failure mid-way is storage.Unavailable,
     logged by whoever was sending the bytes."""
     try:
         async for chunk in stream.iter_chunks(READ_CHUNK):
             yield chunk
     except _STORAGE_ERRORS as exc:
-        raise TusError(errors.STORAGE_UNAVAILABLE, f"reading the object failed: {exc or type(exc).__name__}") from None
+        raise storage.Unavailable(f"reading the object failed: {exc or type(exc).__name__}") from None
 

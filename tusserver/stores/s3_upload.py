@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
-from .. import errors
+from .. import storage_errors as storage
 from ..cancellation import await_to_completion
 from ..errors import TusError
 from ..info import UploadInfo
@@ -51,7 +51,7 @@ class S3Upload:
         try:
             return await self.store._read_state(self.info)
         except ClientError:
-            raise TusError(errors.NOT_FOUND) from None
+            raise storage.NotFound() from None
 
     async def append(self, body: AsyncIterable[bytes], *, atomic: bool = False) -> int:
         """Store `body` at `info.offset`; see Store.append. Sets `info.offset` to the offset
@@ -61,7 +61,7 @@ class S3Upload:
         self._completed = None
         state = await self._take_state()
         if state.offset != info.offset:
-            raise TusError(errors.MISMATCHED_OFFSET, f"upload is at {state.offset}")
+            raise storage.OffsetMismatch(f"upload is at {state.offset}")
         writer = _PartWriter(store, info, state, atomic)
         error: BaseException | None = None
         try:
@@ -92,7 +92,7 @@ class S3Upload:
         """Set the deferred length and save `.info`."""
         info = self.info
         if length > MAX_OBJECT_SIZE:
-            raise TusError(errors.MAX_SIZE_EXCEEDED, "S3 objects are at most 5 TiB")
+            raise storage.TooLarge("S3 objects are at most 5 TiB")
         part_size = info.storage.get("part_size")
         if part_size:
             if not info.storage.get("upload_id") and info.storage.get("object_stored") is None:
@@ -101,10 +101,8 @@ class S3Upload:
                     length, self.store.part_size, self.store.min_part_size
                 )
             elif length > part_size * MAX_PARTS:
-                raise TusError(
-                    errors.MAX_SIZE_EXCEEDED,
-                    f"with parts of {part_size} bytes this upload holds at most {part_size * MAX_PARTS} bytes",
-                )
+                raise storage.TooLarge(
+                    f"with parts of {part_size} bytes this upload holds at most {part_size * MAX_PARTS} bytes",)
         info.length = length
         await self.save_info()
 
@@ -129,7 +127,7 @@ class S3Upload:
             if state.tail:  # not reached via append(), which uploads the last part itself
                 writer = _PartWriter(store, info, state, atomic=False)
                 if await writer.flush() != info.length:
-                    raise TusError(errors.STORAGE_UNAVAILABLE)
+                    raise storage.Unavailable()
                 parts, leftover = writer.parts(state), writer.leftover
         stored = info.storage.pop("object_stored", None)
         if stored is not None:
@@ -243,10 +241,8 @@ class _PartWriter:
     async def write(self, chunk: bytes) -> None:
         self.received += len(chunk)
         if self.atomic and self.received > self.store.checksum_limit:
-            raise TusError(
-                errors.CHECKSUM_BODY_TOO_LARGE,
-                f"at most {self.store.checksum_limit} bytes per PATCH here; send smaller PATCHes",
-            )
+            raise storage.BodyTooLarge(
+                f"at most {self.store.checksum_limit} bytes per PATCH here; send smaller PATCHes",)
         await self.spool.awrite(chunk)
         await self._queue_filled()
 
@@ -293,7 +289,7 @@ class _PartWriter:
         """Start uploading `piece`; waits for a free slot first (backpressure)."""
         if self.failed is not None:
             piece.remove()
-            raise TusError(errors.STORAGE_UNAVAILABLE)
+            raise storage.Unavailable()
         if self.upload is None:
             try:
                 self.upload = await self.store._start_upload(self.info)
@@ -358,7 +354,7 @@ class _PartWriter:
             assert error is not None
             raise error
         if self.failed is not None:
-            raise TusError(errors.STORAGE_UNAVAILABLE)
+            raise storage.Unavailable()
         end = self.offset + (self.tail_size if self.phase is _Phase.PENDING else 0)
         if self.short is not None:
             end = await self._put_chunk(self.short)
@@ -416,7 +412,7 @@ class _PartWriter:
                 piece.remove()
                 self.short = piece = merged
                 start = absorbed[0].start
-            except TusError:  # not read back: this body becomes a chunk of its own
+            except (TusError, storage.StorageError):  # not read back: this body becomes a chunk of its own
                 absorbed = []
             finally:
                 joined.discard()

@@ -18,9 +18,8 @@ import tempfile
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-from .. import errors
+from .. import storage_errors as storage
 from ..cancellation import await_to_completion
-from ..errors import TusError
 
 # pid in the name: start-up cleanup must not remove files of another live process.
 TEMP_PREFIX = "tusserver-spool-"
@@ -36,10 +35,10 @@ class TempBudget:
         self.used = 0
 
     def take(self, size: int, *, force: bool = False) -> None:
-        """Count `size` more bytes, or raise TusError(TEMP_SPACE_EXHAUSTED, 503) when they do
+        """Count `size` more bytes, or raise storage.Full when they do
         not fit. `force`: bytes already received whose loss would lose client data."""
         if not force and self.limit is not None and self.used + size > self.limit:
-            raise TusError(errors.TEMP_SPACE_EXHAUSTED, headers={"Retry-After": RETRY_AFTER})
+            raise storage.Full()
         self.used += size
 
     def give(self, size: int) -> None:
