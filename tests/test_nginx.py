@@ -24,7 +24,7 @@ import aiohttp
 import pytest
 
 from tests.asgiproc import ROOT, Process, server_env, tuspy_upload, tusserver_command, uvicorn
-from tests.conftest import free_port, stop_process, wait_for_port
+from tests.conftest import free_port, stop_process
 from tests.hanging import HangingPatch
 from tests.interop.interop_support import make_file, read_s3_object, run_node, sha256
 
@@ -69,22 +69,6 @@ http {{
     }}
 }}
 """
-
-
-@pytest.fixture(scope="module")
-def redis_url():
-    server = shutil.which("redis-server")
-    if server is None:
-        pytest.fail("redis-server is not installed (apt-get install redis-server; scripts/test does it)")
-    port = free_port()
-    proc = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_for_port(port)
-    yield f"redis://127.0.0.1:{port}/0"
-    stop_process(proc)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import uuid
 import pytest
 from redis.asyncio import Redis
 
-from tests.conftest import free_port, stop_process, wait_for_port
+from tests.conftest import free_port
 from tests.hanging import HangingPatch, Received, wait_until
 from tests.stored import assert_store_holds
 from tests.trickle import CleanupRuns, cleanup_args, trickle_patch
@@ -30,22 +29,6 @@ from tusserver.locking.redis import RedisLocker
 
 KiB = 1 << 10
 MiB = 1 << 20
-
-
-@pytest.fixture(scope="module")
-def redis_url():
-    server = shutil.which("redis-server")
-    if server is None:
-        pytest.fail("redis-server is not installed (apt-get install redis-server; scripts/test does it)")
-    port = free_port()
-    proc = subprocess.Popen(
-        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_for_port(port)
-    yield f"redis://127.0.0.1:{port}/0"
-    stop_process(proc)
 
 
 @pytest.fixture

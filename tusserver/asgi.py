@@ -159,8 +159,6 @@ class AsgiConnection:
         self._receive = receive
         self._content = content
         self.started = False
-        self.complete = False
-        self.dropped = False
         self._gone = False
         self._watch: asyncio.Task[None] | None = None
 
@@ -173,7 +171,6 @@ class AsgiConnection:
             headers["Connection"] = "close"
         await self._start(status, headers)
         await self._send({"type": "http.response.body", "body": body})
-        self.complete = True
 
     async def _start(self, status: int, headers: CIMultiDict[str]) -> None:
         self.started = True
@@ -206,15 +203,14 @@ class AsgiConnection:
 
     async def finish(self) -> None:
         await self._send({"type": "http.response.body", "body": b""})
-        self.complete = True
 
     async def interim(self, head: bytes) -> bool:
         return False  # ASGI has no interim responses
 
     def drop(self, *, at_once: bool) -> None:
         # ASGI has no way to close a connection but to end the app with the response
-        # incomplete; the server then closes it.
-        self.dropped = True
+        # incomplete, which the service then does; the server closes it.
+        pass
 
     def close(self) -> None:
         if self._watch is not None:
