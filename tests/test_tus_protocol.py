@@ -1276,3 +1276,23 @@ async def test_get_with_malformed_or_multiple_ranges_never_serves_wrong_bytes(tu
         assert reply.status == 416, range_
         assert reply.headers["Content-Range"] == "bytes */10", range_
         assert data not in reply.body
+
+
+async def test_a_hook_header_outside_ascii_is_sent_as_utf8_on_either_door(aiohttp_client, store_factory):
+    """Header values a hook sets are the embedder's text: written as UTF-8 (as aiohttp writes
+    them), never a failed answer."""
+    hooks = Hooks()
+    hooks.on("post-finish", lambda event: HookResult(headers={"X-Stored-As": "café/ü.txt"}))
+    client = await aiohttp_client(create_app(Config(), store=store_factory(), hooks=hooks))
+    created = await client.post("/", headers={"Tus-Resumable": "1.0.0", "Upload-Length": "3"})
+    assert created.status == 201
+    path = created.headers["Location"].split("//", 1)[1].split("/", 1)[1]
+    reply = await client.patch(
+        "/" + path,
+        data=b"abc",
+        headers={"Tus-Resumable": "1.0.0", "Upload-Offset": "0", "Content-Type": "application/offset+octet-stream"},
+    )
+    assert (reply.status, reply.headers["Upload-Offset"]) == (204, "3")
+    assert reply.raw_headers[[k.lower() for k, _ in reply.raw_headers].index(b"x-stored-as")][1] == (
+        "café/ü.txt".encode()
+    )

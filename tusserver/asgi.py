@@ -178,7 +178,10 @@ class AsgiConnection:
             {
                 "type": "http.response.start",
                 "status": status,
-                "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()],
+                # Values as aiohttp writes them (UTF-8): a hook's header cannot fail the answer.
+                "headers": [
+                    (k.lower().encode("latin-1"), v.encode("utf-8", "surrogateescape")) for k, v in headers.items()
+                ],
             }
         )
 
