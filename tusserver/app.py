@@ -90,9 +90,7 @@ def exchange_of(request: web.Request) -> tuple[Exchange, AiohttpConnection]:
         headers=request.headers,
         root_path=collection.rstrip("/"),
         route_id=route_id,
-        scheme=request.scheme,
-        host=request.host,
-        remote=request.remote,
+        peer=request,  # aiohttp works scheme, host and remote out on first use
         http_version=(request.version.major, request.version.minor),
         content=AiohttpContent(request.content),
         body_exists=request.body_exists,

@@ -330,9 +330,6 @@ class TusAsgi:
             receive, _body_expected(headers), read_now="100-continue" not in headers.get("Expect", "").lower()
         )
         connection = AsgiConnection(send, receive, content)
-        server = scope.get("server")
-        host = headers.get("Host") or (f"{server[0]}:{server[1]}" if server else "localhost")
-        client = scope.get("client")
         version = scope.get("http_version", "1.1")
         major, _, minor = version.partition(".")
         exchange = Exchange(
@@ -341,9 +338,7 @@ class TusAsgi:
             headers=headers,
             root_path=root_path + self.base_path,
             route_id=route_id,
-            scheme=scope.get("scheme", "http"),
-            host=host,
-            remote=client[0] if client else None,
+            peer=_Peer(scope, headers),
             http_version=(int(major or 1), int(minor or 0)),
             content=content,
             body_exists=_body_expected(headers),
@@ -357,6 +352,26 @@ class TusAsgi:
         finally:
             connection.close()
             content.close()
+
+
+class _Peer:
+    def __init__(self, scope: Scope, headers: CIMultiDictProxy[str]) -> None:
+        self._scope = scope
+        self._headers = headers
+
+    @property
+    def scheme(self) -> str:
+        return self._scope.get("scheme", "http")
+
+    @property
+    def host(self) -> str:
+        server = self._scope.get("server")
+        return self._headers.get("Host") or (f"{server[0]}:{server[1]}" if server else "localhost")
+
+    @property
+    def remote(self) -> str | None:
+        client = self._scope.get("client")
+        return client[0] if client else None
 
 
 def _url(scope: Scope) -> URL:

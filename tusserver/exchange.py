@@ -48,6 +48,20 @@ class BodyStream(Protocol):
     def slow_reads(self, token: object) -> None: ...
 
 
+class Peer(Protocol):
+    """The scheme and Host the client used, and its address: a front door may work them
+    out on first use (most requests never need them)."""
+
+    @property
+    def scheme(self) -> str: ...
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def remote(self) -> str | None: ...
+
+
 class Connection(Protocol):
     """Where the answer goes: a whole response, or a streamed one (downloads)."""
 
@@ -86,9 +100,7 @@ class Exchange:
     headers: CIMultiDictProxy[str]
     root_path: str
     route_id: str | None
-    scheme: str
-    host: str
-    remote: str | None
+    peer: Peer  # who asked, and how: read only when needed (URLs, hooks)
     http_version: tuple[int, int]
     content: BodyStream
     body_exists: bool
@@ -106,6 +118,18 @@ class Exchange:
     dialect: Dialect | None = None  # of a request of the IETF draft
     max_size: int | None = None  # the request's size limit, once max_size_known
     max_size_known: bool = False
+
+    @property
+    def scheme(self) -> str:
+        return self.peer.scheme
+
+    @property
+    def host(self) -> str:
+        return self.peer.host
+
+    @property
+    def remote(self) -> str | None:
+        return self.peer.remote
 
     @property
     def path(self) -> str:
