@@ -9,13 +9,14 @@ import hashlib
 import random
 import re
 import signal
+import sys
 from pathlib import Path
 
 import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.asgiproc import ROOT, server_env, tuspy_upload, uvicorn
+from tests.asgiproc import ROOT, Process, server_env, tuspy_upload, uvicorn
 from tests.conftest import free_port
 from tests.hanging import HangingPatch, wait_until
 from tests.tus_client import TUS
@@ -81,6 +82,26 @@ async def test_readme_example_serves_tus_under_its_mount(example, tmp_path, payl
         server.signal(signal.SIGTERM)
         assert await server.wait() == -signal.SIGTERM  # uvicorn re-raises the signal it handled
         assert "Application shutdown complete." in server.log
+        assert "Traceback" not in server.log, server.log
+    finally:
+        await server.stop()
+
+
+async def test_readme_aiohttp_example_serves_tus_under_its_mount(tmp_path, payload):
+    source = readme_example("aiohttp")
+    data_dir = tmp_path / "uploads"
+    assert source.count('"/srv/uploads"') == 1 and source.count("web.run_app(app)") == 1
+    source = source.replace('"/srv/uploads"', repr(str(data_dir)))
+    source = source.replace("web.run_app(app)", "web.run_app(app, host='127.0.0.1', port=int(sys.argv[1]))")
+    (tmp_path / "example_aiohttp.py").write_text("import sys\n" + source)
+    # run_app prints where it listens on stdout; the process's log is its stderr.
+    run = "import runpy, sys; sys.stdout = sys.stderr; runpy.run_path('example_aiohttp.py', run_name='__main__')"
+    argv = [sys.executable, "-c", run, "{port}"]
+    server = await Process(argv, "Running on", server_env(), cwd=tmp_path).start()
+    try:
+        await check_tuspy_upload(f"{server.base}/uploads/", payload, data_dir)
+        server.signal(signal.SIGTERM)
+        assert await server.wait() == 0
         assert "Traceback" not in server.log, server.log
     finally:
         await server.stop()
