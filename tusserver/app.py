@@ -146,8 +146,8 @@ def aiohttp_app(service: TusService) -> web.Application:
     app[AUTH_KEY] = service.auth
     app.router.add_route("*", "/", handle)
     app.router.add_route("*", "/{upload_id}", handle)
-    app.router.add_route("*", r"/{elsewhere:[\s\S]+}", handle)  # the core's 404, with tus headers
-    app.on_response_prepare.append(server_headers)  # aiohttp's own answers too (an unknown path)
+    # Every other path too: the core's 404, with the headers of every answer (Server included).
+    app.router.add_route("*", r"/{elsewhere:[\s\S]+}", handle)
 
     async def drain(app: web.Application) -> None:
         await service.drain()

@@ -325,10 +325,11 @@ class TusAsgi:
                 (name.decode("latin-1"), value.decode("utf-8", "surrogateescape")) for name, value in scope["headers"]
             )
         )
+        body_exists = _body_expected(headers)
         # A client that waits for 100 Continue sends nothing before it: reading starts with
         # the store. Any other's bytes are taken at once, so that a drop loses none of them.
         content = AsgiContent(
-            receive, _body_expected(headers), read_now="100-continue" not in headers.get("Expect", "").lower()
+            receive, body_exists, read_now="100-continue" not in headers.get("Expect", "").lower()
         )
         connection = AsgiConnection(send, receive, content)
         version = scope.get("http_version", "1.1")
@@ -342,7 +343,7 @@ class TusAsgi:
             peer=_Peer(scope, headers),
             http_version=(int(major or 1), int(minor or 0)),
             content=content,
-            body_exists=_body_expected(headers),
+            body_exists=body_exists,
             conn=connection,
             on_route=on_route,
         )
