@@ -137,49 +137,32 @@ def assert_runs_on(pid: int, kind: str) -> None:
     assert loaded == (kind == "uvloop"), f"the server is not on {kind}'s loop"
 
 
+STALLED_BODY_BYTES = 900_000
+
+
 async def test_300_stalled_bodies_grow_the_servers_rss_by_at_most_256_kib_each(
     server_args, store_kind, event_loop_kind, tmp_path
 ):
     """Each PATCH announces 1 MiB, sends 900 KB, then stalls (910-950 KiB of RSS each on the
     disk store before; 410-450 KiB on uvloop while its socket reads were 250 KB each).
     The disk store has the bytes on disk, the S3 store in its spool files."""
-    sent = 900_000
     server = await ServerProcess(*UNLIMITED, *loop_args(event_loop_kind), *server_args).start()
     try:
-        pid = server.proc.pid
-        assert_runs_on(pid, event_loop_kind)
+        assert_runs_on(server.proc.pid, event_loop_kind)
         connections = [await create(server.port, MiB) for _ in range(300)]
-        before = await settled_rss(pid)
-        data = os.urandom(sent)
-        for _, writer, path in connections:
-            writer.write(patch_head(path, 0, MiB))
-            await send(writer, data)
-        # Every byte has left our sockets, and the server has taken what its kernel got.
-        await wait_until(lambda: all(unsent(w) == 0 for _, w, _ in connections), "the bodies to be sent", PATIENCE)
-        after = await settled_rss(pid)
-        per_body = (after - before) / len(connections)
-        print(f"RSS per stalled body ({store_kind}, {event_loop_kind}): {per_body:.1f} KiB ({before} -> {after} KiB)")
-        assert per_body <= 256, f"{per_body:.1f} KiB of server RSS per stalled body"
-        if store_kind == "file":  # the stall is no reason to hold the bytes in RAM: they are on disk
-            uploads = tmp_path / "uploads"
-            for _, _, path in connections:
-                assert os.path.getsize(uploads / path.rsplit("/", 1)[1]) == sent
-        for _, writer, _ in connections:
-            writer.close()
-        for _, _, path in connections[:: len(connections) // 10]:  # a sample: on S3 each HEAD costs calls
-            await wait_until_offset(server.port, path, sent)  # kept when the client went away
+        await stall_bodies(server, connections, f"{store_kind}, {event_loop_kind}", store_kind, tmp_path / "uploads")
     finally:
         await server.stop()
 
 
-async def test_300_stalled_bodies_on_the_asgi_door_grow_its_rss_by_at_most_256_kib_each(server_args, store_kind):
+async def test_300_stalled_bodies_on_the_asgi_door_grow_its_rss_by_at_most_256_kib_each(
+    server_args, store_kind, tmp_path
+):
     """The same on the ASGI door (uvicorn, from_env): what the body pump takes ahead of the
     store, and what uvicorn buffers, stay bounded per body (745-808 KiB each before from_env
     fixed glibc's mmap threshold); every byte is kept on the drop."""
-    sent = 900_000
     server = await ServerProcess(*UNLIMITED, *server_args, door="asgi").start()
     try:
-        pid = server.proc.pid
         paths = []
         for _ in range(300):
             _, creator, path = await create(server.port, MiB)
@@ -187,26 +170,34 @@ async def test_300_stalled_bodies_on_the_asgi_door_grow_its_rss_by_at_most_256_k
             paths.append(path)
         # Each PATCH on a connection of its own: uvicorn closes idle ones after 5 s.
         connections = [(*(await asyncio.open_connection("127.0.0.1", server.port)), path) for path in paths]
-        before = await settled_rss(pid)
-        data = os.urandom(sent)
-        for _, writer, path in connections:
-            writer.write(patch_head(path, 0, MiB))
-            await send(writer, data)
-        await wait_until(lambda: all(unsent(w) == 0 for _, w, _ in connections), "the bodies to be sent", PATIENCE)
-        after = await settled_rss(pid)
-        per_body = (after - before) / len(connections)
-        print(f"RSS per stalled body (asgi, {store_kind}): {per_body:.1f} KiB ({before} -> {after} KiB)")
-        assert per_body <= 256, f"{per_body:.1f} KiB of server RSS per stalled body"
-        if store_kind == "file":
-            uploads = Path(server_args[server_args.index("--file-dir") + 1])
-            for path in paths:
-                assert os.path.getsize(uploads / path.rsplit("/", 1)[1]) == sent
-        for _, writer, _ in connections:
-            writer.close()
-        for path in paths[:: len(paths) // 10]:  # a sample: on S3 each HEAD costs calls
-            await wait_until_offset(server.port, path, sent)  # kept when the client went away
+        await stall_bodies(server, connections, f"asgi, {store_kind}", store_kind, tmp_path / "uploads")
     finally:
         await server.stop()
+
+
+async def stall_bodies(server, connections, label: str, store_kind: str, uploads: Path) -> None:
+    """On each (reader, writer, upload path): a PATCH announcing 1 MiB that sends 900 KB, then
+    stalls. The server's RSS grows by at most 256 KiB per body; the disk store has the bytes
+    on disk (the stall is no reason to hold them in RAM); dropped, each keeps every byte."""
+    pid = server.proc.pid
+    before = await settled_rss(pid)
+    data = os.urandom(STALLED_BODY_BYTES)
+    for _, writer, path in connections:
+        writer.write(patch_head(path, 0, MiB))
+        await send(writer, data)
+    # Every byte has left our sockets, and the server has taken what its kernel got.
+    await wait_until(lambda: all(unsent(w) == 0 for _, w, _ in connections), "the bodies to be sent", PATIENCE)
+    after = await settled_rss(pid)
+    per_body = (after - before) / len(connections)
+    print(f"RSS per stalled body ({label}): {per_body:.1f} KiB ({before} -> {after} KiB)")
+    assert per_body <= 256, f"{per_body:.1f} KiB of server RSS per stalled body"
+    if store_kind == "file":
+        for _, _, path in connections:
+            assert os.path.getsize(uploads / path.rsplit("/", 1)[1]) == STALLED_BODY_BYTES
+    for _, writer, _ in connections:
+        writer.close()
+    for _, _, path in connections[:: len(connections) // 10]:  # a sample: on S3 each HEAD costs calls
+        await wait_until_offset(server.port, path, STALLED_BODY_BYTES)  # kept when the client went away
 
 
 async def wait_until_offset(port: int, path: str, offset: int) -> None:
