@@ -120,6 +120,9 @@ HOOK_REJECTED = ErrorKind("ERR_HOOK_REJECTED", 403, "request was rejected by a h
 HOOK_FAILED = ErrorKind("ERR_HOOK_FAILED", 500, "a server hook failed")
 HOOK_UNAVAILABLE = ErrorKind("ERR_HOOK_UNAVAILABLE", 503, "the hook service did not answer; retry later")
 UPLOAD_ID_TAKEN = ErrorKind("ERR_UPLOAD_ID_TAKEN", 409, "an upload with the id chosen by a hook already exists")
+STORAGE_KEY_TAKEN = ErrorKind(
+    "ERR_STORAGE_KEY_TAKEN", 409, "another upload in progress is writing to the same storage key"
+)
 APPEND_TOO_LARGE = ErrorKind("ERR_APPEND_TOO_LARGE", 413, "request body is larger than max_append_size")
 METADATA_TOO_LARGE = ErrorKind("ERR_METADATA_TOO_LARGE", 413, "Upload-Metadata is larger than the server allows")
 TOO_MANY_METADATA_KEYS = ErrorKind("ERR_TOO_MANY_METADATA_KEYS", 400, "Upload-Metadata has more keys than allowed")
@@ -172,7 +175,7 @@ _NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENO
 def from_storage(exc: StorageError) -> TusError:
     """The answer for a store's failure: the one place where storage meets HTTP."""
     kind = next(_STORAGE_KINDS[cls] for cls in type(exc).__mro__ if cls in _STORAGE_KINDS)
-    if isinstance(exc, storage.Corrupt):
+    if isinstance(exc, (storage.Corrupt, storage.BadPlacement)):
         return TusError(kind)  # the reason is the operator's (logged), not the client's
     headers = {"Retry-After": TEMP_SPACE_RETRY_AFTER} if isinstance(exc, storage.Full) else {}
     return TusError(kind, exc.detail, headers=headers)
@@ -184,6 +187,8 @@ _STORAGE_KINDS: dict[type[StorageError], ErrorKind] = {
     storage.Unavailable: STORAGE_UNAVAILABLE,
     storage.Full: TEMP_SPACE_EXHAUSTED,
     storage.IdTaken: UPLOAD_ID_TAKEN,
+    storage.KeyTaken: STORAGE_KEY_TAKEN,
+    storage.BadPlacement: HOOK_FAILED,
     storage.OffsetMismatch: MISMATCHED_OFFSET,
     storage.TooLarge: MAX_SIZE_EXCEEDED,
     storage.BodyTooLarge: CHECKSUM_BODY_TOO_LARGE,

@@ -32,6 +32,15 @@ class IdTaken(Conflict):
     """An upload with this id exists."""
 
 
+class KeyTaken(Conflict):
+    """Another upload in progress is writing to the same storage key."""
+
+
+class BadPlacement(StorageError):
+    """A storage key, bucket or object setting that the store may not use (from a hook
+    or the key template: the server's configuration is at fault, not the client)."""
+
+
 class OffsetMismatch(Conflict):
     """The stored upload is at another offset than the change assumes."""
 

@@ -15,6 +15,7 @@ from typing import BinaryIO, Protocol, runtime_checkable
 from .. import storage_errors as storage
 from ..info import SCHEMA_VERSION, UploadInfo
 from ..locking import Locker
+from ..placement import Placement
 
 log = logging.getLogger("tusserver.stores")
 
@@ -126,9 +127,11 @@ class Store(Protocol):
 
     async def close(self) -> None: ...
 
-    async def create(self, info: UploadInfo) -> None:
+    async def create(self, info: UploadInfo, placement: Placement | None = None) -> None:
         """Persist a new, empty upload. `info.storage` may be filled in. Atomic per id:
-        raises storage.IdTaken when an upload with `info.id` exists."""
+        raises storage.IdTaken when an upload with `info.id` exists. `placement`: where
+        the finished bytes go (None: under the id); storage.KeyTaken when another upload
+        in progress has its key, storage.BadPlacement when the store may not use it."""
 
     async def get_info(self, upload_id: str) -> UploadInfo:
         """The upload's state with `offset` derived from what is stored.
