@@ -210,7 +210,19 @@ class Config:
     # Stores
     store: str = setting("file", 'Where uploads are kept: "file" (local disk) or "s3".')
     file_dir: str = setting(
-        "./data", "Directory of the file store: <id> (the bytes) and <id>.info (the state) per upload."
+        "./data",
+        "Directory of the file store: <id> (the bytes while in progress) and <id>.info (the state) per upload.",
+    )
+    storage_key_template: str = setting(
+        "{id}",
+        "Where a finished upload lands, relative to file_dir or s3_prefix: placeholders {id}, {owner}, "
+        "{yyyy}, {mm}, {dd} (creation date, UTC) and {ext} (from the filename), e.g. "
+        '"{owner}/{yyyy}/{mm}/{id}{ext}". Must contain {id}. A pre-create hook may choose the key instead.',
+    )
+    keep_info_after_finish: bool = setting(
+        True,
+        "Keep an upload's state (.info) once it is finished, so HEAD and GET by its URL keep working. "
+        "false: delete it once the upload is finished and its hooks ran (the data stays at its key).",
     )
     temp_dir: str | None = setting(
         None,
@@ -227,6 +239,13 @@ class Config:
     s3_endpoint: str | None = setting(None, "Endpoint for S3-compatible services (MinIO, R2, ...). Unset: AWS.")
     s3_region: str | None = setting(None, "Region. Unset: from the AWS chain (AWS_DEFAULT_REGION, ~/.aws/config).")
     s3_prefix: str = setting("", 'Key prefix for every object this server writes (e.g. "uploads/").')
+    s3_state_prefix: str | None = setting(
+        None,
+        "Key prefix of the upload state objects (.info, tail chunks, indexes). Unset: s3_prefix, next to the data.",
+    )
+    s3_allowed_buckets: list[str] = setting(
+        [], "Buckets besides s3_bucket that a pre-create hook may send an upload to; each is checked at start-up."
+    )
     s3_dedicated_bucket: bool = setting(
         False,
         "The bucket holds nothing but this server's uploads. Orphan cleanup (aborting multipart uploads and "

@@ -30,6 +30,7 @@ from .hooks import (
     PRE_FINISH,
     PRE_GET,
     PRE_TERMINATE,
+    HookResult,
     HookRunner,
     checked_changes,
     metadata_text,
@@ -39,6 +40,7 @@ from .limits import DownloadSlots, UploadSlots, check_metadata
 from .locking import Locker, seeing_version
 from .metrics import Metrics
 from .owners import Caller, Owners, Quota, parse_cursor, parse_limit
+from .placement import Placement, render_key
 from .storage_errors import StorageError
 from .stores.base import (
     ConcatenatingStore,
@@ -465,7 +467,7 @@ class TusHandlers:
         if changes.upload_id is None or changes.upload_id == info.id:
             async with self.owners.creating(info, self._quota(request)):
                 await self.owners.add(info)
-                await self.store.create(info)
+                await self._store_create(info, changes)
             return
         info.id = request.upload_id = changes.upload_id
         # A taken id is usually seen here, without asking a PATCH that holds its lock to let go.
@@ -476,7 +478,31 @@ class TusHandlers:
         async with self.owners.creating(info, self._quota(request)), self.locker.lock(info.id):
             await self._check_id_free(info.id)
             await self.owners.add(info)
+            await self._store_create(info, changes)
+
+    async def _store_create(self, info: UploadInfo, changes: HookResult) -> None:
+        """The store's create, told where the bytes land: the hook's key, else the
+        template's. A store that predates placements is only asked for the default."""
+        key = changes.storage_key
+        if key is None:
+            key = render_key(
+                self.config.storage_key_template,
+                upload_id=info.id,
+                owner=info.owner,
+                filename=info.metadata.get("filename"),
+                created=info.created,
+            )
+        placement = Placement(
+            key,
+            bucket=changes.bucket,
+            cache_control=changes.cache_control,
+            storage_class=changes.storage_class,
+            tags=dict(changes.tags or {}),
+        )
+        if placement.is_default(info.id):
             await self.store.create(info)
+        else:
+            await self.store.create(info, placement)
 
     async def _check_id_free(self, upload_id: str) -> None:
         try:

@@ -29,6 +29,7 @@ from .errors import TusError
 from .exchange import Exchange
 from .info import UploadInfo
 from .metrics import Metrics
+from .placement import check_key
 from .stores.owner_index import MAX_OWNER, is_valid_owner
 
 if TYPE_CHECKING:
@@ -165,8 +166,10 @@ def metadata_text(value: str | None) -> str | None:
 class HookResult:
     """What a hook may change. pre-create: `metadata` (the client's, which HEAD echoes;
     replaces it), `server_metadata` (kept for the server and hooks, never sent to clients;
-    replaces it), `owner` (instead of the token's `sub`) and `upload_id` (the new upload's
-    id, which is also its storage key: `<file_dir>/<id>`, `<s3_prefix><id>`).
+    replaces it), `owner` (instead of the token's `sub`), `upload_id` (the new upload's
+    id, which its URL carries), and where its bytes land: `storage_key` (relative to
+    file_dir or s3_prefix, instead of storage_key_template's), `bucket` (one of
+    s3_allowed_buckets) and the S3 object's `cache_control`, `storage_class` and `tags`.
     post-finish: `headers` added to the response that finished the upload."""
 
     metadata: dict[str, str | None] | None = None
@@ -174,6 +177,11 @@ class HookResult:
     headers: dict[str, str] = field(default_factory=dict)
     owner: str | None = None
     server_metadata: dict[str, str | None] | None = None
+    storage_key: str | None = None
+    bucket: str | None = None
+    cache_control: str | None = None
+    storage_class: str | None = None
+    tags: dict[str, str] | None = None
 
     def merge(self, other: HookResult) -> None:
         if other.metadata is not None:
@@ -184,6 +192,9 @@ class HookResult:
             self.owner = other.owner
         if other.server_metadata is not None:
             self.server_metadata = other.server_metadata
+        for name in ("storage_key", "bucket", "cache_control", "storage_class", "tags"):
+            if getattr(other, name) is not None:
+                setattr(self, name, getattr(other, name))
         self.headers.update(other.headers)
 
 
@@ -349,6 +360,18 @@ def checked_changes(result: HookResult) -> HookResult:
         raise TusError(errors.HOOK_FAILED)
     if result.server_metadata is not None and not protocol.is_valid_metadata(result.server_metadata):
         log.error("pre-create hook returned invalid server_metadata (keys printable ASCII, values str or None)")
+        raise TusError(errors.HOOK_FAILED)
+    if result.storage_key is not None and (problem := check_key(result.storage_key)) is not None:
+        log.error("pre-create hook chose an invalid storage key %r: %s", result.storage_key, problem)
+        raise TusError(errors.HOOK_FAILED)
+    for name in ("bucket", "cache_control", "storage_class"):
+        if getattr(result, name) is not None and not isinstance(getattr(result, name), str):
+            log.error("pre-create hook returned a %s that is not a string", name)
+            raise TusError(errors.HOOK_FAILED)
+    if result.tags is not None and not (
+        isinstance(result.tags, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in result.tags.items())
+    ):
+        log.error("pre-create hook returned tags that are not a dict of strings")
         raise TusError(errors.HOOK_FAILED)
     if result.owner is not None and not is_valid_owner(result.owner):
         log.error("pre-create hook chose an invalid owner (a printable string of 1 to %d characters)", MAX_OWNER)

@@ -19,6 +19,7 @@ from typing import Any
 
 from .config import Config, GiB, MiB
 from .hooks import EVENTS
+from .placement import check_template
 from .sizes import MAX_INT, parse_size
 from .sizes import shown as _shown
 
@@ -348,5 +349,10 @@ def validate(config: Config) -> None:
         raise ConfigError("hooks_url must be an http:// or https:// URL")
     if config.auth_secret is not None and len(config.auth_secret) < 16:
         raise ConfigError("auth_secret must be at least 16 characters (32 random ones are better)")
+    problem = check_template(config.storage_key_template)
+    if problem is not None:
+        raise ConfigError(f"storage_key_template {config.storage_key_template!r}: {problem}")
+    if config.s3_state_prefix is not None and config.s3_state_prefix.startswith("/"):
+        raise ConfigError(f"s3_state_prefix must not start with '/', got {config.s3_state_prefix!r}")
     if not 1 <= config.s3_presign_expiry <= 7 * 86400:
         raise ConfigError(f"s3_presign_expiry must be 1 to 604800 seconds (7 days), got {config.s3_presign_expiry}")

@@ -44,8 +44,15 @@ class Placement:
     tags: dict[str, str] = field(default_factory=dict)
 
     def is_default(self, upload_id: str) -> bool:
-        """Whether the data goes where it always went: under the upload's id."""
-        return self.key == upload_id and self.bucket is None
+        """Whether nothing is chosen: the data goes where it always went, under the
+        upload's id, with the configured object settings."""
+        return (
+            self.key == upload_id
+            and self.bucket is None
+            and self.cache_control is None
+            and self.storage_class is None
+            and not self.tags
+        )
 
 
 def check_key(key: object) -> str | None:
@@ -83,8 +90,7 @@ def claims_a_state_name(key: str, upload_id: str) -> bool:
 
 def _safe(value: str) -> str:
     """A placeholder value as one harmless path segment."""
-    cleaned = _SAFE_PART.sub("_", value)[:128]
-    return "_" if cleaned in ("", ".", "..") or cleaned.startswith(".") else cleaned
+    return _SAFE_PART.sub("_", value)[:128].lstrip(".") or "_"
 
 
 def file_extension(filename: str | None) -> str:
@@ -119,7 +125,7 @@ def check_template(template: str) -> str | None:
         return f"it does not parse: {exc}"
     unknown = sorted(set(fields) - set(PLACEHOLDERS))
     if unknown:
-        return f"unknown placeholder {{{unknown[0]}}}; known: " + ", ".join("{%s}" % p for p in PLACEHOLDERS)
+        return f"unknown placeholder {{{unknown[0]}}}; known: " + ", ".join(f"{{{p}}}" for p in PLACEHOLDERS)
     if "id" not in fields:
         return "it must contain {id}, so that no two uploads get the same key"
     sample = render_key(template, upload_id="0" * 32, owner="alice", filename="x.pdf", created=0.0)

@@ -161,8 +161,18 @@ def _json_object(body: bytes) -> dict[str, Any] | None:
 
 def result_from_json(document: dict[str, Any]) -> HookResult:
     """A webhook's 2xx answer: `{"upload_id": "...", "metadata": {...}, "owner": "...",
-    "server_metadata": {...}}`, each optional."""
+    "server_metadata": {...}, "storage": {"key": "...", "bucket": "...", "cache_control":
+    "...", "storage_class": "...", "tags": {...}}}`, each optional. Values of the wrong
+    type are refused by hooks.checked_changes."""
     result = HookResult()
+    storage = document.get("storage")
+    if storage is not None:
+        if not isinstance(storage, dict):
+            log.error('pre-create webhook answered a "storage" that is not an object')
+            raise TusError(errors.HOOK_FAILED)
+        result.storage_key = storage.get("key")
+        for name in ("bucket", "cache_control", "storage_class", "tags"):
+            setattr(result, name, storage.get(name))
     if document.get("metadata") is not None:
         result.metadata = document["metadata"]
     if document.get("upload_id") is not None:
