@@ -1,14 +1,20 @@
 """S3 store: one multipart upload per tus upload, all state in the bucket.
 
-Keys under the prefix:
+Keys under the prefix (`s3_prefix`; the state under `s3_state_prefix`, by default the same):
   `<id>`                  the object: one PutObject when every byte arrives before a full
-                          part exists, else built by a multipart upload
+                          part exists, else built by a multipart upload. An upload with a
+                          chosen key (storage_key_template, a pre-create hook) has it at
+                          `<prefix><key>` instead, possibly in another bucket: the
+                          multipart upload targets that key from the start, so nothing is
+                          copied at the finish
   `<id>.info`             the UploadInfo JSON (same schema as the disk store)
   `<id>.part.<n>.<start>` a tail chunk: bytes from upload offset <start> on, too few to be
                           a part yet, that go in front of part <n>
   `.owners/<key>/<entry>`   the owners' index (empty objects; see owners.py): ListObjectsV2
                           under one owner's key gives its uploads newest first
   `.unfinished/<id>`      empty, from creation to finish: expiry lists these, not every upload
+  `.keys/<sha256>`        the claim of a chosen bucket and key: the id of the upload whose
+                          bytes are, or will be, there (see _claim)
 
 The multipart upload is created when the first part is ready, and its UploadId is
 recorded in `.info` before any part is sent to it; one not recorded is an orphan
@@ -44,12 +50,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import math
 import re
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,6 +71,7 @@ from .. import storage_errors as storage
 from ..config import Config
 from ..info import UploadInfo
 from ..locking import Locker, held_version, seen_version
+from ..placement import MAX_KEY_BYTES, Placement, check_key, claims_a_state_name
 from ..protocol import download_headers, is_valid_upload_id
 from .base import CorruptInfo, Download, RedirectDownload, StoreStartError, StreamDownload, parse_info
 from .owner_index import entry_name, index_keys, is_entry, is_index_key
@@ -115,7 +123,9 @@ READY_CACHE = 1.0  # seconds one HeadBucket answers /readyz for
 TAIL_SUFFIX = ".part."  # <id>.part.<next part>.<start offset>: a tail chunk
 DELETE_BATCH = 1000  # keys per DeleteObjects
 TAIL_TAG = "tus-next-part"  # .part user metadata: the part number it goes in front of
-UNFINISHED = ".unfinished/"  # under the prefix; a dot: never an upload id
+UNFINISHED = ".unfinished/"  # under the state prefix; a dot: never an upload id
+KEYS = ".keys/"  # under the state prefix: the claims of chosen keys
+_UNCHANGED: Any = object()  # _claim: the claim was this upload's already
 INDEXED = ".indexed"  # under UNFINISHED: every unfinished upload has its entry
 
 _STORAGE_ERRORS = (ClientError, BotoCoreError, aiohttp.ClientError, OSError)
@@ -229,9 +239,13 @@ class S3Store:
         download_concurrency: int = 32,
         temp_max_size: int | None = None,
         dedicated_bucket: bool = False,
+        state_prefix: str | None = None,
+        allowed_buckets: Iterable[str] = (),
     ) -> None:
         self.bucket = bucket
-        self.prefix = prefix
+        self.prefix = prefix  # of the data objects
+        self.state_prefix = prefix if state_prefix is None else state_prefix
+        self.buckets = [bucket, *(b for b in dict.fromkeys(allowed_buckets) if b != bucket)]
         # Orphan cleanup deletes by key shape: only in a keyspace that is ours alone.
         self.dedicated_bucket = dedicated_bucket
         self._orphans_warned = False
@@ -291,6 +305,8 @@ class S3Store:
             download_concurrency=config.max_concurrent_downloads,
             temp_max_size=config.temp_max_size,
             dedicated_bucket=config.s3_dedicated_bucket,
+            state_prefix=config.s3_state_prefix,
+            allowed_buckets=config.s3_allowed_buckets,
         )
 
     # -- lifecycle -------------------------------------------------------------
@@ -329,11 +345,15 @@ class S3Store:
         return session.create_client("s3", endpoint_url=self.endpoint_url, region_name=self.region, config=config)
 
     async def _check_bucket(self) -> None:
-        """Refuse to start without credentials or access to the bucket: a server that
+        """Refuse to start without credentials or access to the buckets: a server that
         starts anyway answers 503 to every upload. Later outages show on /readyz."""
+        for bucket in self.buckets:
+            await self._check_one_bucket(bucket)
+
+    async def _check_one_bucket(self, bucket: str) -> None:
         where = self.endpoint_url or "AWS"
         try:
-            await self._client.head_bucket(Bucket=self.bucket)
+            await self._client.head_bucket(Bucket=bucket)
         except NoCredentialsError:
             raise StoreStartError(
                 "S3: no credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
@@ -343,15 +363,15 @@ class S3Store:
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             code = _code(exc)
             if status == 403 or code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-                message = f"access denied to bucket {self.bucket!r} at {where}: wrong credentials, or no permission"
+                message = f"access denied to bucket {bucket!r} at {where}: wrong credentials, or no permission"
             elif status == 404 or code == "NoSuchBucket":
-                message = f"no such bucket {self.bucket!r} at {where}"
+                message = f"no such bucket {bucket!r} at {where}"
             elif status == 301 or code in ("PermanentRedirect", "AuthorizationHeaderMalformed"):
                 headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
                 region = headers.get("x-amz-bucket-region") or "another region"
-                message = f"bucket {self.bucket!r} is in {region}; set s3_region"
+                message = f"bucket {bucket!r} is in {region}; set s3_region"
             else:
-                message = f"bucket {self.bucket!r} at {where} answered {status} {code}".rstrip()
+                message = f"bucket {bucket!r} at {where} answered {status} {code}".rstrip()
             raise StoreStartError("S3: " + message) from None
         except (BotoCoreError, aiohttp.ClientError, OSError) as exc:
             raise StoreStartError(f"S3: endpoint {where} unreachable: {exc}") from None
@@ -396,13 +416,25 @@ class S3Store:
     # -- keys and small objects -------------------------------------------------
 
     def _key(self, upload_id: str, suffix: str = "") -> str:
+        """The key of one of the upload's state objects (`.info`, tail chunks, links)."""
         if not is_valid_upload_id(upload_id):  # defence in depth; handlers validate too
             raise storage.NotFound()
-        return f"{self.prefix}{upload_id}{suffix}"
+        return f"{self.state_prefix}{upload_id}{suffix}"
+
+    def _data_key(self, upload_id: str) -> str:
+        """Where an upload's bytes go when nothing else is chosen."""
+        self._key(upload_id)  # validates the id
+        return f"{self.prefix}{upload_id}"
+
+    def _at(self, info: UploadInfo) -> dict[str, str]:
+        """Where the upload's data object is: Bucket and Key parameters."""
+        return {"Bucket": info.storage.get("bucket") or self.bucket, "Key": info.storage["key"]}
 
     async def _call(self, operation: str, **params: Any) -> dict[str, Any]:
+        """An S3 call, in the store's bucket unless `Bucket` is given."""
+        params.setdefault("Bucket", self.bucket)
         try:
-            return await getattr(self._client, operation)(Bucket=self.bucket, **params)
+            return await getattr(self._client, operation)(**params)
         except _STORAGE_ERRORS as exc:
             if _code(exc) in _MISSING:
                 raise
@@ -525,7 +557,7 @@ class S3Store:
         while True:
             response = await self._call(
                 "list_parts",
-                Key=info.storage["key"],
+                **self._at(info),
                 UploadId=info.storage["upload_id"],
                 PartNumberMarker=marker,
             )
@@ -564,7 +596,7 @@ class S3Store:
 
     def _object_params(self, info: UploadInfo) -> dict[str, Any]:
         """What the final object carries besides its bytes: Content-Type and user metadata."""
-        params: dict[str, Any] = {"Key": self._key(info.id), "Metadata": s3_metadata(info.metadata)}
+        params: dict[str, Any] = {**self._at(info), "Metadata": s3_metadata(info.metadata)}
         params["ContentType"] = download_headers(info.metadata)["Content-Type"]  # never an active type
         return params
 
@@ -578,16 +610,18 @@ class S3Store:
         except BaseException:
             del info.storage["upload_id"]
             raise
-        self._keep(self._upload_ids, info.id, response["UploadId"])
+        self._keep(self._upload_ids, info.id, (self._at(info), response["UploadId"]))
         return response["UploadId"]
 
     # -- Store ---------------------------------------------------------------------
 
-    async def create(self, info: UploadInfo) -> None:
+    async def create(self, info: UploadInfo, placement: Placement | None = None) -> None:
         if info.length is not None and info.length > MAX_OBJECT_SIZE:
             raise storage.TooLarge("S3 objects are at most 5 TiB")
         # No multipart upload yet: small uploads never need one (see _PartWriter).
-        info.storage = {"type": "s3", "bucket": self.bucket, "key": self._key(info.id), "tails": False}
+        info.storage = {"type": "s3", "bucket": self.bucket, "key": self._data_key(info.id), "tails": False}
+        if placement is not None and not placement.is_default(info.id):
+            self._place(info, placement)
         if self.uniform_parts:
             info.storage["part_size"] = uniform_part_size(info.length, self.part_size, self.min_part_size)
         # Before `.info`, and kept if the id is taken: a stale entry costs the cleaner one
@@ -595,9 +629,110 @@ class S3Store:
         self._forget(info.id)
         versions = await self._versions_now(info.id)  # before the write: a lock taken after it bumps
         await self._call("put_object", Key=self._marker(info.id), Body=b"")
-        await self._put_new_info(info)
+        claim = await self._claim(info) if info.storage.get("claimed") else _UNCHANGED
+        try:
+            await self._put_new_info(info)
+        except BaseException:
+            await asyncio.shield(self._restore_claim(info, claim))
+            raise
         if versions is not None:
             self._remember(info, _State([], [], []), versions[1])
+
+    def _place(self, info: UploadInfo, placement: Placement) -> None:
+        """Point `info` at the chosen bucket and key, or raise storage.BadPlacement."""
+        bucket = placement.bucket or self.bucket
+        key = self.prefix + placement.key
+        problem = check_key(placement.key)
+        if problem is None and bucket not in self.buckets:
+            problem = f"bucket {bucket!r} is not s3_bucket or in s3_allowed_buckets"
+        elif problem is None and len(key.encode()) > MAX_KEY_BYTES:
+            problem = f"with s3_prefix the key is longer than {MAX_KEY_BYTES} bytes"
+        elif problem is None and bucket == self.bucket and key.startswith(self.state_prefix):
+            # Among the state objects: it must not be named like one, or like another upload's data.
+            rest = key[len(self.state_prefix) :]
+            problem = check_key(rest)
+            if problem is None and claims_a_state_name(rest, info.id):
+                problem = "a key without / that is another upload's id"
+        if problem is not None:
+            log.error("upload %s: storage key %r refused: %s", info.id, placement.key, problem)
+            raise storage.BadPlacement(problem)
+        info.storage["bucket"], info.storage["key"] = bucket, key
+        info.storage["claimed"] = (bucket, key) != (self.bucket, self._data_key(info.id))
+
+    # A chosen key is claimed by one upload at a time: `.keys/<sha256 of bucket and key>`
+    # under the state prefix names the upload whose bytes are, or will be, at that key.
+    # Claims outlive their upload's finish, so that deleting an older upload whose key a
+    # newer one has since taken never deletes the newer one's object.
+
+    def _claim_key(self, info: UploadInfo) -> str:
+        at = self._at(info)
+        digest = hashlib.sha256(f"{at['Bucket']}\n{at['Key']}".encode()).hexdigest()
+        return f"{self.state_prefix}{KEYS}{digest}"
+
+    async def _claim(self, info: UploadInfo) -> str | None:
+        """Claim the upload's key; raises storage.KeyTaken while another upload in progress
+        holds it. Returns the previous holder (None: there was none) or _UNCHANGED (ours already)."""
+        key, body = self._claim_key(info), info.id.encode()
+        if await self._put_if(key, body, IfNoneMatch="*"):
+            return None
+        holder, etag = await self._read_claim(key)
+        if holder == info.id:
+            return _UNCHANGED
+        if holder is not None and await self._in_progress(holder):
+            raise storage.KeyTaken()
+        # Its upload is finished, deleted or gone: a new upload may write to the key. Of
+        # two creations taking it over at once, the conditional write lets one through.
+        condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
+        if not await self._put_if(key, body, **condition):
+            raise storage.KeyTaken()
+        return holder
+
+    async def _restore_claim(self, info: UploadInfo, previous: str | None) -> None:
+        """Undo _claim after the creation failed."""
+        if previous is _UNCHANGED:
+            return
+        with contextlib.suppress(storage.StorageError):
+            if previous is None:
+                await self._delete(self._claim_key(info))
+            else:
+                await self._call("put_object", Key=self._claim_key(info), Body=previous.encode())
+
+    async def _put_if(self, key: str, body: bytes, **condition: str) -> bool:
+        """A conditional PutObject; False when the condition does not hold."""
+        try:
+            await self._client.put_object(Bucket=self.bucket, Key=key, Body=body, **condition)
+        except _STORAGE_ERRORS as exc:
+            # 412: the condition is false; 409: another conditional write of it is under way.
+            if _code(exc) in ("PreconditionFailed", "ConditionalRequestConflict"):
+                return False
+            raise _unavailable(exc) from None
+        return True
+
+    async def _read_claim(self, key: str) -> tuple[str | None, str | None]:
+        """(the upload a claim names, the claim's ETag), or (None, None) without a claim."""
+        try:
+            response = await self._call("get_object", Key=key)
+            async with response["Body"] as stream:
+                holder = (await stream.read()).decode("ascii", "replace")
+        except ClientError:
+            return None, None
+        except _STORAGE_ERRORS as exc:
+            raise _unavailable(exc) from None
+        return (holder if is_valid_upload_id(holder) else None), response.get("ETag")
+
+    async def _in_progress(self, upload_id: str) -> bool:
+        try:
+            return not (await self._read_info(upload_id)).finished
+        except CorruptInfo:
+            return True  # left to an operator: its key with it
+        except storage.NotFound:
+            return False
+
+    async def _holds_claim(self, info: UploadInfo) -> bool:
+        """Whether the bytes at the upload's key are, or will be, this upload's."""
+        if not info.storage.get("claimed"):
+            return True
+        return (await self._read_claim(self._claim_key(info)))[0] == info.id
 
     async def _put_new_info(self, info: UploadInfo) -> None:
         """Write `.info` only if none exists (If-None-Match: *): of two creations of one id,
@@ -659,14 +794,14 @@ class S3Store:
         self, upload_id: str, versions: tuple[tuple[int | None, ...], int] | None
     ) -> S3Upload:
         """The upload's state read from S3, kept under `versions` unless that is None."""
-        known = self._upload_ids.get(upload_id)
+        at, known = self._upload_ids.get(upload_id, (None, None))
 
         async def early_parts() -> list[dict[str, Any]] | None:
-            if known is None:
+            if at is None:
                 return None
             with contextlib.suppress(ClientError):
                 return await self._list_parts(
-                    UploadInfo(upload_id, None, storage={"key": self._key(upload_id), "upload_id": known})
+                    UploadInfo(upload_id, None, storage={"bucket": at["Bucket"], "key": at["Key"], "upload_id": known})
                 )
             return None
 
@@ -687,13 +822,13 @@ class S3Store:
         upload = info.storage.get("upload_id")
         if not upload:
             listed = []
-        elif listed is None or known != upload:
+        elif listed is None or (at, known) != (self._at(info), upload):
             try:
                 listed = await self._list_parts(info)
             except ClientError:
                 return S3Upload(self, await self._recover_completed(info), None)
         if upload:
-            self._keep(self._upload_ids, upload_id, upload)
+            self._keep(self._upload_ids, upload_id, (self._at(info), upload))
         state = self._state(info, listed, chunks)
         info.offset = state.offset
         if versions is not None:
@@ -703,7 +838,7 @@ class S3Store:
     async def _recover_completed(self, info: UploadInfo) -> UploadInfo:
         """The multipart upload is gone: either completed before `.info` said so, or aborted."""
         try:
-            head = await self._call("head_object", Key=info.storage["key"])
+            head = await self._call("head_object", **self._at(info))
         except ClientError:
             raise storage.NotFound() from None
         if info.length is None or head["ContentLength"] != info.length:
@@ -728,17 +863,16 @@ class S3Store:
         await S3Upload(self, info, None).finish()
 
     async def _complete(self, info: UploadInfo, parts: list[dict[str, Any]]) -> None:
-        key, upload = info.storage["key"], info.storage.get("upload_id")
+        upload = info.storage.get("upload_id")
         if not parts:
             # S3 cannot complete a multipart upload without parts: write the empty object.
             if upload:
-                with contextlib.suppress(ClientError):
-                    await self._call("abort_multipart_upload", Key=key, UploadId=upload)
+                await self._abort(self._at(info), upload)
             response = await self._call("put_object", Body=b"", **self._object_params(info))
         else:
             response = await self._call(
                 "complete_multipart_upload",
-                Key=key,
+                **self._at(info),
                 UploadId=upload,
                 MultipartUpload={"Parts": [{"PartNumber": p["PartNumber"], "ETag": p["ETag"]} for p in parts]},
             )
@@ -746,7 +880,7 @@ class S3Store:
         info.storage.pop("stale_parts", None)
 
     async def download(self, info: UploadInfo) -> Download:
-        key = info.storage["key"]
+        at = self._at(info)
         if self.presigned_downloads:
             # The same Content-Type and Content-Disposition (with the original filename) as
             # when the server streams the bytes itself.
@@ -754,8 +888,7 @@ class S3Store:
             url = await self._client.generate_presigned_url(
                 "get_object",
                 Params={
-                    "Bucket": self.bucket,
-                    "Key": key,
+                    **at,
                     "ResponseContentType": headers["Content-Type"],
                     "ResponseContentDisposition": headers["Content-Disposition"],
                 },
@@ -763,14 +896,16 @@ class S3Store:
             )
             return RedirectDownload(url)
 
+        # At a chosen key, a later upload may have replaced this one's object: never
+        # serve another upload's bytes as this one's.
+        same = {"IfMatch": info.storage["etag"]} if info.storage.get("claimed") and info.storage.get("etag") else {}
+
         @contextlib.asynccontextmanager
         async def open_range(start: int, end: int) -> AsyncIterator[AsyncIterator[bytes]]:
             try:
-                response = await self._download_client.get_object(
-                    Bucket=self.bucket, Key=key, Range=f"bytes={start}-{end - 1}"
-                )
+                response = await self._download_client.get_object(**at, **same, Range=f"bytes={start}-{end - 1}")
             except _STORAGE_ERRORS as exc:
-                if _code(exc) in _MISSING:
+                if _code(exc) in _MISSING or _code(exc) == "PreconditionFailed":
                     raise storage.NotFound() from None
                 raise _unavailable(exc) from None
             async with response["Body"] as stream:
@@ -782,34 +917,39 @@ class S3Store:
 
     async def terminate(self, info: UploadInfo) -> None:
         self._forget(info.id)
-        key = self._key(info.id)
+        at = self._at(info)
+        holds = await self._holds_claim(info)
         # `<id>.part`: the tail object of older versions.
-        jobs = [self._delete(key), self._delete_tail(info), self._delete(self._key(info.id, ".part"))]
+        jobs = [self._delete_tail(info), self._delete(self._key(info.id, ".part"))]
+        if holds:  # else a later upload's object is at the key now
+            jobs.append(self._delete(at["Key"], at["Bucket"]))
         if info.storage.get("upload_id") and not info.finished:
-            jobs.append(self._abort(key, info.storage["upload_id"]))
+            jobs.append(self._abort(at, info.storage["upload_id"]))
         await asyncio.gather(*jobs)
         for final_id in await self.finals_of(info.id):
             await self.unlink_final(info.id, final_id)
         # .info last: while it exists, a failed DELETE can be retried.
         await self._delete(self._key(info.id, ".info"))
+        if holds and info.storage.get("claimed"):
+            await self._delete(self._claim_key(info))
         await self._delete(self._marker(info.id))
         self._upload_ids.pop(info.id, None)
         if info.listed:  # after .info: an entry without its upload is skipped, never the reverse
             await asyncio.gather(*(self.unindex(key, entry_name(info)) for key in index_keys(info)))
 
-    async def _delete(self, key: str) -> None:
+    async def _delete(self, key: str, bucket: str | None = None) -> None:
         with contextlib.suppress(ClientError):
-            await self._call("delete_object", Key=key)
+            await self._call("delete_object", Bucket=bucket or self.bucket, Key=key)
 
-    async def _abort(self, key: str, upload: str) -> None:
+    async def _abort(self, at: dict[str, str], upload: str) -> None:
         with contextlib.suppress(ClientError):
-            await self._call("abort_multipart_upload", Key=key, UploadId=upload)
+            await self._call("abort_multipart_upload", **at, UploadId=upload)
 
     # -- ConcatenatingStore --------------------------------------------------------
 
     async def concatenate(self, final: UploadInfo, partials: list[UploadInfo]) -> None:
         self._forget(final.id)
-        key = final.storage["key"]
+        at = self._at(final)
         total = sum(p.length or 0 for p in partials)
         uniform = self.uniform_parts or bool(final.storage.get("part_size"))
         if uniform:
@@ -818,9 +958,9 @@ class S3Store:
         upload = final.storage.get("upload_id") or await self._start_upload(final)
         try:
             if uniform:
-                parts = await self._concatenate_uniform(key, upload, partials, final.storage["part_size"])
+                parts = await self._concatenate_uniform(at, upload, partials, final.storage["part_size"])
             else:
-                parts = await self._concatenate_parts(key, upload, partials)
+                parts = await self._concatenate_parts(at, upload, partials)
         except _STORAGE_ERRORS as exc:
             raise _unavailable(exc) from None
         final.length = total
@@ -830,7 +970,9 @@ class S3Store:
         await self.save_info(final)
         self._upload_ids.pop(final.id, None)
 
-    async def _concatenate_parts(self, key: str, upload: str, partials: list[UploadInfo]) -> list[dict[str, Any]]:
+    async def _concatenate_parts(
+        self, at: dict[str, str], upload: str, partials: list[UploadInfo]
+    ) -> list[dict[str, Any]]:
         """Each partial of at least the minimum size as parts copied whole; smaller ones streamed."""
         parts: list[dict[str, Any]] = []
         spool = Spool(self.temp_dir, self.part_size, self.temp)
@@ -839,26 +981,26 @@ class S3Store:
                 size = partial.length or 0
                 last = index == len(partials) - 1
                 if spool.pending == 0 and (size >= self.min_part_size or (last and size > 0)):
-                    await self._copy_ranges(key, upload, partial.storage["key"], size, parts)
+                    await self._copy_ranges(at, upload, self._at(partial), size, parts)
                     continue
                 # Too small to be a part of its own: stream it through a temp file.
                 if size:
-                    response = await self._call("get_object", Key=partial.storage["key"])
+                    response = await self._call("get_object", **self._at(partial))
                     async with response["Body"] as stream:
                         async for chunk in stream.iter_chunks(READ_CHUNK):
                             await spool.awrite(chunk)  # off the event loop
                             while (piece := spool.take_filled()) is not None:
-                                await self._send_piece(key, upload, piece, parts)
+                                await self._send_piece(at, upload, piece, parts)
                 if spool.pending >= self.min_part_size or (last and spool.pending):
                     piece = spool.cut()
                     assert piece is not None
-                    await self._send_piece(key, upload, piece, parts)
+                    await self._send_piece(at, upload, piece, parts)
         finally:
             spool.discard()
         return parts
 
     async def _concatenate_uniform(
-        self, key: str, upload: str, partials: list[UploadInfo], part_size: int
+        self, at: dict[str, str], upload: str, partials: list[UploadInfo], part_size: int
     ) -> list[dict[str, Any]]:
         """Every part but the last exactly `part_size` bytes (R2): a part within one partial
         is a ranged UploadPartCopy; one spanning partials is streamed through a temp file.
@@ -871,14 +1013,14 @@ class S3Store:
             async with limit:
                 if len(ranges) == 1:
                     index, start, end = ranges[0]
-                    etag = await self._copy_part(key, upload, number, partials[index].storage["key"], (start, end))
+                    etag = await self._copy_part(at, upload, number, self._at(partials[index]), (start, end))
                 else:
-                    piece = await self._spool_ranges([(partials[i].storage["key"], s, e) for i, s, e in ranges])
+                    piece = await self._spool_ranges([(self._at(partials[i]), s, e) for i, s, e in ranges])
                     try:
                         if piece.size != size:  # a body cut short must not become a part
                             raise storage.Unavailable()
                         async with self._slots:
-                            etag = await self._upload_part(key, upload, number, piece)
+                            etag = await self._upload_part(at, upload, number, piece)
                     finally:
                         piece.remove()
             return {"PartNumber": number, "ETag": etag, "Size": size}
@@ -891,12 +1033,12 @@ class S3Store:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)  # their temp files are removed
 
-    async def _spool_ranges(self, ranges: list[tuple[str, int, int]]) -> Piece:
-        """The bytes of (key, start, end) ranges, in order, in one temp file."""
+    async def _spool_ranges(self, ranges: list[tuple[dict[str, str], int, int]]) -> Piece:
+        """The bytes of (where, start, end) ranges, in order, in one temp file."""
         spool = Spool(self.temp_dir, MAX_PART_SIZE + 1, self.temp)  # never cut: one piece
         try:
             for source, start, end in ranges:
-                response = await self._call("get_object", Key=source, Range=f"bytes={start}-{end - 1}")
+                response = await self._call("get_object", **source, Range=f"bytes={start}-{end - 1}")
                 async with response["Body"] as stream:
                     async for chunk in stream.iter_chunks(READ_CHUNK):
                         await spool.awrite(chunk)  # off the event loop
@@ -924,17 +1066,19 @@ class S3Store:
     async def unlink_final(self, partial_id: str, final_id: str) -> None:
         await self._delete(self._link(partial_id, final_id))
 
-    async def _copy_ranges(self, key: str, upload: str, source: str, size: int, parts: list[dict[str, Any]]) -> None:
+    async def _copy_ranges(
+        self, at: dict[str, str], upload: str, source: dict[str, str], size: int, parts: list[dict[str, Any]]
+    ) -> None:
         count = max(1, math.ceil(size / MAX_PART_SIZE))
         step = math.ceil(size / count)
         for start in range(0, size, step):
             end = min(start + step, size)
             number = len(parts) + 1
-            etag = await self._copy_part(key, upload, number, source, (start, end) if count > 1 else None)
+            etag = await self._copy_part(at, upload, number, source, (start, end) if count > 1 else None)
             parts.append({"PartNumber": number, "ETag": etag, "Size": end - start})
 
     async def _copy_part(
-        self, key: str, upload: str, number: int, source: str, byte_range: tuple[int, int] | None
+        self, at: dict[str, str], upload: str, number: int, source: dict[str, str], byte_range: tuple[int, int] | None
     ) -> str:
         """Part `number` copied from `source` (bytes [start, end), or all of it) inside S3; its ETag."""
         params: dict[str, Any] = {}
@@ -943,28 +1087,28 @@ class S3Store:
         async with self._slots:
             response = await self._call(
                 "upload_part_copy",
-                Key=key,
+                **at,
                 UploadId=upload,
                 PartNumber=number,
-                CopySource={"Bucket": self.bucket, "Key": source},
+                CopySource=source,
                 **params,
             )
         return response["CopyPartResult"]["ETag"]
 
-    async def _send_piece(self, key: str, upload: str, piece: Piece, parts: list[dict[str, Any]]) -> None:
+    async def _send_piece(self, at: dict[str, str], upload: str, piece: Piece, parts: list[dict[str, Any]]) -> None:
         try:
             number = len(parts) + 1
             async with self._slots:
-                etag = await self._upload_part(key, upload, number, piece)
+                etag = await self._upload_part(at, upload, number, piece)
             parts.append({"PartNumber": number, "ETag": etag, "Size": piece.size})
         finally:
             piece.remove()
 
-    async def _upload_part(self, key: str, upload: str, number: int, piece: Piece) -> str:
+    async def _upload_part(self, at: dict[str, str], upload: str, number: int, piece: Piece) -> str:
         # From the file, so botocore's retries can rewind and resend it.
         with piece.open() as f:
             response = await self._call(
-                "upload_part", Key=key, UploadId=upload, PartNumber=number, Body=f, ContentLength=piece.size
+                "upload_part", **at, UploadId=upload, PartNumber=number, Body=f, ContentLength=piece.size
             )
         return response["ETag"]
 
@@ -976,7 +1120,7 @@ class S3Store:
     def _index_prefix(self, key: str) -> str:
         if not is_index_key(key):
             raise ValueError(f"not an index key: {key!r}")
-        return f"{self.prefix}.owners/{key}/"
+        return f"{self.state_prefix}.owners/{key}/"
 
     async def index_upload(self, info: UploadInfo) -> None:
         entry = entry_name(info)
@@ -1008,19 +1152,19 @@ class S3Store:
 
     def _marker(self, upload_id: str) -> str:
         self._key(upload_id)  # validates the id
-        return f"{self.prefix}{UNFINISHED}{upload_id}"
+        return f"{self.state_prefix}{UNFINISHED}{upload_id}"
 
     async def forget_unfinished(self, upload_id: str) -> None:
         await self._delete(self._marker(upload_id))
 
     async def list_uploads(self) -> AsyncIterator[str]:
         async for key in self._keys():
-            name = key[len(self.prefix) :]
+            name = key[len(self.state_prefix) :]
             if name.endswith(".info") and is_valid_upload_id(name[: -len(".info")]):
                 yield name[: -len(".info")]
 
     async def list_unfinished(self, created_before: float) -> AsyncIterator[str]:
-        index = self.prefix + UNFINISHED
+        index = self.state_prefix + UNFINISHED
         indexed = False
         async for item in self._items(index):
             name = item["Key"][len(index) :]
@@ -1046,8 +1190,8 @@ class S3Store:
                 await self._call("put_object", Key=self._marker(upload_id), Body=b"")
                 count += 1
                 yield upload_id
-        await self._call("put_object", Key=self.prefix + UNFINISHED + INDEXED, Body=b"")
-        log.info("indexed %d unfinished uploads under %s/%s for expiry", count, self.bucket, self.prefix)
+        await self._call("put_object", Key=self.state_prefix + UNFINISHED + INDEXED, Body=b"")
+        log.info("indexed %d unfinished uploads under %s/%s for expiry", count, self.bucket, self.state_prefix)
 
     async def _keys(self, prefix: str | None = None) -> AsyncIterator[str]:
         async for item in self._items(prefix):
@@ -1056,7 +1200,7 @@ class S3Store:
     async def _items(self, prefix: str | None = None) -> AsyncIterator[dict[str, Any]]:
         paginator = self._client.get_paginator("list_objects_v2")
         try:
-            async for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix if prefix is None else prefix):
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=self.state_prefix if prefix is None else prefix):
                 for item in page.get("Contents", []):
                     yield item
         except _STORAGE_ERRORS as exc:
@@ -1095,8 +1239,10 @@ class S3Store:
         dedicated. There, a multipart upload counts as ours by its key (`<prefix><id>`;
         S3 shows no tags or metadata of an upload in progress), a tail chunk by its key
         (`<id>.part.<n>.<start>`), and an older version's `<id>.part` only if it carries the
-        `tus-next-part` metadata every such object had."""
-        if not self.prefix and not self.dedicated_bucket:
+        `tus-next-part` metadata every such object had. A multipart upload at a chosen key
+        (storage_key_template, a hook) is not recognisable: the rule that
+        `tusserver s3-lifecycle` prints aborts it."""
+        if not (self.prefix and self.state_prefix) and not self.dedicated_bucket:
             if self._orphans_warned:
                 return 0
             self._orphans_warned = True
@@ -1115,11 +1261,11 @@ class S3Store:
                     if not is_valid_upload_id(name) or upload["Initiated"].timestamp() >= older_than:
                         continue
                     if not await self._records(name, upload["UploadId"]):
-                        await self._abort(upload["Key"], upload["UploadId"])
+                        await self._abort({"Bucket": self.bucket, "Key": upload["Key"]}, upload["UploadId"])
                         removed += 1
             listed_info = None  # `<id>.info` sorts just before `<id>.part...`: no HEAD for those
             async for item in self._items():
-                name = item["Key"][len(self.prefix) :]
+                name = item["Key"][len(self.state_prefix) :]
                 if name.endswith(".info"):
                     listed_info = name[: -len(".info")]
                 upload_id = _chunk_owner(name)

@@ -202,7 +202,7 @@ class _PartWriter:
         self.store = store
         self.info = info
         self.atomic = atomic
-        self.key = info.storage["key"]
+        self.at = store._at(info)
         self.upload: str | None = info.storage.get("upload_id")  # created with the first part
         self.phase = _Phase.PENDING
         self.chain = state.tail
@@ -317,7 +317,7 @@ class _PartWriter:
     async def _upload(self, number: int, piece: Piece) -> None:
         try:
             assert self.upload is not None
-            etag = await self.store._upload_part(self.key, self.upload, number, piece)
+            etag = await self.store._upload_part(self.at, self.upload, number, piece)
             self.sent.add(number)
             self.stored[number] = {"PartNumber": number, "ETag": etag, "Size": piece.size}
         except Exception as exc:  # recorded: the PATCH fails with 503 once the rest settled
