@@ -1,0 +1,251 @@
+"""Where the bytes land on S3 (moto server mode, real HTTP): a storage key apart from the
+upload id, from storage_key_template or a pre-create hook, possibly in another allowed
+bucket; the multipart upload targets that key from the start; chosen keys are claimed."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import time
+
+import boto3
+import pytest
+from aiohttp import web
+from yarl import URL
+
+from tests.conftest import make_bucket
+from tests.tus_client import TUS, create, download, head, patch, sha256
+from tusserver import Config, create_app
+from tusserver.hooks import HookResult, Hooks
+from tusserver.stores.s3 import S3Store
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def s3(moto_endpoint):
+    return boto3.client("s3", endpoint_url=moto_endpoint)
+
+
+@pytest.fixture
+def make_store(moto_endpoint, bucket, tmp_path):
+    spool = tmp_path / "spool"
+    spool.mkdir()
+
+    def build(**kw) -> S3Store:
+        options = {"endpoint_url": moto_endpoint, "path_style": True, "temp_dir": str(spool), "part_size": 5 * MiB}
+        return S3Store(bucket, **{**options, **kw})
+
+    return build
+
+
+def keys(s3, bucket: str) -> list[str]:
+    return sorted(o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", []))
+
+
+def data_keys(s3, bucket: str) -> list[str]:
+    """Every object that is not the server's own state."""
+    state = (".unfinished/", ".keys/")
+    return [k for k in keys(s3, bucket) if not k.endswith(".info") and ".finals/" not in k and not k.startswith(state)]
+
+
+def stored(s3, bucket: str, key: str) -> str:
+    return hashlib.sha256(s3.get_object(Bucket=bucket, Key=key)["Body"].read()).hexdigest()
+
+
+def choosing(**result) -> Hooks:
+    hooks = Hooks()
+    hooks.on("pre-create", lambda event: HookResult(**result))
+    return hooks
+
+
+async def upload(client, data: bytes, step: int = 3 * MiB, **headers: str) -> str:
+    path = await create(client, len(data), **headers)
+    for offset in range(0, len(data), step):
+        await patch(client, path, offset, data[offset : offset + step])
+    return path
+
+
+async def test_a_hook_chosen_key_ends_as_exactly_that_object(aiohttp_client, make_store, s3, bucket):
+    client = await aiohttp_client(
+        create_app(Config(), store=make_store(), hooks=choosing(storage_key="alice/2026/report.pdf"))
+    )
+    data = os.urandom(12 * MiB + 321)  # three parts
+    path = await upload(client, data)
+    upload_id = path.rsplit("/", 1)[1]
+
+    assert data_keys(s3, bucket) == ["alice/2026/report.pdf"]
+    assert stored(s3, bucket, "alice/2026/report.pdf") == sha256(data)
+    assert s3.head_object(Bucket=bucket, Key="alice/2026/report.pdf", PartNumber=1)["PartsCount"] == 3
+    assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")
+    assert f"{upload_id}.info" in keys(s3, bucket)
+    # The URL still carries the random id: HEAD, GET and DELETE by it work.
+    resp = await head(client, path)
+    assert resp.status == 200 and resp.headers["Upload-Offset"] == str(len(data))
+    assert sha256(await download(client, path)) == sha256(data)
+    resp = await client.delete(path, headers=TUS)
+    assert resp.status == 204
+    assert keys(s3, bucket) == []
+
+
+async def test_a_small_upload_at_a_chosen_key_is_one_put(aiohttp_client, make_store, s3, bucket):
+    client = await aiohttp_client(create_app(Config(), store=make_store(), hooks=choosing(storage_key="t/one.bin")))
+    data = os.urandom(1000)
+    path = await upload(client, data)
+    assert data_keys(s3, bucket) == ["t/one.bin"]
+    assert stored(s3, bucket, "t/one.bin") == sha256(data)
+    assert sha256(await download(client, path)) == sha256(data)
+
+
+async def test_the_template_places_uploads_by_owner_date_and_extension(aiohttp_client, make_store, s3, bucket):
+    config = Config(storage_key_template="{owner}/{yyyy}/{mm}/{id}{ext}")
+    client = await aiohttp_client(create_app(config, store=make_store()))
+    data = os.urandom(6 * MiB)
+    name = base64.b64encode("Bericht März.PDF".encode()).decode()
+    before = time.gmtime()
+    path = await upload(client, data, Upload_Metadata=f"filename {name}")
+    upload_id = path.rsplit("/", 1)[1]
+    day = time.gmtime() if time.gmtime().tm_mon == before.tm_mon else before
+    key = f"anonymous/{day.tm_year:04d}/{day.tm_mon:02d}/{upload_id}.pdf"
+    assert data_keys(s3, bucket) == [key]
+    assert stored(s3, bucket, key) == sha256(data)
+
+
+async def test_a_key_with_dotdot_refuses_the_creation_and_writes_nothing(
+    aiohttp_client, make_store, s3, bucket, caplog
+):
+    for key in ("alice/../../etc/passwd", "/abs", "a//b", ".keys/x", "x\x00y", "abc.info", "k" * 1025):
+        client = await aiohttp_client(create_app(Config(), store=make_store(), hooks=choosing(storage_key=key)))
+        resp = await client.post("/", headers={**TUS, "Upload-Length": "5"})
+        assert resp.status == 500, key
+        assert await resp.text() == "a server hook failed\n"
+        assert keys(s3, bucket) == [], key
+    assert "invalid storage key" in caplog.text
+
+
+async def test_another_upload_id_as_a_key_is_refused(aiohttp_client, make_store, s3, bucket):
+    # `<id>` alone is where an upload without a chosen key keeps its bytes.
+    client = await aiohttp_client(create_app(Config(), store=make_store(), hooks=choosing(storage_key="report")))
+    resp = await client.post("/", headers={**TUS, "Upload-Length": "5"})
+    assert resp.status == 500
+    assert keys(s3, bucket) == []
+
+
+async def test_buckets_must_be_allowed(aiohttp_client, make_store, s3, bucket, moto_endpoint):
+    other, stranger = make_bucket(moto_endpoint), make_bucket(moto_endpoint)
+    store = make_store(allowed_buckets=[other])
+    client = await aiohttp_client(
+        create_app(Config(), store=store, hooks=choosing(storage_key="x.bin", bucket=stranger))
+    )
+    resp = await client.post("/", headers={**TUS, "Upload-Length": "5"})
+    assert resp.status == 500
+    assert keys(s3, bucket) == [] and keys(s3, stranger) == []
+
+    client = await aiohttp_client(
+        create_app(
+            Config(), store=make_store(allowed_buckets=[other]), hooks=choosing(storage_key="in/x.bin", bucket=other)
+        )
+    )
+    data = os.urandom(7 * MiB)
+    path = await upload(client, data)
+    assert keys(s3, other) == ["in/x.bin"] and stored(s3, other, "in/x.bin") == sha256(data)
+    assert data_keys(s3, bucket) == []  # the state stays in s3_bucket
+    assert sha256(await download(client, path)) == sha256(data)
+    assert (await client.delete(path, headers=TUS)).status == 204
+    assert keys(s3, other) == [] and keys(s3, bucket) == []
+
+
+async def test_an_unknown_allowed_bucket_stops_the_start(make_store):
+    from tusserver.stores.base import StoreStartError
+
+    store = make_store(allowed_buckets=["no-such-bucket-here"])
+    with pytest.raises(StoreStartError, match="no-such-bucket-here"):
+        await store.start()
+
+
+async def test_one_key_is_claimed_by_one_upload_in_progress(aiohttp_client, make_store, s3, bucket):
+    client = await aiohttp_client(
+        create_app(Config(), store=make_store(), hooks=choosing(storage_key="shared/doc.bin"))
+    )
+    first = await create(client, 10)
+    await patch(client, first, 0, b"01234")
+    resp = await client.post("/", headers={**TUS, "Upload-Length": "3"})
+    assert resp.status == 409
+    assert "storage key" in await resp.text()
+    assert len([k for k in keys(s3, bucket) if k.endswith(".info")]) == 1  # the refused one left nothing
+
+    await patch(client, first, 5, b"56789")  # finished: the key is free for a new upload
+    second = await create(client, 3)
+    await patch(client, second, 0, b"new")
+    assert s3.get_object(Bucket=bucket, Key="shared/doc.bin")["Body"].read() == b"new"
+    # The first upload's object was replaced: its URL never serves the second's bytes,
+    # and deleting it leaves the second's object alone.
+    resp = await client.get(first)
+    assert resp.status == 404
+    assert (await client.delete(first, headers=TUS)).status == 204
+    assert s3.get_object(Bucket=bucket, Key="shared/doc.bin")["Body"].read() == b"new"
+    assert await download(client, second) == b"new"
+
+
+async def test_concatenation_into_a_chosen_key(aiohttp_client, make_store, s3, bucket):
+    hooks = Hooks()
+
+    def place(event):
+        if event.upload.concat == "final":
+            return HookResult(storage_key="tenant-42/joined.bin")
+        return None
+
+    hooks.on("pre-create", place)
+    client = await aiohttp_client(create_app(Config(), store=make_store(), hooks=hooks))
+    pieces = [os.urandom(6 * MiB), os.urandom(1000), os.urandom(5 * MiB + 7)]
+    paths = [await upload(client, p, Upload_Concat="partial") for p in pieces]
+    resp = await client.post("/", headers={**TUS, "Upload-Concat": "final;" + " ".join(paths)})
+    assert resp.status == 201
+    final = URL(resp.headers["Location"]).path
+    joined = b"".join(pieces)
+    assert stored(s3, bucket, "tenant-42/joined.bin") == sha256(joined)
+    assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")
+    partial_ids = {p.rsplit("/", 1)[1] for p in paths}
+    assert set(data_keys(s3, bucket)) == partial_ids | {"tenant-42/joined.bin"}
+    assert sha256(await download(client, final)) == sha256(joined)
+
+
+async def test_state_can_live_under_its_own_prefix(aiohttp_client, make_store, s3, bucket):
+    store = make_store(prefix="files/", state_prefix="state/")
+    client = await aiohttp_client(create_app(Config(storage_key_template="{owner}/{id}"), store=store))
+    data = os.urandom(5 * MiB + 1)
+    path = await upload(client, data)
+    upload_id = path.rsplit("/", 1)[1]
+    listed = keys(s3, bucket)
+    assert f"files/anonymous/{upload_id}" in listed and f"state/{upload_id}.info" in listed
+    assert all(k.startswith(("files/", "state/")) for k in listed)
+    assert stored(s3, bucket, f"files/anonymous/{upload_id}") == sha256(data)
+    assert (await head(client, path)).headers["Upload-Offset"] == str(len(data))
+
+
+async def test_a_key_under_the_state_prefix_may_not_look_like_state(aiohttp_client, make_store, s3, bucket):
+    store = make_store(prefix="", state_prefix="state/")
+    client = await aiohttp_client(create_app(Config(), store=store, hooks=choosing(storage_key="state/abc.info")))
+    resp = await client.post("/", headers={**TUS, "Upload-Length": "5"})
+    assert resp.status == 500
+    assert keys(s3, bucket) == []
+
+
+async def test_the_webhook_chooses_the_storage(aiohttp_client, aiohttp_server, make_store, s3, bucket):
+    async def hook(request: web.Request) -> web.Response:
+        payload = await request.json()
+        if payload["type"] == "pre-create":
+            return web.json_response({"storage": {"key": "alice/2026/report.pdf"}})
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_post("/hooks", hook)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    config = Config(hooks_url=str(server.make_url("/hooks")), hooks_events=["pre-create"])
+    client = await aiohttp_client(create_app(config, store=make_store()))
+    data = os.urandom(2 * MiB)
+    path = await upload(client, data)
+    assert data_keys(s3, bucket) == ["alice/2026/report.pdf"]
+    assert stored(s3, bucket, "alice/2026/report.pdf") == sha256(data)
+    assert sha256(await download(client, path)) == sha256(data)
