@@ -249,3 +249,22 @@ async def test_the_webhook_chooses_the_storage(aiohttp_client, aiohttp_server, m
     assert data_keys(s3, bucket) == ["alice/2026/report.pdf"]
     assert stored(s3, bucket, "alice/2026/report.pdf") == sha256(data)
     assert sha256(await download(client, path)) == sha256(data)
+
+
+async def test_without_keep_info_a_finished_upload_leaves_only_its_object(aiohttp_client, make_store, s3, bucket):
+    seen = []
+    hooks = Hooks()
+    hooks.on("pre-create", lambda event: None if event.upload.concat else HookResult(storage_key="out/final.bin"))
+    hooks.on("post-finish", lambda event: seen.append(dict(event.upload.storage)))
+    config = Config(keep_info_after_finish=False)
+    client = await aiohttp_client(create_app(config, store=make_store(), hooks=hooks))
+    data = os.urandom(5 * MiB + 99)
+    path = await upload(client, data)
+    assert keys(s3, bucket) == ["out/final.bin"]
+    assert stored(s3, bucket, "out/final.bin") == sha256(data)
+    assert seen[0]["key"] == "out/final.bin" and seen[0]["bucket"] == bucket  # post-finish ran first
+    assert (await head(client, path)).status == 404
+    # A partial keeps its state: a final made of it later needs it.
+    partial = await upload(client, b"abc", Upload_Concat="partial")
+    assert (await head(client, partial)).headers["Upload-Offset"] == "3"
+    assert f"{partial.rsplit('/', 1)[1]}.info" in keys(s3, bucket)

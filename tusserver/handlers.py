@@ -48,6 +48,7 @@ from .stores.base import (
     LengthDeferringStore,
     OwnerIndexStore,
     RedirectDownload,
+    ReleasingStore,
     Store,
     StreamDownload,
     TerminatingStore,
@@ -323,9 +324,10 @@ class TusHandlers:
 
     async def _deliver(self, request: Exchange, posts: _Posts) -> None:
         for name, info in posts.events:
-            result = await self.hooks.post(name, request, info)
-            if name == POST_FINISH and result.headers:
-                request.hook_headers.update(result.headers)
+            if name == POST_FINISH:
+                await self._post_finish(request, info)
+            else:
+                await self.hooks.post(name, request, info)
 
     def _report_progress(self, request: Exchange, info: UploadInfo, body: Body) -> asyncio.Task | None:
         """post-receive every `progress_interval` seconds while bytes arrive (0: only at the end)."""
@@ -631,6 +633,20 @@ class TusHandlers:
         result = await self.hooks.post(POST_FINISH, request, info)
         if result.headers:
             request.hook_headers.update(result.headers)
+        if not self.config.keep_info_after_finish:
+            await self._drop_state(info)
+
+    async def _drop_state(self, info: UploadInfo) -> None:
+        """keep_info_after_finish = false: the finished upload's state goes, its bytes stay
+        at their key (post-finish told where). A partial keeps its state: a final made
+        of it later reads it."""
+        if not info.finished or info.concat == "partial" or not isinstance(self.store, ReleasingStore):
+            return
+        try:
+            async with self.locker.lock(info.id):
+                await self.store.release(info)
+        except Exception as exc:  # the upload is finished: its client has its answer
+            log.warning("could not delete the state of finished upload %s: %s", info.id, exc)
 
     async def current(self, request: Exchange, upload_id: str) -> UploadInfo:
         """The upload's state for an offset request (tus HEAD, the draft's HEAD or GET). Taking

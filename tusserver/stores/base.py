@@ -223,6 +223,13 @@ class TerminatingStore(Protocol):
 
 
 @runtime_checkable
+class ReleasingStore(Protocol):
+    async def release(self, info: UploadInfo) -> None:
+        """Forget the finished upload `info`: its state goes, its bytes stay at their key
+        (keep_info_after_finish = false). Afterwards the id is unknown."""
+
+
+@runtime_checkable
 class LengthDeferringStore(Protocol):
     async def set_length(self, info: UploadInfo, length: int) -> None: ...
 

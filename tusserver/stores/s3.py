@@ -937,6 +937,19 @@ class S3Store:
         if info.listed:  # after .info: an entry without its upload is skipped, never the reverse
             await asyncio.gather(*(self.unindex(key, entry_name(info)) for key in index_keys(info)))
 
+    async def release(self, info: UploadInfo) -> None:
+        self._forget(info.id)
+        holds = await self._holds_claim(info)
+        for final_id in await self.finals_of(info.id):
+            await self.unlink_final(info.id, final_id)
+        await self._delete(self._key(info.id, ".info"))
+        if holds and info.storage.get("claimed"):
+            await self._delete(self._claim_key(info))
+        await self._delete(self._marker(info.id))
+        self._upload_ids.pop(info.id, None)
+        if info.listed:
+            await asyncio.gather(*(self.unindex(key, entry_name(info)) for key in index_keys(info)))
+
     async def _delete(self, key: str, bucket: str | None = None) -> None:
         with contextlib.suppress(ClientError):
             await self._call("delete_object", Bucket=bucket or self.bucket, Key=key)
@@ -1199,8 +1212,9 @@ class S3Store:
 
     async def _items(self, prefix: str | None = None) -> AsyncIterator[dict[str, Any]]:
         paginator = self._client.get_paginator("list_objects_v2")
+        prefix = self.state_prefix if prefix is None else prefix
         try:
-            async for page in paginator.paginate(Bucket=self.bucket, Prefix=self.state_prefix if prefix is None else prefix):
+            async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
                 for item in page.get("Contents", []):
                     yield item
         except _STORAGE_ERRORS as exc:
