@@ -16,7 +16,7 @@ from yarl import URL
 
 from tests.conftest import make_bucket
 from tests.tus_client import TUS, create, download, head, patch, sha256
-from tusserver import Config, create_app
+from tusserver import Config, create_app, make_token
 from tusserver.hooks import HookResult, Hooks
 from tusserver.stores.s3 import S3Store
 
@@ -268,3 +268,15 @@ async def test_without_keep_info_a_finished_upload_leaves_only_its_object(aiohtt
     partial = await upload(client, b"abc", Upload_Concat="partial")
     assert (await head(client, partial)).headers["Upload-Offset"] == "3"
     assert f"{partial.rsplit('/', 1)[1]}.info" in keys(s3, bucket)
+
+
+@pytest.mark.parametrize(("subject", "segment"), [("alice", "alice"), ("../../etc", "_.._etc"), ("a/b c", "a_b_c")])
+async def test_owner_in_the_template_is_one_safe_segment(aiohttp_client, make_store, s3, bucket, subject, segment):
+    secret = "s" * 32
+    config = Config(auth_secret=secret, storage_key_template="{owner}/{id}")
+    client = await aiohttp_client(create_app(config, store=make_store()))
+    token = make_token(secret, 600, subject=subject, scope="upload download")
+    path = await create(client, 5, Authorization=f"Bearer {token}")
+    await patch(client, path, 0, b"hello", Authorization=f"Bearer {token}")
+    assert data_keys(s3, bucket) == [f"{segment}/{path.rsplit('/', 1)[1]}"]
+    assert stored(s3, bucket, data_keys(s3, bucket)[0]) == sha256(b"hello")
