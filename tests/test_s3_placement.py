@@ -46,7 +46,7 @@ def keys(s3, bucket: str) -> list[str]:
 
 def data_keys(s3, bucket: str) -> list[str]:
     """Every object that is not the server's own state."""
-    state = (".unfinished/", ".keys/")
+    state = (".unfinished/", ".keys/", ".owners/")
     return [k for k in keys(s3, bucket) if not k.endswith(".info") and ".finals/" not in k and not k.startswith(state)]
 
 
