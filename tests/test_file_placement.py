@@ -4,8 +4,11 @@ never share a key; a reused key's newer file survives the older upload's termina
 
 from __future__ import annotations
 
+import asyncio
+import errno
 import hashlib
 import logging
+import multiprocessing
 import os
 
 import pytest
@@ -404,3 +407,71 @@ async def test_http_bad_key_is_a_500_and_writes_nothing(aiohttp_client, tmp_path
     assert resp.status == 500
     assert "escape" not in await resp.text()
     assert tree(tmp_path) == ["files/"]
+
+
+@pytest.mark.parametrize("key", ["a" * 300 + "/x", "x/" + "b" * 300, "c/" + "d" * 300 + "/e"])
+async def test_a_segment_longer_than_the_filesystem_allows_is_bad_placement(tmp_path, key):
+    store = await new_store(tmp_path)
+    with pytest.raises(storage.BadPlacement):
+        await store.create(UploadInfo(id=new_upload_id(), length=1), Placement(key))
+    assert os.listdir(tmp_path) == []
+
+
+async def test_a_creation_failing_after_its_claim_gives_the_key_back(tmp_path, monkeypatch):
+    store = await new_store(tmp_path)
+    old = await upload(store, b"old", KEY)
+    before = tree(tmp_path)
+
+    def disk_full(info):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store, "_write_info", disk_full)
+    with pytest.raises(OSError):
+        await store.create(UploadInfo(id=new_upload_id(), length=1), Placement(KEY))
+    with pytest.raises(OSError):
+        await store.create(UploadInfo(id=new_upload_id(), length=1), Placement("fresh/key.bin"))
+    monkeypatch.undo()
+    assert tree(tmp_path) == before
+    assert claim_of(tmp_path, KEY) == f"{old.id}\n"
+    assert file_sha((await store.download(await store.get_info(old.id))).path) == sha256(b"old")
+
+
+def _create_on_key(directory: str, upload_id: str, key: str, start, results) -> None:
+    """In a child process: wait for the others, then create an upload on `key`."""
+    async def run() -> str:
+        store = FileStore(directory)
+        start.wait()
+        try:
+            await store.create(UploadInfo(id=upload_id, length=1), Placement(key))
+        except storage.KeyTaken:
+            return "taken"
+        return "created"
+
+    results.put((upload_id, asyncio.run(run())))
+
+
+def test_processes_racing_for_a_reused_key_one_wins(tmp_path):
+    """Processes sharing file_dir take turns on the claims: of many creations that all find
+    the key's holder finished, exactly one takes the key over."""
+    ctx = multiprocessing.get_context("fork")
+    directory = str(tmp_path)
+    for round_ in range(5):
+        key = f"race/{round_}.bin"
+        asyncio.run(_finished_upload(directory, key))
+        start, results = ctx.Event(), ctx.Queue()
+        ids = [new_upload_id() for _ in range(6)]
+        procs = [ctx.Process(target=_create_on_key, args=(directory, i, key, start, results)) for i in ids]
+        for proc in procs:
+            proc.start()
+        start.set()
+        outcome = dict(results.get(timeout=30) for _ in procs)
+        for proc in procs:
+            proc.join(timeout=30)
+        winners = [i for i, result in outcome.items() if result == "created"]
+        assert len(winners) == 1, outcome
+        assert claim_of(tmp_path, key).split("\n")[0] == winners[0]
+        assert sorted(set(ids) & set(os.listdir(tmp_path))) == winners
+
+
+async def _finished_upload(directory: str, key: str) -> None:
+    await upload(await new_store(directory), b"x", key)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import errno
 import fcntl
 import hashlib
 import logging
@@ -117,19 +118,30 @@ class FileStore:
                 pass
         except FileExistsError:
             raise storage.IdTaken() from None
+        if key is None:
+            self._create_state(info)
+            return
         try:
-            replaced = self._claim(key, info.id) if key is not None else None
+            # Under the claims' lock until `.info` exists: another process checking the
+            # claim sees this upload in progress, never vanished.
+            with self._claims_locked():
+                replaced = self._claim(key, info.id)
+                try:
+                    self._create_state(info)
+                except BaseException:
+                    self._unclaim(key, replaced)
+                    raise
         except BaseException:
             _remove(path)  # storage.KeyTaken: nothing is left of the refused creation
             raise
+
+    def _create_state(self, info: UploadInfo) -> None:
         try:
             self._mark(info.id)
-            await self.save_info(info)
+            self._write_info(info)
         except BaseException:
-            _remove(path)  # e.g. a full disk: no data file without its .info
+            _remove(self._path(info.id))  # e.g. a full disk: no data file without its .info
             self._unmark(info.id)
-            if key is not None:
-                self._unclaim(key, info.id, replaced)
             raise
 
     async def get_info(self, upload_id: str) -> UploadInfo:
@@ -267,6 +279,10 @@ class FileStore:
         problem = check_key(key)
         if problem is None and claims_a_state_name(key, upload_id):
             problem = "the key is named like an upload id, where another upload would keep its bytes"
+        if problem is None:
+            longest = max(len(segment.encode("utf-8")) for segment in key.split("/"))
+            if longest > os.pathconf(self.directory, "PC_NAME_MAX"):
+                problem = f"a segment of {longest} bytes is longer than the filesystem allows"
         if problem is not None:
             raise self._refuse(upload_id, key, problem)
         parent = self._key_parent(upload_id, key, create=False)  # what is in the way now is refused now
@@ -281,19 +297,21 @@ class FileStore:
         fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
         try:
             for depth, segment in enumerate(directories):
-                if create:
-                    with contextlib.suppress(FileExistsError):
-                        os.mkdir(segment, dir_fd=fd)
+                where = "/".join(directories[: depth + 1])
                 try:
+                    if create:
+                        with contextlib.suppress(FileExistsError):
+                            os.mkdir(segment, dir_fd=fd)
                     inner = os.open(segment, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
                 except FileNotFoundError:
                     if create:
-                        raise self._refuse(upload_id, key, f"{'/'.join(directories[: depth + 1])} vanished") from None
+                        raise self._refuse(upload_id, key, f"{where} vanished") from None
                     os.close(fd)
                     return None
-                except OSError:  # ENOTDIR, ELOOP: a file or a symlink
-                    where = "/".join(directories[: depth + 1])
-                    raise self._refuse(upload_id, key, f"{where} is in the way: not a directory") from None
+                except OSError as exc:
+                    if exc.errno in (errno.ENOTDIR, errno.ELOOP):  # a file or a symlink
+                        raise self._refuse(upload_id, key, f"{where} is in the way: not a directory") from None
+                    raise self._refuse(upload_id, key, f"{where}: {exc.strerror}") from None
                 os.close(fd)
                 fd = inner
             # Belt and braces over O_NOFOLLOW: the directory reached is the one named.
@@ -313,14 +331,18 @@ class FileStore:
         if fd is None:
             return None
         try:
-            if stat.S_ISDIR(os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode):
+            try:
+                mode = os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode
+            except FileNotFoundError:
+                return fd
+            except OSError as exc:  # ENAMETOOLONG: a segment longer than the filesystem allows
+                raise self._refuse(upload_id, key, exc.strerror or "cannot be a file name") from None
+            if stat.S_ISDIR(mode):
                 raise self._refuse(upload_id, key, "a directory is in the way at the key")
-        except FileNotFoundError:
-            pass
+            return fd
         except BaseException:
             os.close(fd)
             raise
-        return fd
 
     @contextlib.contextmanager
     def _claims_locked(self):
@@ -368,47 +390,43 @@ class FileStore:
             return IN_PROGRESS  # left for an operator (logged): its key is not taken from it
 
     def _claim(self, key: str, upload_id: str) -> bytes | None:
-        """Claim `key` for the new upload: storage.KeyTaken while another upload in
-        progress holds it; a finished or vanished holder's claim is taken over. Returns
-        the claim replaced (None: there was none), for _unclaim."""
+        """Claim `key` for the new upload, under the claims' lock: storage.KeyTaken while
+        another upload in progress holds it; a finished or vanished holder's claim is taken
+        over. Returns the claim replaced (None: there was none), for _unclaim."""
         path = self._claim_path(key)
-        with self._claims_locked():
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            pass
+        else:
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            except FileExistsError:
-                pass
-            else:
-                try:
-                    with os.fdopen(fd, "wb") as f:
-                        f.write(f"{upload_id}\n".encode())
-                except BaseException:
-                    _remove(path)
-                    raise
-                return None
-            with open(path, "rb") as f:
-                replaced = f.read(512)
-            holder, previous = self._read_claim(key)
-            state = self._state_of(holder)
-            if state == IN_PROGRESS:
-                raise storage.KeyTaken()
-            # Whose bytes stay at the key until this upload finishes: they are served, and
-            # removed by that upload's termination, meanwhile.
-            if state == FINISHED:
-                kept = holder
-            else:
-                kept = previous if self._state_of(previous) == FINISHED else None
-            self._write_claim(key, f"{upload_id}\n{kept}\n".encode() if kept else f"{upload_id}\n".encode())
-            return replaced
+                with os.fdopen(fd, "wb") as f:
+                    f.write(f"{upload_id}\n".encode())
+            except BaseException:
+                _remove(path)
+                raise
+            return None
+        with open(path, "rb") as f:
+            replaced = f.read(512)
+        holder, previous = self._read_claim(key)
+        state = self._state_of(holder)
+        if state == IN_PROGRESS:
+            raise storage.KeyTaken()
+        # Whose bytes stay at the key until this upload finishes: they are served, and
+        # removed by that upload's termination, meanwhile.
+        if state == FINISHED:
+            kept = holder
+        else:
+            kept = previous if self._state_of(previous) == FINISHED else None
+        self._write_claim(key, f"{upload_id}\n{kept}\n".encode() if kept else f"{upload_id}\n".encode())
+        return replaced
 
-    def _unclaim(self, key: str, upload_id: str, replaced: bytes | None) -> None:
-        """Undo _claim for a creation that failed after it."""
-        with self._claims_locked():
-            if self._read_claim(key)[0] != upload_id:
-                return
-            if replaced is None:
-                _remove(self._claim_path(key))
-            else:
-                self._write_claim(key, replaced)
+    def _unclaim(self, key: str, replaced: bytes | None) -> None:
+        """Undo _claim for a creation that failed after it (under the claims' lock)."""
+        if replaced is None:
+            _remove(self._claim_path(key))
+        else:
+            self._write_claim(key, replaced)
 
     def _finish_at_key(self, info: UploadInfo) -> None:
         """Finish an upload with a key: `.info` says finished (and where) first, then one
