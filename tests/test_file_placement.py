@@ -14,8 +14,9 @@ import os
 import pytest
 
 from tests.tus_client import OCTETS, TUS, create, download, head, patch, sha256
-from tusserver import Config, FileStore, create_app
+from tusserver import Config, FileStore, MemoryLocker, create_app
 from tusserver import storage_errors as storage
+from tusserver.cleanup import clean_expired
 from tusserver.info import UploadInfo
 from tusserver.placement import Placement
 from tusserver.protocol import new_upload_id
@@ -328,6 +329,27 @@ async def test_keys_and_their_directories_are_never_orphans_nor_uploads(tmp_path
     await new_store(tmp_path)  # start(): removes this store's own temp debris only
     assert tree(tmp_path) == before
     assert file_sha(tmp_path / "0a" / "0b") == sha256(b"deep")
+
+
+async def test_expiry_removes_an_unfinished_keyed_upload_and_leaves_the_finished_file(tmp_path):
+    store = await new_store(tmp_path)
+    old = await upload(store, b"finished bytes", KEY)
+    stale = UploadInfo(id=new_upload_id(), length=10, expires=1.0)
+    await store.create(stale, Placement(KEY))
+    stale.offset = await store.append(stale, body(b"half"))
+    config = Config(expire_after=60)
+    assert await clean_expired(store, config, MemoryLocker(), now=10_000_000_000.0) == 1
+    assert sorted(os.listdir(tmp_path)) == sorted([".keys", ".unfinished-indexed", "alice", f"{old.id}.info"])
+    assert claim_of(tmp_path, KEY) == f"{old.id}\n"
+    assert file_sha((await store.download(await store.get_info(old.id))).path) == sha256(b"finished bytes")
+
+    # With expire_finished, the finished one goes too, its file and directories with it.
+    old_info = await store.get_info(old.id)
+    old_info.expires = 1.0
+    await store.save_info(old_info)
+    config = Config(expire_after=60, expire_finished=True)
+    assert await clean_expired(store, config, MemoryLocker(), now=10_000_000_000.0) == 1
+    assert tree(tmp_path) == [".keys/", ".unfinished-indexed"]
 
 
 # -- Through the HTTP server -----------------------------------------------------------------

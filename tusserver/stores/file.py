@@ -489,7 +489,7 @@ class FileStore:
             try:
                 os.replace(self._path(info.id), key.split("/")[-1], dst_dir_fd=parent)
             except FileNotFoundError:
-                pass  # moved by another reader meanwhile
+                return True  # moved by another reader meanwhile
             finally:
                 os.close(parent)
         log.info("upload %s: moved to its storage key after an interrupted finish", info.id)
