@@ -1,6 +1,14 @@
-"""Local-disk store: `<dir>/<id>` holds the bytes, `<dir>/<id>.info` the state, and
-`<dir>/.owners/<key>/<entry>` (empty files) the owners' index, and `<dir>/.unfinished/<id>`
-(empty, removed at finish) the uploads that may expire.
+"""Local-disk store. Under `<dir>`:
+
+- `<id>`: the bytes while the upload is in progress, and after it when it has no storage
+  key; `<id>.info`: the state; `<id>.finals/`: links to the final uploads of a partial.
+- `<key>` (may hold `/`): the bytes of a finished upload created with a storage key,
+  moved there from `<id>` by one rename at finish; subdirectories are made on the way.
+- `.keys/<sha256 of key>`: the claim on a key, naming the upload whose bytes go there
+  (in progress) or are there (finished), and, while a newer upload is in progress on a
+  reused key, the older one whose bytes are still there. It outlives the upload's finish.
+- `.owners/<key>/<entry>` (empty files): the owners' index; `.unfinished/<id>` (empty,
+  removed at finish): the uploads that may expire.
 
 The offset is the data file's size, so whatever reached the disk counts and a
 restart loses nothing. Writes run in a worker thread while the event loop reads the
@@ -12,17 +20,22 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import errno
+import fcntl
+import hashlib
 import logging
 import os
 import re
 import secrets
 import shutil
+import stat
 import tempfile
 from collections.abc import AsyncIterable, AsyncIterator
 
 from .. import storage_errors as storage
 from ..cancellation import await_to_completion
 from ..info import UploadInfo
+from ..placement import Placement, check_key, claims_a_state_name
 from ..protocol import is_valid_upload_id
 from .base import Download, FileDownload, StoreUpload, parse_info
 from .owner_index import entry_name, index_keys, is_entry, is_index_key
@@ -41,6 +54,10 @@ UNFINISHED_DIR = ".unfinished"  # a dot: never an upload id
 INDEXED = ".unfinished-indexed"  # written once every unfinished upload has its entry
 # Temp files this store names (`_append_atomic`, `save_info`); nothing else is removed.
 _OWN_TEMP = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}(\.info)?\.tmp-[0-9a-f]{8}")
+KEYS_DIR = ".keys"  # a dot: never an upload id, and check_key refuses it as a key
+_CLAIM_TEMP = re.compile(r"[0-9a-f]{64}\.tmp-[0-9a-f]{8}")
+# What an upload with a storage key is to the claim on that key.
+IN_PROGRESS, FINISHED, VANISHED = "in progress", "finished", "vanished"
 
 log = logging.getLogger("tusserver.stores")
 
@@ -63,6 +80,10 @@ class FileStore:
         for name in os.listdir(self.directory):
             if _OWN_TEMP.fullmatch(name):
                 _remove(os.path.join(self.directory, name))
+        with contextlib.suppress(FileNotFoundError):
+            for name in os.listdir(os.path.join(self.directory, KEYS_DIR)):
+                if _CLAIM_TEMP.fullmatch(name):
+                    _remove(os.path.join(self.directory, KEYS_DIR, name))
 
     async def close(self) -> None:
         return None
@@ -72,6 +93,9 @@ class FileStore:
         return os.path.isdir(self.directory) and os.access(self.directory, os.W_OK | os.X_OK)
 
     async def save_info(self, info: UploadInfo) -> None:
+        self._write_info(info)
+
+    def _write_info(self, info: UploadInfo) -> None:
         final = self._path(info.id, ".info")
         tmp = f"{final}.tmp-{secrets.token_hex(4)}"
         try:
@@ -81,28 +105,56 @@ class FileStore:
         finally:
             _remove(tmp)
 
-    async def create(self, info: UploadInfo) -> None:
+    async def create(self, info: UploadInfo, placement: Placement | None = None) -> None:
+        key = None
+        if placement is not None and not placement.is_default(info.id):
+            key = self._check_placement(info.id, placement)
         path = self._path(info.id)
         info.storage = {"type": "file", "path": path}
+        if key is not None:
+            info.storage["key"] = key
         try:
             with open(path, "xb"):  # O_EXCL: of two creations of one id, one wins
                 pass
         except FileExistsError:
             raise storage.IdTaken() from None
+        if key is None:
+            self._create_state(info)
+            return
+        try:
+            # Under the claims' lock until `.info` exists: another process checking the
+            # claim sees this upload in progress, never vanished.
+            with self._claims_locked():
+                replaced = self._claim(key, info.id)
+                try:
+                    self._create_state(info)
+                except BaseException:
+                    self._unclaim(key, replaced)
+                    raise
+        except BaseException:
+            _remove(path)  # storage.KeyTaken: nothing is left of the refused creation
+            raise
+
+    def _create_state(self, info: UploadInfo) -> None:
         try:
             self._mark(info.id)
-            await self.save_info(info)
+            self._write_info(info)
         except BaseException:
-            _remove(path)  # e.g. a full disk: no data file without its .info
+            _remove(self._path(info.id))  # e.g. a full disk: no data file without its .info
             self._unmark(info.id)
             raise
 
     async def get_info(self, upload_id: str) -> UploadInfo:
         info = self._read_info(upload_id)
+        path = self._locate(info)
+        if path is None:
+            info.offset = info.length or 0  # finished; its bytes were replaced at its key since
+            return info
         try:
-            info.offset = os.stat(self._path(upload_id)).st_size
+            info.offset = os.stat(path).st_size
         except FileNotFoundError:
             raise storage.NotFound() from None
+        info.storage["path"] = path
         return info
 
     async def open(self, upload_id: str) -> StoreUpload:
@@ -150,14 +202,20 @@ class FileStore:
         await self.save_info(info)
 
     async def finish(self, info: UploadInfo) -> None:
-        info.finished = True
-        await self.save_info(info)
+        if self._key_of(info) is None:
+            info.finished = True
+            await self.save_info(info)
+        else:
+            self._finish_at_key(info)
         self._unmark(info.id)
 
     async def terminate(self, info: UploadInfo) -> None:
         # .info after the bytes: a data file is never left without it (orphan cleanup only
         # removes empty ones), and a failed removal is retried by the next expiry pass.
         _remove(self._path(info.id))
+        key = self._key_of(info)
+        if key is not None:
+            self._release_key(key, info)
         shutil.rmtree(self._link_dir(info.id), ignore_errors=True)
         _remove(self._path(info.id, ".info"))
         self._unmark(info.id)
@@ -166,20 +224,320 @@ class FileStore:
                 await self.unindex(key, entry_name(info))
 
     async def download(self, info: UploadInfo) -> Download:
-        path = self._path(info.id)
+        path = self._locate(info)
         # Checked before any header is sent; the handler opens the file itself (stream_file).
-        if not os.path.isfile(path):
+        if path is None or not os.path.isfile(path):
             raise storage.NotFound()
         return FileDownload(path)
 
     async def concatenate(self, final: UploadInfo, partials: list[UploadInfo]) -> None:
         target = self._path(final.id)
-        sources = [self._path(p.id) for p in partials]
+        sources = []
+        for partial in partials:
+            source = self._locate(partial)
+            if source is None:
+                raise storage.NotFound(f"the bytes of {partial.id} were replaced at its storage key")
+            sources.append(source)
         await asyncio.to_thread(_concatenate_files, target, sources)
         final.length = sum(p.length or 0 for p in partials)
         final.offset = final.length
-        final.finished = True
-        await self.save_info(final)
+        if self._key_of(final) is None:
+            final.finished = True
+            await self.save_info(final)
+        else:
+            self._finish_at_key(final)
+
+    # -- Storage keys ----------------------------------------------------------------
+    # Claims are read and changed under an exclusive flock on `.keys`, in synchronous code
+    # (no await inside): one process's coroutines cannot interleave there, and processes
+    # sharing the directory take turns.
+
+    def _key_path(self, key: str) -> str:
+        return os.path.join(self.directory, *key.split("/"))
+
+    def _key_of(self, info: UploadInfo) -> str | None:
+        """The upload's storage key, checked again: `.info` is trusted to name an upload,
+        never to name a path."""
+        key = info.storage.get("key")
+        if key is None:
+            return None
+        problem = check_key(key)
+        if problem is not None:
+            log.error("upload %s: its .info holds an unusable storage key %r: %s", info.id, key, problem)
+            raise storage.Corrupt(info.id, f"unusable storage key: {problem}")
+        return key
+
+    def _refuse(self, upload_id: str, key: object, reason: str) -> storage.BadPlacement:
+        log.error("upload %s: storage key %r refused: %s", upload_id, key, reason)
+        return storage.BadPlacement(reason)
+
+    def _check_placement(self, upload_id: str, placement: Placement) -> str:
+        """The placement's key, or BadPlacement: before anything is written."""
+        key = placement.key
+        if placement.bucket is not None:
+            raise self._refuse(upload_id, key, f"the disk store has no buckets (got {placement.bucket!r})")
+        problem = check_key(key)
+        if problem is None and claims_a_state_name(key, upload_id):
+            problem = "the key is named like an upload id, where another upload would keep its bytes"
+        if problem is None:
+            longest = max(len(segment.encode("utf-8")) for segment in key.split("/"))
+            if longest > os.pathconf(self.directory, "PC_NAME_MAX"):
+                problem = f"a segment of {longest} bytes is longer than the filesystem allows"
+        if problem is not None:
+            raise self._refuse(upload_id, key, problem)
+        parent = self._key_parent(upload_id, key, create=False)  # what is in the way now is refused now
+        if parent is not None:
+            os.close(parent)
+        return key
+
+    def _walk(self, upload_id: str, key: str, directories: list[str], *, create: bool) -> int | None:
+        """A descriptor of `file_dir/<directories>`, reached one real directory at a time
+        (a symlink, file or anything else on the way raises BadPlacement, naming `key`);
+        `create`: missing ones are made, else None when one is missing."""
+        fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for depth, segment in enumerate(directories):
+                where = "/".join(directories[: depth + 1])
+                try:
+                    if create:
+                        with contextlib.suppress(FileExistsError):
+                            os.mkdir(segment, dir_fd=fd)
+                    inner = os.open(segment, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+                except FileNotFoundError:
+                    if create:
+                        raise self._refuse(upload_id, key, f"{where} vanished") from None
+                    os.close(fd)
+                    return None
+                except OSError as exc:
+                    if exc.errno in (errno.ENOTDIR, errno.ELOOP):  # a file or a symlink
+                        raise self._refuse(upload_id, key, f"{where} is in the way: not a directory") from None
+                    raise self._refuse(upload_id, key, f"{where}: {exc.strerror}") from None
+                os.close(fd)
+                fd = inner
+            # Belt and braces over O_NOFOLLOW: the directory reached is the one named.
+            expected = os.path.join(os.path.realpath(self.directory), *directories)
+            if os.path.realpath(os.path.join(self.directory, *directories)) != expected:
+                raise self._refuse(upload_id, key, "its directory resolves outside file_dir")
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _key_parent(self, upload_id: str, key: str, *, create: bool) -> int | None:
+        """A descriptor of the directory that holds `key`'s file (see _walk); BadPlacement
+        when a directory is where the file goes."""
+        *directories, name = key.split("/")
+        fd = self._walk(upload_id, key, directories, create=create)
+        if fd is None:
+            return None
+        try:
+            try:
+                mode = os.stat(name, dir_fd=fd, follow_symlinks=False).st_mode
+            except FileNotFoundError:
+                return fd
+            except OSError as exc:  # ENAMETOOLONG: a segment longer than the filesystem allows
+                raise self._refuse(upload_id, key, exc.strerror or "cannot be a file name") from None
+            if stat.S_ISDIR(mode):
+                raise self._refuse(upload_id, key, "a directory is in the way at the key")
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+
+    @contextlib.contextmanager
+    def _claims_locked(self):
+        keys = os.path.join(self.directory, KEYS_DIR)
+        os.makedirs(keys, exist_ok=True)
+        fd = os.open(keys, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # short: a few small files, no await
+            yield
+        finally:
+            os.close(fd)  # and the lock with it
+
+    def _claim_path(self, key: str) -> str:
+        return os.path.join(self.directory, KEYS_DIR, hashlib.sha256(key.encode("utf-8")).hexdigest())
+
+    def _read_claim(self, key: str) -> tuple[str | None, str | None]:
+        """(holder, previous): the upload that claims the key, and the finished one whose
+        bytes are still there while the holder is in progress."""
+        try:
+            with open(self._claim_path(key), "rb") as f:
+                ids = f.read(512).decode("ascii", "replace").split()
+        except FileNotFoundError:
+            return None, None
+        ids = [i if is_valid_upload_id(i) else None for i in ids[:2]] + [None, None]
+        return ids[0], ids[1]
+
+    def _write_claim(self, key: str, content: bytes) -> None:
+        path = self._claim_path(key)
+        tmp = f"{path}.tmp-{secrets.token_hex(4)}"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(content)
+            os.replace(tmp, path)
+        finally:
+            _remove(tmp)
+
+    def _state_of(self, upload_id: str | None) -> str:
+        if upload_id is None:
+            return VANISHED
+        try:
+            return FINISHED if self._read_info(upload_id).finished else IN_PROGRESS
+        except storage.NotFound:
+            return VANISHED
+        except storage.Corrupt:
+            return IN_PROGRESS  # left for an operator (logged): its key is not taken from it
+
+    def _claim(self, key: str, upload_id: str) -> bytes | None:
+        """Claim `key` for the new upload, under the claims' lock: storage.KeyTaken while
+        another upload in progress holds it; a finished or vanished holder's claim is taken
+        over. Returns the claim replaced (None: there was none), for _unclaim."""
+        path = self._claim_path(key)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            pass
+        else:
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(f"{upload_id}\n".encode())
+            except BaseException:
+                _remove(path)
+                raise
+            return None
+        with open(path, "rb") as f:
+            replaced = f.read(512)
+        holder, previous = self._read_claim(key)
+        state = self._state_of(holder)
+        if state == IN_PROGRESS:
+            raise storage.KeyTaken()
+        # Whose bytes stay at the key until this upload finishes: they are served, and
+        # removed by that upload's termination, meanwhile.
+        if state == FINISHED:
+            kept = holder
+        else:
+            kept = previous if self._state_of(previous) == FINISHED else None
+        self._write_claim(key, f"{upload_id}\n{kept}\n".encode() if kept else f"{upload_id}\n".encode())
+        return replaced
+
+    def _unclaim(self, key: str, replaced: bytes | None) -> None:
+        """Undo _claim for a creation that failed after it (under the claims' lock)."""
+        if replaced is None:
+            _remove(self._claim_path(key))
+        else:
+            self._write_claim(key, replaced)
+
+    def _finish_at_key(self, info: UploadInfo) -> None:
+        """Finish an upload with a key: `.info` says finished (and where) first, then one
+        rename moves the bytes from `<id>` to the key, so a crash in between loses nothing
+        (_locate completes the move). A failure before the rename leaves it unfinished."""
+        key = info.storage["key"]
+        own = self._path(info.id)
+        with self._claims_locked():
+            holder, previous = self._read_claim(key)
+            if holder != info.id:  # removed by hand, or taken over after a crash: stay at <id>
+                log.warning("upload %s: it lost its claim on storage key %r; its bytes stay under its id", info.id, key)
+                info.finished = True
+                self._write_info(info)
+                return
+            parent = self._key_parent(info.id, key, create=True)
+            assert parent is not None  # made on the way
+            try:
+                if previous is not None:  # the older upload's bytes are about to be replaced
+                    self._write_claim(key, f"{info.id}\n".encode())
+                info.finished = True
+                info.storage["path"] = self._key_path(key)
+                saved = False
+                try:
+                    self._write_info(info)
+                    saved = True
+                    os.replace(own, key.split("/")[-1], dst_dir_fd=parent)
+                except BaseException as exc:
+                    info.finished = False
+                    info.storage["path"] = own
+                    if saved:
+                        self._write_info(info)
+                    if isinstance(exc, OSError) and saved:
+                        raise self._refuse(info.id, key, f"moving the bytes there failed: {exc.strerror}") from None
+                    raise
+            finally:
+                os.close(parent)
+
+    def _locate(self, info: UploadInfo) -> str | None:
+        """Where the upload's bytes are: `<id>` until a keyed upload is moved to its key.
+        None for a finished upload whose key a newer upload has taken since."""
+        own = self._path(info.id)
+        key = self._key_of(info)
+        if key is None or not info.finished:
+            return own
+        if os.path.lexists(own) and not self._complete_move(info, key):
+            return own
+        holder, previous = self._read_claim(key)
+        return self._key_path(key) if info.id in (holder, previous) else None
+
+    def _complete_move(self, info: UploadInfo, key: str) -> bool:
+        """The rename a crash kept finish() from doing, if the upload still holds its key."""
+        with self._claims_locked():
+            if self._read_claim(key)[0] != info.id:
+                return False  # taken over meanwhile: its bytes are served from <id>
+            try:
+                parent = self._key_parent(info.id, key, create=True)
+            except storage.BadPlacement:
+                return False  # logged; served from <id>
+            assert parent is not None
+            try:
+                os.replace(self._path(info.id), key.split("/")[-1], dst_dir_fd=parent)
+            except FileNotFoundError:
+                return True  # moved by another reader meanwhile
+            finally:
+                os.close(parent)
+        log.info("upload %s: moved to its storage key after an interrupted finish", info.id)
+        return True
+
+    def _release_key(self, key: str, info: UploadInfo) -> None:
+        """On termination: remove the bytes at the key only if they are this upload's, and
+        its claim; a newer upload's claim and bytes at a reused key are left alone."""
+        with self._claims_locked():
+            holder, previous = self._read_claim(key)
+            if holder == info.id and not info.finished:
+                # Never written to the key: what is there (if anything) is not its to remove.
+                if self._state_of(previous) == FINISHED:
+                    self._write_claim(key, f"{previous}\n".encode())
+                else:
+                    _remove(self._claim_path(key))
+            elif holder == info.id:
+                self._remove_key_file(info.id, key)
+                _remove(self._claim_path(key))
+            elif previous == info.id and holder is not None:
+                self._remove_key_file(info.id, key)
+                self._write_claim(key, f"{holder}\n".encode())
+
+    def _remove_key_file(self, upload_id: str, key: str) -> None:
+        """Remove the key's file, then its directories that this leaves empty."""
+        *directories, name = key.split("/")
+        try:
+            parent = self._walk(upload_id, key, directories, create=False)
+            if parent is None:
+                return  # gone already
+            try:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(name, dir_fd=parent)
+            finally:
+                os.close(parent)
+            while directories:
+                name = directories.pop()
+                parent = self._walk(upload_id, key, directories, create=False)
+                if parent is None:
+                    return
+                try:
+                    os.rmdir(name, dir_fd=parent)
+                except OSError:
+                    return  # not empty (another key's file is there), or not a real directory
+                finally:
+                    os.close(parent)
+        except storage.BadPlacement:
+            return  # logged; nothing but real directories under file_dir is touched
 
     def _link_dir(self, partial_id: str) -> str:
         return self._path(partial_id, ".finals")
