@@ -262,7 +262,7 @@ class S3Store:
         self.download_concurrency = max(1, download_concurrency)
         self._client: Any = None
         self._download_client: Any = None
-        self.retry_attempts = provider.retry_attempts  # per request, the first try included (tests lower it)
+        self.retry_attempts = provider.retry_attempts  # botocore retries per request (tests lower it)
         self.pool_wait = POOL_WAIT  # tests lower it
         self._readiness: asyncio.Future[bool] | None = None
         self._readiness_started = 0.0

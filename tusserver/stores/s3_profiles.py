@@ -27,7 +27,7 @@ class Profile:
     checksums: str = "when_required"
     path_style: bool = False  # endpoint/bucket/key instead of bucket.endpoint/key
     retry_mode: str = "standard"  # botocore retry mode
-    retry_attempts: int = 4  # botocore max_attempts, the first try included
+    retry_attempts: int = 4  # botocore max_attempts: retries after the first try
     copy_parts: bool = True  # UploadPartCopy works: concatenation copies inside S3
     batch_delete: bool = True  # DeleteObjects works: else one DeleteObject per key
 
