@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
+import json
 import logging
 import os
 import sys
@@ -50,18 +51,52 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="tusserver",
-        usage="%(prog)s [options] [cleanup | token | upload]",
+        usage="%(prog)s [options] [cleanup | s3-lifecycle | token | upload]",
         parents=[common],
         description="A tus 1.0.0 resumable-upload server. Settings: CLI flags > TUSSERVER_* environment "
         "> --config file > defaults.",
     )
     parser.add_argument("--version", action="version", version=f"tusserver {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="{cleanup,token,upload}")
+    commands = parser.add_subparsers(dest="command", metavar="{cleanup,s3-lifecycle,token,upload}")
     commands.add_parser(
         "cleanup",
         parents=[common],
         help="remove expired uploads once and exit (for cron)",
         description="Remove expired uploads once and exit.",
+    )
+    lifecycle = commands.add_parser(
+        "s3-lifecycle",
+        parents=[common],
+        help="print an S3 lifecycle configuration (JSON) that removes storage debris",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Print (JSON, on stdout) an S3 lifecycle configuration for the bucket, to apply with\n"
+        "  aws s3api put-bucket-lifecycle-configuration --bucket B --lifecycle-configuration file://F\n"
+        "(it replaces the bucket's lifecycle rules: merge them with any you have). Rules:\n"
+        "- abort incomplete multipart uploads --abort-after-days after they start, in the whole bucket\n"
+        "  (uploads may land under any key). An upload that takes longer than that from its first\n"
+        "  part to its last byte loses its parts: choose more days than an upload may take.\n"
+        "- with expire_finished (or --expire-state-days given): expire every object under the state\n"
+        "  prefix (s3_state_prefix, else s3_prefix: .info, tail chunks, index entries, and today the\n"
+        "  uploads' data too) --expire-state-days after it was last written. Without expire_finished\n"
+        "  there is no such rule: finished uploads keep their .info there for ever.",
+    )
+    lifecycle.add_argument(
+        "--abort-after-days",
+        dest="lifecycle_abort_after_days",
+        type=int,
+        default=7,
+        metavar="N",
+        help="days after which S3 aborts an incomplete multipart upload (default 7)",
+    )
+    lifecycle.add_argument(
+        "--expire-state-days",
+        dest="lifecycle_expire_state_days",
+        type=int,
+        default=None,
+        metavar="N",
+        help="days after which S3 deletes an object under the state prefix; default: expire_after in whole "
+        "days, rounded up, plus 1 (at least 1), since a state object untouched for longer belongs to an "
+        "upload the server has expired. Giving it adds the rule even without expire_finished.",
     )
     token = commands.add_parser(
         "token",
@@ -312,6 +347,20 @@ def print_token(config: Config, ttl: float, subject: str | None, scope: list[str
     return 0
 
 
+def print_lifecycle(config: Config, abort_after_days: int, expire_state_days: int | None) -> int:
+    from .s3_lifecycle import lifecycle_configuration
+
+    try:
+        rules = lifecycle_configuration(
+            config, abort_after_days=abort_after_days, expire_state_days=expire_state_days
+        )
+    except ValueError as exc:
+        log.error("s3-lifecycle: %s", exc)
+        return 2
+    print(json.dumps(rules, indent=2))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["upload"]:  # the client has its own flags, none of the server's
@@ -322,6 +371,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = vars(parser.parse_args(argv))
     command = args.pop("command", None)
     token_args = {name[len("token_") :]: args.pop(name) for name in list(args) if name.startswith("token_")}
+    lifecycle_args = {
+        name[len("lifecycle_") :]: args.pop(name) for name in list(args) if name.startswith("lifecycle_")
+    }
     config_file = args.pop("config", None)
     try:
         config = load_config(cli=args, env=os.environ, config_file=config_file)
@@ -340,6 +392,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cleanup(config)
         if command == "token":
             return print_token(config, **token_args)
+        if command == "s3-lifecycle":
+            return print_lifecycle(config, **lifecycle_args)
         return serve(config)
     except (OSError, StoreStartError) as exc:
         # Typically the port is taken, the data directory is not writable, or S3 refuses us.

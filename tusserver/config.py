@@ -251,14 +251,31 @@ class Config:
         "The bucket holds nothing but this server's uploads. Orphan cleanup (aborting multipart uploads and "
         "deleting .part objects that no .info records) runs only with a non-empty s3_prefix or this set.",
     )
-    s3_path_style: bool = setting(
-        False, "Path-style URLs (endpoint/bucket/key), needed by MinIO and most self-hosted S3."
+    s3_profile: str = setting(
+        "aws",
+        'What the S3 provider needs: "aws", "r2", "minio", "ceph", "b2", "scaleway" or "gcs" (part sizes, '
+        "part count, addressing style, retries, UploadPartCopy; README: S3 provider profiles). A key set "
+        "below (s3_path_style, s3_uniform_parts, s3_max_parts) wins over it.",
+    )
+    s3_path_style: bool | None = setting(
+        None,
+        "Path-style URLs (endpoint/bucket/key), needed by MinIO and most self-hosted S3. Unset: from "
+        "s3_profile (true for minio and ceph).",
     )
     s3_min_part_size: int = setting(
         5 * MiB, "Smallest part S3 accepts for every part but the last (5 MiB on AWS, and at least that)."
     )
     s3_part_size: int = setting(16 * MiB, "Size of the multipart parts the server uploads (at most 5 GiB).")
-    s3_uniform_parts: bool = setting(False, "Make every part but the last the same size (required by Cloudflare R2).")
+    s3_uniform_parts: bool | None = setting(
+        None,
+        "Make every part but the last the same size (required by Cloudflare R2). Unset: from s3_profile "
+        "(true for r2).",
+    )
+    s3_max_parts: int | None = setting(
+        None,
+        "Most parts of one multipart upload (1 to 10000); parts grow so that an upload never needs more. "
+        "Unset: from s3_profile (1000 for scaleway, else 10000).",
+    )
     s3_upload_concurrency: int = setting(4, "Parts uploaded in parallel for one upload.")
     s3_max_concurrency: int = setting(16, "Parts uploaded in parallel across all uploads of this server.")
     s3_presigned_downloads: bool = setting(

@@ -22,6 +22,7 @@ from .hooks import EVENTS
 from .placement import check_template
 from .sizes import MAX_INT, parse_size
 from .sizes import shown as _shown
+from .stores.s3_profiles import NAMES as S3_PROFILES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -60,6 +61,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "store": ("file", "s3"),
     "log_format": ("text", "json"),
     "log_level": ("debug", "info", "warning", "error", "critical"),
+    "s3_profile": S3_PROFILES,
 }
 
 
@@ -332,6 +334,8 @@ def validate(config: Config) -> None:
         raise ConfigError(
             f"s3_part_size ({config.s3_part_size}) must be at least s3_min_part_size ({config.s3_min_part_size})"
         )
+    if config.s3_max_parts is not None and not 1 <= config.s3_max_parts <= 10_000:
+        raise ConfigError(f"s3_max_parts must be 1 to 10000, the part numbers S3 accepts, got {config.s3_max_parts}")
     if config.s3_part_size > _S3_MAX_PART:
         raise ConfigError(f"s3_part_size must be at most 5GiB, the largest part S3 accepts, got {config.s3_part_size}")
     if config.store == "s3" and config.temp_max_size is not None and config.temp_max_size < 2 * config.s3_part_size:

@@ -75,6 +75,7 @@ from ..placement import MAX_KEY_BYTES, Placement, check_key, claims_a_state_name
 from ..protocol import download_headers, is_valid_upload_id
 from .base import CorruptInfo, Download, RedirectDownload, StoreStartError, StreamDownload, parse_info
 from .owner_index import entry_name, index_keys, is_entry, is_index_key
+from .s3_profiles import Profile, profile
 from .s3_state import (
     MAX_OBJECT_SIZE,
     MAX_PART_SIZE,
@@ -82,6 +83,7 @@ from .s3_state import (
     MiB,
     _Chunk,
     _State,
+    max_object_size,
     may_have_chunks,
     part_size_for,
     tail_chain,
@@ -227,10 +229,10 @@ class S3Store:
         prefix: str = "",
         endpoint_url: str | None = None,
         region: str | None = None,
-        path_style: bool = False,
-        min_part_size: int = 5 * MiB,
+        path_style: bool | None = None,
+        min_part_size: int | None = None,
         part_size: int = 16 * MiB,
-        uniform_parts: bool = False,
+        uniform_parts: bool | None = None,
         upload_concurrency: int = 4,
         max_concurrency: int = 16,
         temp_dir: str | None = None,
@@ -241,7 +243,11 @@ class S3Store:
         dedicated_bucket: bool = False,
         state_prefix: str | None = None,
         allowed_buckets: Iterable[str] = (),
+        provider: Profile | str = "aws",
+        max_parts: int | None = None,
     ) -> None:
+        # What the provider needs (s3_profiles.py); an argument given here wins over it.
+        self.profile = provider = profile(provider) if isinstance(provider, str) else provider
         self.bucket = bucket
         self.prefix = prefix  # of the data objects
         self.state_prefix = prefix if state_prefix is None else state_prefix
@@ -251,10 +257,13 @@ class S3Store:
         self._orphans_warned = False
         self.endpoint_url = endpoint_url
         self.region = region
-        self.path_style = path_style
-        self.min_part_size = min_part_size
-        self.part_size = max(part_size, min_part_size)
-        self.uniform_parts = uniform_parts
+        self.path_style = provider.path_style if path_style is None else path_style
+        self.min_part_size = provider.min_part_size if min_part_size is None else min_part_size
+        self.part_size = max(part_size, self.min_part_size)
+        self.uniform_parts = provider.uniform_parts if uniform_parts is None else uniform_parts
+        self.max_parts = provider.max_parts if max_parts is None else max_parts
+        self.max_object_size = max_object_size(self.max_parts)
+        self.copy_parts = provider.copy_parts
         self.upload_concurrency = max(1, upload_concurrency)
         self.max_concurrency = max(1, max_concurrency)
         self.temp_dir = temp_dir
@@ -267,7 +276,7 @@ class S3Store:
         self.download_concurrency = max(1, download_concurrency)
         self._client: Any = None
         self._download_client: Any = None
-        self.retry_attempts = 4  # botocore standard retries per request (tests lower it)
+        self.retry_attempts = provider.retry_attempts  # botocore retries per request (tests lower it)
         self.pool_wait = POOL_WAIT  # tests lower it
         self._readiness: asyncio.Future[bool] | None = None
         self._readiness_started = 0.0
@@ -294,7 +303,8 @@ class S3Store:
             endpoint_url=config.s3_endpoint,
             region=config.s3_region,
             path_style=config.s3_path_style,
-            min_part_size=config.s3_min_part_size,
+            # A provider's minimum may be raised, never lowered (its parts would be refused).
+            min_part_size=max(config.s3_min_part_size, profile(config.s3_profile).min_part_size),
             part_size=config.s3_part_size,
             uniform_parts=config.s3_uniform_parts,
             upload_concurrency=config.s3_upload_concurrency,
@@ -307,6 +317,8 @@ class S3Store:
             dedicated_bucket=config.s3_dedicated_bucket,
             state_prefix=config.s3_state_prefix,
             allowed_buckets=config.s3_allowed_buckets,
+            provider=config.s3_profile,
+            max_parts=config.s3_max_parts,
         )
 
     # -- lifecycle -------------------------------------------------------------
@@ -330,11 +342,11 @@ class S3Store:
     def _create_client(self, session: Any, connections: int) -> Any:
         session_class = type("_Session", (_PoolWaitSession,), {"pool_wait": self.pool_wait})
         config = AioConfig(
-            retries={"mode": "standard", "max_attempts": self.retry_attempts},
+            retries={"mode": self.profile.retry_mode, "max_attempts": self.retry_attempts},
             s3={"addressing_style": "path" if self.path_style else "auto"},
-            # Plain bodies: no aws-chunked encoding with trailing checksums.
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
+            # Plain bodies: no aws-chunked encoding with trailing checksums (see Profile).
+            request_checksum_calculation=self.profile.checksums,
+            response_checksum_validation=self.profile.checksums,
             # SigV4 for presigned download URLs too (botocore may presign with SigV2 otherwise).
             signature_version="s3v4",
             max_pool_connections=connections,
@@ -539,6 +551,10 @@ class S3Store:
                 raise storage.Unavailable()
 
     async def _delete_keys(self, keys: list[str]) -> None:
+        if not self.profile.batch_delete:
+            for key in keys:  # a tail has at most about 130 chunks (see the module docstring)
+                await self._delete(key)
+            return
         for i in range(0, len(keys), DELETE_BATCH):
             batch = [{"Key": key} for key in keys[i : i + DELETE_BATCH]]
             await self._call("delete_objects", Delete={"Objects": batch, "Quiet": True})
@@ -616,14 +632,16 @@ class S3Store:
     # -- Store ---------------------------------------------------------------------
 
     async def create(self, info: UploadInfo, placement: Placement | None = None) -> None:
-        if info.length is not None and info.length > MAX_OBJECT_SIZE:
-            raise storage.TooLarge("S3 objects are at most 5 TiB")
+        if info.length is not None and info.length > self.max_object_size:
+            raise storage.TooLarge(f"objects here are at most {self.max_object_size} bytes")
         # No multipart upload yet: small uploads never need one (see _PartWriter).
         info.storage = {"type": "s3", "bucket": self.bucket, "key": self._data_key(info.id), "tails": False}
         if placement is not None and not placement.is_default(info.id):
             self._place(info, placement)
         if self.uniform_parts:
-            info.storage["part_size"] = uniform_part_size(info.length, self.part_size, self.min_part_size)
+            info.storage["part_size"] = uniform_part_size(
+                info.length, self.part_size, self.min_part_size, self.max_parts
+            )
         # Before `.info`, and kept if the id is taken: a stale entry costs the cleaner one
         # read, a missing one would keep an unfinished upload forever.
         self._forget(info.id)
@@ -965,13 +983,16 @@ class S3Store:
         at = self._at(final)
         total = sum(p.length or 0 for p in partials)
         uniform = self.uniform_parts or bool(final.storage.get("part_size"))
+        # Without UploadPartCopy every byte is streamed anyway: in equal parts sized for
+        # the total, so that the part budget holds.
+        part_size = uniform_part_size(total, self.part_size, self.min_part_size, self.max_parts)
         if uniform:
             # The length is known now: size the parts for it (saved with the upload id).
-            final.storage["part_size"] = uniform_part_size(total, self.part_size, self.min_part_size)
+            final.storage["part_size"] = part_size
         upload = final.storage.get("upload_id") or await self._start_upload(final)
         try:
-            if uniform:
-                parts = await self._concatenate_uniform(at, upload, partials, final.storage["part_size"])
+            if uniform or not self.copy_parts:
+                parts = await self._concatenate_uniform(at, upload, partials, part_size)
             else:
                 parts = await self._concatenate_parts(at, upload, partials)
         except _STORAGE_ERRORS as exc:
@@ -1016,15 +1037,16 @@ class S3Store:
         self, at: dict[str, str], upload: str, partials: list[UploadInfo], part_size: int
     ) -> list[dict[str, Any]]:
         """Every part but the last exactly `part_size` bytes (R2): a part within one partial
-        is a ranged UploadPartCopy; one spanning partials is streamed through a temp file.
-        At most `upload_concurrency` parts, so as many temp files, are in flight."""
+        is a ranged UploadPartCopy (where the provider has it); any other part is streamed
+        through a temp file. At most `upload_concurrency` parts, so as many temp files, are
+        in flight."""
         plan = uniform_ranges([p.length or 0 for p in partials], part_size)
         limit = asyncio.Semaphore(self.upload_concurrency)
 
         async def make(number: int, ranges: list[tuple[int, int, int]]) -> dict[str, Any]:
             size = sum(end - start for _, start, end in ranges)
             async with limit:
-                if len(ranges) == 1:
+                if len(ranges) == 1 and self.copy_parts:
                     index, start, end = ranges[0]
                     etag = await self._copy_part(at, upload, number, self._at(partials[index]), (start, end))
                 else:

@@ -14,32 +14,48 @@ GiB = 1 << 30
 MAX_PARTS = 10_000
 MAX_PART_SIZE = 5 * GiB
 MAX_OBJECT_SIZE = 5 * 1024 * GiB
-# Deferred uploads may use the preferred part size for the first half of the part
-# budget: the other half still reaches 5 TiB with parts of about 1 GiB.
-DEFERRED_FREE_PARTS = MAX_PARTS // 2
+
+
+def max_object_size(max_parts: int = MAX_PARTS) -> int:
+    """The largest object `max_parts` parts can make: 5 TiB, or less with fewer parts
+    (1,000 parts of at most 5 GiB)."""
+    return min(MAX_OBJECT_SIZE, max_parts * MAX_PART_SIZE)
+
+
+def deferred_free_parts(max_parts: int = MAX_PARTS) -> int:
+    """Parts a deferred-length upload may cut at the preferred size: half the budget.
+    The other half still reaches deferred_max_size with parts of at most 5 GiB (about
+    1 GiB with 10,000 parts)."""
+    return max_parts // 2
+
+
+def deferred_max_size(max_parts: int = MAX_PARTS) -> int:
+    """The most a deferred-length upload is sure to hold, whatever it sent before its
+    length was known: 5 TiB with 10,000 parts, 2.44 TiB with 1,000."""
+    return min(MAX_OBJECT_SIZE, (max_parts - deferred_free_parts(max_parts)) * MAX_PART_SIZE)
 
 
 def part_size_for(
-    *, length: int | None, offset: int, parts_used: int, preferred: int, min_part: int
+    *, length: int | None, offset: int, parts_used: int, preferred: int, min_part: int, max_parts: int = MAX_PARTS
 ) -> tuple[int, int]:
     """(size to cut the next part at, smallest tail that may be a non-final part),
-    such that the upload never needs more than 10,000 parts."""
+    such that the upload never needs more than `max_parts` parts."""
     if length is None:
-        remaining, left = MAX_OBJECT_SIZE - offset, MAX_PARTS - parts_used
-        need = 0 if left > DEFERRED_FREE_PARTS else math.ceil(remaining / max(left, 1))
+        remaining, left = deferred_max_size(max_parts) - offset, max_parts - parts_used
+        need = 0 if left > deferred_free_parts(max_parts) else math.ceil(max(remaining, 0) / max(left, 1))
     else:
-        need = math.ceil(max(length - offset, 0) / max(MAX_PARTS - parts_used, 1))
+        need = math.ceil(max(length - offset, 0) / max(max_parts - parts_used, 1))
     smallest = max(min_part, need)
     return min(max(preferred, smallest), MAX_PART_SIZE), smallest
 
 
-def uniform_part_size(length: int | None, preferred: int, min_part: int) -> int:
+def uniform_part_size(length: int | None, preferred: int, min_part: int, max_parts: int = MAX_PARTS) -> int:
     """The one part size of an upload whose non-final parts must all be equal (R2).
 
     Without a length it is the preferred size: `.part` holds less than one part and is
     re-read by every PATCH, so a part sized for 5 TiB would make a deferred upload
-    quadratic. Such an upload holds at most MAX_PARTS parts of it (see set_length)."""
-    need = 0 if length is None else math.ceil(length / MAX_PARTS)
+    quadratic. Such an upload holds at most `max_parts` parts of it (see set_length)."""
+    need = 0 if length is None else math.ceil(length / max_parts)
     return min(max(preferred, min_part, need), MAX_PART_SIZE)
 
 

@@ -15,7 +15,7 @@ from .. import storage_errors as storage
 from ..cancellation import await_to_completion
 from ..errors import TusError
 from ..info import UploadInfo
-from .s3_state import MAX_OBJECT_SIZE, MAX_PART_SIZE, MAX_PARTS, _Chunk, _State, part_size_for, uniform_part_size
+from .s3_state import MAX_PART_SIZE, _Chunk, _State, deferred_max_size, part_size_for, uniform_part_size
 from .spool import Piece, Spool
 
 if TYPE_CHECKING:
@@ -91,18 +91,24 @@ class S3Upload:
     async def set_length(self, length: int) -> None:
         """Set the deferred length and save `.info`."""
         info = self.info
-        if length > MAX_OBJECT_SIZE:
-            raise storage.TooLarge("S3 objects are at most 5 TiB")
+        store = self.store
+        if length > store.max_object_size:
+            raise storage.TooLarge(f"objects here are at most {store.max_object_size} bytes")
         part_size = info.storage.get("part_size")
+        sent = bool(info.storage.get("upload_id")) or info.storage.get("object_stored") is not None
         if part_size:
-            if not info.storage.get("upload_id") and info.storage.get("object_stored") is None:
+            if not sent:
                 # No part sent yet: the parts may still take the size this length needs.
                 part_size = info.storage["part_size"] = uniform_part_size(
-                    length, self.store.part_size, self.store.min_part_size
+                    length, store.part_size, store.min_part_size, store.max_parts
                 )
-            elif length > part_size * MAX_PARTS:
+            elif length > part_size * store.max_parts:
                 raise storage.TooLarge(
-                    f"with parts of {part_size} bytes this upload holds at most {part_size * MAX_PARTS} bytes",)
+                    f"with parts of {part_size} bytes this upload holds at most {part_size * store.max_parts} bytes",)
+        elif sent and length > deferred_max_size(store.max_parts):
+            # The parts sent so far were sized for this much (see part_size_for).
+            raise storage.TooLarge(
+                f"a deferred-length upload holds at most {deferred_max_size(store.max_parts)} bytes here",)
         info.length = length
         await self.save_info()
 
@@ -236,6 +242,7 @@ class _PartWriter:
             parts_used=self.next_part - 1,
             preferred=self.store.part_size,
             min_part=self.store.min_part_size,
+            max_parts=self.store.max_parts,
         )
 
     async def write(self, chunk: bytes) -> None:
