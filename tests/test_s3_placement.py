@@ -280,3 +280,23 @@ async def test_owner_in_the_template_is_one_safe_segment(aiohttp_client, make_st
     await patch(client, path, 0, b"hello", Authorization=f"Bearer {token}")
     assert data_keys(s3, bucket) == [f"{segment}/{path.rsplit('/', 1)[1]}"]
     assert stored(s3, bucket, data_keys(s3, bucket)[0]) == sha256(b"hello")
+
+
+async def test_a_claim_whose_upload_is_being_created_holds_the_key(aiohttp_client, make_store, s3, bucket, monkeypatch):
+    # Another instance claimed the key and has not written the upload's .info yet (the
+    # claim comes first): the key is taken. A claim left by a creation that crashed is
+    # taken over once it is older than CLAIM_GRACE.
+    import tusserver.stores.s3 as s3_module
+
+    claim = ".keys/" + hashlib.sha256(f"{bucket}\nbusy/key.bin".encode()).hexdigest()
+    s3.put_object(Bucket=bucket, Key=claim, Body=b"0123456789abcdef0123456789abcdef")
+    client = await aiohttp_client(create_app(Config(), store=make_store(), hooks=choosing(storage_key="busy/key.bin")))
+    resp = await client.post("/", headers={**TUS, "Upload-Length": "2"})
+    assert resp.status == 409
+    assert keys(s3, bucket) == [claim]
+
+    monkeypatch.setattr(s3_module, "CLAIM_GRACE", 0.0)
+    path = await create(client, 2)
+    await patch(client, path, 0, b"ok")
+    assert s3.get_object(Bucket=bucket, Key="busy/key.bin")["Body"].read() == b"ok"
+    assert s3.get_object(Bucket=bucket, Key=claim)["Body"].read() == path.rsplit("/", 1)[1].encode()

@@ -223,6 +223,19 @@ class FileStore:
             for key in index_keys(info):
                 await self.unindex(key, entry_name(info))
 
+    async def release(self, info: UploadInfo) -> None:
+        key = self._key_of(info)
+        if key is not None:
+            with self._claims_locked():
+                if self._read_claim(key)[0] == info.id:  # nobody else's to keep: the key is free
+                    _remove(self._claim_path(key))
+        shutil.rmtree(self._link_dir(info.id), ignore_errors=True)
+        _remove(self._path(info.id, ".info"))
+        self._unmark(info.id)
+        if info.listed:
+            for index_key in index_keys(info):
+                await self.unindex(index_key, entry_name(info))
+
     async def download(self, info: UploadInfo) -> Download:
         path = self._locate(info)
         # Checked before any header is sent; the handler opens the file itself (stream_file).

@@ -127,6 +127,7 @@ DELETE_BATCH = 1000  # keys per DeleteObjects
 TAIL_TAG = "tus-next-part"  # .part user metadata: the part number it goes in front of
 UNFINISHED = ".unfinished/"  # under the state prefix; a dot: never an upload id
 KEYS = ".keys/"  # under the state prefix: the claims of chosen keys
+CLAIM_GRACE = 120.0  # seconds a claim without its upload's `.info` still holds the key
 _UNCHANGED: Any = object()  # _claim: the claim was this upload's already
 INDEXED = ".indexed"  # under UNFINISHED: every unfinished upload has its entry
 
@@ -646,9 +647,10 @@ class S3Store:
         # read, a missing one would keep an unfinished upload forever.
         self._forget(info.id)
         versions = await self._versions_now(info.id)  # before the write: a lock taken after it bumps
-        await self._call("put_object", Key=self._marker(info.id), Body=b"")
+        # The claim first: a creation refused for its key writes nothing.
         claim = await self._claim(info) if info.storage.get("claimed") else _UNCHANGED
         try:
+            await self._call("put_object", Key=self._marker(info.id), Body=b"")
             await self._put_new_info(info)
         except BaseException:
             await asyncio.shield(self._restore_claim(info, claim))
@@ -693,10 +695,10 @@ class S3Store:
         key, body = self._claim_key(info), info.id.encode()
         if await self._put_if(key, body, IfNoneMatch="*"):
             return None
-        holder, etag = await self._read_claim(key)
+        holder, etag, since = await self._read_claim(key)
         if holder == info.id:
             return _UNCHANGED
-        if holder is not None and await self._in_progress(holder):
+        if holder is not None and await self._in_progress(holder, since):
             raise storage.KeyTaken()
         # Its upload is finished, deleted or gone: a new upload may write to the key. Of
         # two creations taking it over at once, the conditional write lets one through.
@@ -726,25 +728,29 @@ class S3Store:
             raise _unavailable(exc) from None
         return True
 
-    async def _read_claim(self, key: str) -> tuple[str | None, str | None]:
-        """(the upload a claim names, the claim's ETag), or (None, None) without a claim."""
+    async def _read_claim(self, key: str) -> tuple[str | None, str | None, float]:
+        """(the upload a claim names, the claim's ETag, when it was written), or
+        (None, None, 0) without a claim."""
         try:
             response = await self._call("get_object", Key=key)
             async with response["Body"] as stream:
                 holder = (await stream.read()).decode("ascii", "replace")
         except ClientError:
-            return None, None
+            return None, None, 0.0
         except _STORAGE_ERRORS as exc:
             raise _unavailable(exc) from None
-        return (holder if is_valid_upload_id(holder) else None), response.get("ETag")
+        since = response["LastModified"].timestamp() if response.get("LastModified") else 0.0
+        return (holder if is_valid_upload_id(holder) else None), response.get("ETag"), since
 
-    async def _in_progress(self, upload_id: str) -> bool:
+    async def _in_progress(self, upload_id: str, claimed: float) -> bool:
         try:
             return not (await self._read_info(upload_id)).finished
         except CorruptInfo:
             return True  # left to an operator: its key with it
         except storage.NotFound:
-            return False
+            # Claimed, but without `.info`: a creation under way (the claim comes first),
+            # or one that failed or crashed, whose claim is taken over after a while.
+            return time.time() - claimed < CLAIM_GRACE
 
     async def _holds_claim(self, info: UploadInfo) -> bool:
         """Whether the bytes at the upload's key are, or will be, this upload's."""
