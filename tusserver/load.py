@@ -21,6 +21,7 @@ from .config import Config, GiB, MiB
 from .hooks import EVENTS
 from .sizes import MAX_INT, parse_size
 from .sizes import shown as _shown
+from .stores.s3_policy import ObjectPolicy
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -350,3 +351,7 @@ def validate(config: Config) -> None:
         raise ConfigError("auth_secret must be at least 16 characters (32 random ones are better)")
     if not 1 <= config.s3_presign_expiry <= 7 * 86400:
         raise ConfigError(f"s3_presign_expiry must be 1 to 604800 seconds (7 days), got {config.s3_presign_expiry}")
+    try:
+        ObjectPolicy.from_config(config)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None

@@ -46,7 +46,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import re
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator
@@ -64,9 +63,11 @@ from .. import storage_errors as storage
 from ..config import Config
 from ..info import UploadInfo
 from ..locking import Locker, held_version, seen_version
+from ..placement import Placement
 from ..protocol import download_headers, is_valid_upload_id
 from .base import CorruptInfo, Download, RedirectDownload, StoreStartError, StreamDownload, parse_info
 from .owner_index import entry_name, index_keys, is_entry, is_index_key
+from .s3_policy import ObjectPolicy, s3_metadata
 from .s3_state import (
     MAX_OBJECT_SIZE,
     MAX_PART_SIZE,
@@ -101,7 +102,6 @@ __all__ = [
     "uniform_ranges",
 ]
 
-MAX_USER_METADATA = 2000  # bytes; S3 allows 2 KiB of user metadata in all
 READ_CHUNK = 1 * MiB
 UPLOAD_ID_CACHE = 4096
 # A state this process read or wrote is trusted while the lock's version says nobody
@@ -120,7 +120,6 @@ INDEXED = ".indexed"  # under UNFINISHED: every unfinished upload has its entry
 
 _STORAGE_ERRORS = (ClientError, BotoCoreError, aiohttp.ClientError, OSError)
 _MISSING = {"NoSuchKey", "NoSuchUpload", "404", "NotFound"}
-_META_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
 def uniform_ranges(sizes: list[int], part_size: int) -> list[list[tuple[int, int, int]]]:
@@ -142,22 +141,6 @@ def uniform_ranges(sizes: list[int], part_size: int) -> list[list[tuple[int, int
     if current:
         parts.append(current)
     return parts
-
-
-def s3_metadata(metadata: dict[str, str | None]) -> dict[str, str]:
-    """tus metadata as S3 user metadata: ASCII keys and values only, within 2 KiB.
-    The original, in full, stays in `.info`."""
-    out: dict[str, str] = {}
-    used = 0
-    for key, value in metadata.items():
-        safe_key = _META_KEY_UNSAFE.sub("_", key)
-        safe_value = "" if value is None else value.encode("utf-8", "surrogateescape").decode("ascii", "replace")
-        safe_value = "".join(c if " " <= c <= "~" else "?" for c in safe_value)
-        used += len(safe_key) + len(safe_value)
-        if used > MAX_USER_METADATA:
-            break
-        out[safe_key] = safe_value
-    return out
 
 
 def _code(exc: BaseException) -> str:
@@ -229,8 +212,10 @@ class S3Store:
         download_concurrency: int = 32,
         temp_max_size: int | None = None,
         dedicated_bucket: bool = False,
+        policy: ObjectPolicy | None = None,
     ) -> None:
         self.bucket = bucket
+        self.policy = policy or ObjectPolicy()  # what the final objects carry
         self.prefix = prefix
         # Orphan cleanup deletes by key shape: only in a keyspace that is ours alone.
         self.dedicated_bucket = dedicated_bucket
@@ -291,6 +276,7 @@ class S3Store:
             download_concurrency=config.max_concurrent_downloads,
             temp_max_size=config.temp_max_size,
             dedicated_bucket=config.s3_dedicated_bucket,
+            policy=ObjectPolicy.from_config(config),
         )
 
     # -- lifecycle -------------------------------------------------------------
@@ -563,10 +549,8 @@ class S3Store:
             cache.popitem(last=False)
 
     def _object_params(self, info: UploadInfo) -> dict[str, Any]:
-        """What the final object carries besides its bytes: Content-Type and user metadata."""
-        params: dict[str, Any] = {"Key": self._key(info.id), "Metadata": s3_metadata(info.metadata)}
-        params["ContentType"] = download_headers(info.metadata)["Content-Type"]  # never an active type
-        return params
+        """What the final object carries besides its bytes: its key, and what the policy says."""
+        return {"Key": self._key(info.id), **self.policy.params(info)}
 
     async def _start_upload(self, info: UploadInfo) -> str:
         """Create the multipart upload and record it in `.info` before any part goes to it,
@@ -583,11 +567,13 @@ class S3Store:
 
     # -- Store ---------------------------------------------------------------------
 
-    async def create(self, info: UploadInfo) -> None:
+    async def create(self, info: UploadInfo, placement: Placement | None = None) -> None:
         if info.length is not None and info.length > MAX_OBJECT_SIZE:
             raise storage.TooLarge("S3 objects are at most 5 TiB")
         # No multipart upload yet: small uploads never need one (see _PartWriter).
         info.storage = {"type": "s3", "bucket": self.bucket, "key": self._key(info.id), "tails": False}
+        if placement is not None:
+            info.storage["object"] = self.policy.resolve(placement)
         if self.uniform_parts:
             info.storage["part_size"] = uniform_part_size(info.length, self.part_size, self.min_part_size)
         # Before `.info`, and kept if the id is taken: a stale entry costs the cleaner one
