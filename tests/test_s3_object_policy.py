@@ -180,6 +180,37 @@ async def test_every_metadata_key_with_a_star_and_none_without_settings(
     assert s3.tags(upload_id) == {}
 
 
+async def test_a_concatenated_object_gets_the_settings_too(aiohttp_client, moto_endpoint, bucket, spool_dir, s3):
+    config = s3_config(
+        moto_endpoint, bucket, spool_dir, s3_storage_class="STANDARD_IA", s3_tags=TAGS, s3_cache_control="no-cache"
+    )
+    client = await aiohttp_client(create_app(config, store=S3Store.from_config(config)))
+    partials = [payload(5 * MiB + 7, seed=5), payload(1000, seed=6)]
+    paths = []
+    for data in partials:
+        headers = {**TUS, "Upload-Length": str(len(data)), "Upload-Concat": "partial"}
+        async with client.post("/", headers=headers) as resp:
+            assert resp.status == 201
+            paths.append(URL(resp.headers["Location"]).path)
+        headers = {**TUS, "Upload-Offset": "0", "Content-Type": OCTETS}
+        async with client.patch(paths[-1], data=data, headers=headers) as resp:
+            assert resp.status == 204
+    headers = {
+        **TUS,
+        "Upload-Concat": "final;" + " ".join(paths),
+        "Upload-Metadata": metadata_header({"filename": "joined.mp4", "filetype": "video/mp4", "token": "x"}),
+    }
+    async with client.post("/", headers=headers) as resp:
+        assert resp.status == 201
+        final_id = URL(resp.headers["Location"]).path.rsplit("/", 1)[1]
+    assert s3.sha256(final_id) == sha256(b"".join(partials))
+    head = s3.head(final_id)
+    assert (head["ContentType"], head["StorageClass"], head["CacheControl"]) == ("video/mp4", "STANDARD_IA", "no-cache")
+    assert head["ContentDisposition"] == "inline; filename=\"joined.mp4\"; filename*=UTF-8''joined.mp4"
+    assert head["Metadata"] == {"filename": "joined.mp4", "filetype": "video/mp4"}
+    assert s3.tags(final_id) == TAG_SET
+
+
 # -- per upload, from a Placement --------------------------------------------------------------
 
 
@@ -256,6 +287,7 @@ async def test_a_placement_without_choices_gets_the_configured_settings(moto_end
         ({"storage_class": "GLACIER"}, "storage class 'GLACIER' is not allowed"),
         ({"storage_class": "STANDARD"}, "storage class 'STANDARD' is not allowed"),  # configured: STANDARD_IA
         ({"storage_class": "standard_ia"}, "not allowed"),
+        ({"storage_class": ["STANDARD_IA"]}, "not allowed"),
         ({"cache_control": "max-age=60\r\nX-Evil: 1"}, "not a list of directives"),
         ({"cache_control": "max-age=60, " + "a" * 1020}, "at most 1024"),
         ({"cache_control": ""}, "not a list of directives"),
@@ -297,6 +329,13 @@ def test_default_policy_is_type_disposition_and_the_two_uppy_keys():
         "ContentDisposition": "inline; filename=\"a.png\"; filename*=UTF-8''a.png",
         "Metadata": {"filename": "a.png", "filetype": "image/png"},
     }
+
+
+def test_user_metadata_is_bounded_in_keys_and_bytes():
+    many = {f"k{i}": "v" for i in range(100)}
+    assert list(ObjectPolicy(metadata_keys=("*",)).user_metadata(many)) == [f"k{i}" for i in range(32)]
+    big = {"a": "x" * 1500, "b": "y" * 498, "c": "z"}  # 1 + 1500 + 1 + 498 = 2000 bytes: "c" is one too many
+    assert list(ObjectPolicy(metadata_keys=("*",)).user_metadata(big)) == ["a", "b"]
 
 
 def test_tagging_is_url_encoded():

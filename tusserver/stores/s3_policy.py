@@ -7,9 +7,9 @@ tags per upload within what the configuration allows (`resolve`, checked once at
 creation and kept in `.info` as `storage["object"]`). Pure rules: no I/O.
 
 Every value is bounded so that CreateMultipartUpload / PutObject stays within S3's 8 KiB
-of request headers: user metadata 2,000 bytes (+15 per key), Content-Disposition and
-Cache-Control 1 KiB each, Tagging 2 KiB, Content-Type 255 bytes, the rest (signature,
-SSE, host) under 1 KiB.
+of request headers: user metadata 2,000 bytes (+15 per key, at most 32 keys),
+Content-Disposition and Cache-Control 1 KiB each, Tagging 2 KiB, Content-Type 255 bytes,
+the rest (signature, SSE, host) under 1 KiB, besides a configured KMS key id.
 """
 
 from __future__ import annotations
@@ -50,6 +50,9 @@ DEFAULT_METADATA_KEYS = ("filename", "filetype")  # what tusd and Uppy clients s
 ALL_KEYS = "*"
 
 MAX_USER_METADATA = 2000  # bytes; S3 allows 2 KiB of user metadata in all
+# Keys of user metadata; ours: each is a header of its own (x-amz-meta-<key>), and 2 KiB of
+# one- and two-letter keys would be about 16 KiB of headers.
+MAX_USER_METADATA_KEYS = 32
 MAX_TAGS = 10  # S3's limits on object tags
 MAX_TAG_KEY = 128
 MAX_TAG_VALUE = 256
@@ -68,11 +71,13 @@ _CACHE_CONTROL = re.compile(rf"{_DIRECTIVE}(?: *, *{_DIRECTIVE})*")
 
 
 def s3_metadata(metadata: Mapping[str, str | None]) -> dict[str, str]:
-    """tus metadata as S3 user metadata: ASCII keys and values only, within 2 KiB.
-    The original, in full, stays in `.info`."""
+    """tus metadata as S3 user metadata: ASCII keys and values only, within 2 KiB and
+    32 keys. The original, in full, stays in `.info`."""
     out: dict[str, str] = {}
     used = 0
     for key, value in metadata.items():
+        if len(out) == MAX_USER_METADATA_KEYS:
+            break
         safe_key = _META_KEY_UNSAFE.sub("_", key)
         safe_value = "" if value is None else value.encode("utf-8", "surrogateescape").decode("ascii", "replace")
         safe_value = "".join(c if " " <= c <= "~" else "?" for c in safe_value)
@@ -235,7 +240,7 @@ class ObjectPolicy:
         hook's value wins for a name in both). storage.BadPlacement (logged) otherwise."""
         chosen: dict[str, Any] = {}
         if placement.storage_class is not None:
-            if placement.storage_class not in self.storage_classes:
+            if not isinstance(placement.storage_class, str) or placement.storage_class not in self.storage_classes:
                 allowed = ", ".join(sorted(self.storage_classes))
                 self._refuse(f"storage class {placement.storage_class!r} is not allowed; allowed: {allowed}")
             chosen["storage_class"] = placement.storage_class
