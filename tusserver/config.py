@@ -282,6 +282,32 @@ class Config:
         False, "Answer downloads with a 302 redirect to a presigned S3 GET URL (the bytes skip the server)."
     )
     s3_presign_expiry: float = setting(3600.0, "Seconds a presigned download URL stays valid.")
+    # S3 object settings (stores/s3_policy.py)
+    s3_cache_control: str | None = setting(
+        None, 'Cache-Control of every finished object (e.g. "private, max-age=86400"). Unset: none.'
+    )
+    s3_storage_class: str | None = setting(
+        None, 'Storage class of every finished object (e.g. "STANDARD_IA"). Unset: the bucket\'s default (STANDARD).'
+    )
+    s3_allowed_storage_classes: list[str] = setting(
+        [], "Storage classes a pre-create hook may choose per upload, besides s3_storage_class."
+    )
+    s3_sse: str | None = setting(
+        None, 'Server-side encryption of finished objects: "AES256" or "aws:kms". Unset: the bucket\'s default.'
+    )
+    s3_sse_kms_key_id: str | None = setting(
+        None, 'KMS key (id, ARN or alias) for s3_sse = "aws:kms". Unset: the AWS managed key.'
+    )
+    s3_tags: list[str] = setting(
+        [],
+        'Tags of every finished object, as "name=value" (at most 10); a pre-create hook may add more, within S3\'s '
+        "limit of 10.",
+    )
+    s3_metadata_keys: list[str] = setting(
+        ["filename", "filetype"],
+        'Upload-Metadata keys copied into the object\'s S3 user metadata (ASCII, 2 KiB in all); "*" copies every '
+        "key. Every key stays in .info.",
+    )
     # Logging
     log_level: str = setting("info", "Log level: debug, info, warning, error or critical.")
     log_format: str = setting("text", 'Log format: "text" or "json" (one JSON object per line).')

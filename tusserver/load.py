@@ -22,6 +22,7 @@ from .hooks import EVENTS
 from .placement import check_template
 from .sizes import MAX_INT, parse_size
 from .sizes import shown as _shown
+from .stores.s3_policy import ObjectPolicy
 from .stores.s3_profiles import NAMES as S3_PROFILES
 
 if sys.version_info >= (3, 11):
@@ -360,3 +361,7 @@ def validate(config: Config) -> None:
         raise ConfigError(f"s3_state_prefix must not start with '/', got {config.s3_state_prefix!r}")
     if not 1 <= config.s3_presign_expiry <= 7 * 86400:
         raise ConfigError(f"s3_presign_expiry must be 1 to 604800 seconds (7 days), got {config.s3_presign_expiry}")
+    try:
+        ObjectPolicy.from_config(config)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None

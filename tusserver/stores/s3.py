@@ -53,7 +53,6 @@ import contextlib
 import hashlib
 import logging
 import math
-import re
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
@@ -75,6 +74,7 @@ from ..placement import MAX_KEY_BYTES, Placement, check_key, claims_a_state_name
 from ..protocol import download_headers, is_valid_upload_id
 from .base import CorruptInfo, Download, RedirectDownload, StoreStartError, StreamDownload, parse_info
 from .owner_index import entry_name, index_keys, is_entry, is_index_key
+from .s3_policy import ObjectPolicy, s3_metadata
 from .s3_profiles import Profile, profile
 from .s3_state import (
     MAX_OBJECT_SIZE,
@@ -111,7 +111,6 @@ __all__ = [
     "uniform_ranges",
 ]
 
-MAX_USER_METADATA = 2000  # bytes; S3 allows 2 KiB of user metadata in all
 READ_CHUNK = 1 * MiB
 UPLOAD_ID_CACHE = 4096
 # A state this process read or wrote is trusted while the lock's version says nobody
@@ -133,7 +132,6 @@ INDEXED = ".indexed"  # under UNFINISHED: every unfinished upload has its entry
 
 _STORAGE_ERRORS = (ClientError, BotoCoreError, aiohttp.ClientError, OSError)
 _MISSING = {"NoSuchKey", "NoSuchUpload", "404", "NotFound"}
-_META_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
 
 def uniform_ranges(sizes: list[int], part_size: int) -> list[list[tuple[int, int, int]]]:
@@ -155,22 +153,6 @@ def uniform_ranges(sizes: list[int], part_size: int) -> list[list[tuple[int, int
     if current:
         parts.append(current)
     return parts
-
-
-def s3_metadata(metadata: dict[str, str | None]) -> dict[str, str]:
-    """tus metadata as S3 user metadata: ASCII keys and values only, within 2 KiB.
-    The original, in full, stays in `.info`."""
-    out: dict[str, str] = {}
-    used = 0
-    for key, value in metadata.items():
-        safe_key = _META_KEY_UNSAFE.sub("_", key)
-        safe_value = "" if value is None else value.encode("utf-8", "surrogateescape").decode("ascii", "replace")
-        safe_value = "".join(c if " " <= c <= "~" else "?" for c in safe_value)
-        used += len(safe_key) + len(safe_value)
-        if used > MAX_USER_METADATA:
-            break
-        out[safe_key] = safe_value
-    return out
 
 
 def _code(exc: BaseException) -> str:
@@ -246,10 +228,12 @@ class S3Store:
         allowed_buckets: Iterable[str] = (),
         provider: Profile | str = "aws",
         max_parts: int | None = None,
+        policy: ObjectPolicy | None = None,
     ) -> None:
         # What the provider needs (s3_profiles.py); an argument given here wins over it.
         self.profile = provider = profile(provider) if isinstance(provider, str) else provider
         self.bucket = bucket
+        self.policy = policy or ObjectPolicy()  # what the final objects carry
         self.prefix = prefix  # of the data objects
         self.state_prefix = prefix if state_prefix is None else state_prefix
         self.buckets = [bucket, *(b for b in dict.fromkeys(allowed_buckets) if b != bucket)]
@@ -320,6 +304,7 @@ class S3Store:
             allowed_buckets=config.s3_allowed_buckets,
             provider=config.s3_profile,
             max_parts=config.s3_max_parts,
+            policy=ObjectPolicy.from_config(config),
         )
 
     # -- lifecycle -------------------------------------------------------------
@@ -612,10 +597,8 @@ class S3Store:
             cache.popitem(last=False)
 
     def _object_params(self, info: UploadInfo) -> dict[str, Any]:
-        """What the final object carries besides its bytes: Content-Type and user metadata."""
-        params: dict[str, Any] = {**self._at(info), "Metadata": s3_metadata(info.metadata)}
-        params["ContentType"] = download_headers(info.metadata)["Content-Type"]  # never an active type
-        return params
+        """What the final object carries besides its bytes: where it goes, and what the policy says."""
+        return {**self._at(info), **self.policy.params(info)}
 
     async def _start_upload(self, info: UploadInfo) -> str:
         """Create the multipart upload and record it in `.info` before any part goes to it,
@@ -639,6 +622,7 @@ class S3Store:
         info.storage = {"type": "s3", "bucket": self.bucket, "key": self._data_key(info.id), "tails": False}
         if placement is not None and not placement.is_default(info.id):
             self._place(info, placement)
+            info.storage["object"] = self.policy.resolve(placement)
         if self.uniform_parts:
             info.storage["part_size"] = uniform_part_size(
                 info.length, self.part_size, self.min_part_size, self.max_parts
