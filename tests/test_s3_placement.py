@@ -19,6 +19,7 @@ from tests.tus_client import TUS, create, download, head, patch, sha256
 from tusserver import Config, create_app, make_token
 from tusserver.hooks import HookResult, Hooks
 from tusserver.stores.s3 import S3Store
+from tusserver.stores.s3_policy import ObjectPolicy
 
 MiB = 1 << 20
 
@@ -232,22 +233,41 @@ async def test_a_key_under_the_state_prefix_may_not_look_like_state(aiohttp_clie
     assert keys(s3, bucket) == []
 
 
-async def test_the_webhook_chooses_the_storage(aiohttp_client, aiohttp_server, make_store, s3, bucket):
+@pytest.mark.parametrize("size", [2 * MiB, 11 * MiB])  # one PutObject; a multipart upload
+async def test_the_webhook_chooses_the_storage(aiohttp_client, aiohttp_server, make_store, s3, bucket, size):
     async def hook(request: web.Request) -> web.Response:
         payload = await request.json()
         if payload["type"] == "pre-create":
-            return web.json_response({"storage": {"key": "alice/2026/report.pdf"}})
+            choice = {"key": "alice/2026/report.pdf", "storage_class": "STANDARD_IA", "tags": {"case": "42"}}
+            return web.json_response({"storage": {**choice, "cache_control": "private, max-age=60"}})
         return web.json_response({})
 
     app = web.Application()
     app.router.add_post("/hooks", hook)
     server = await aiohttp_server(app, host="127.0.0.1")
-    config = Config(hooks_url=str(server.make_url("/hooks")), hooks_events=["pre-create"])
-    client = await aiohttp_client(create_app(config, store=make_store()))
-    data = os.urandom(2 * MiB)
-    path = await upload(client, data)
+    config = Config(
+        hooks_url=str(server.make_url("/hooks")),
+        hooks_events=["pre-create"],
+        s3_sse="AES256",
+        s3_allowed_storage_classes=["STANDARD_IA"],
+        s3_tags=["source=tus"],
+    )
+    client = await aiohttp_client(create_app(config, store=make_store(policy=ObjectPolicy.from_config(config))))
+    data = os.urandom(size)
+    path = await upload(client, data, Upload_Metadata="filename UmVwb3J0IE3DpHJ6LnBkZg==,filetype YXBwbGljYXRpb24vcGRm")
     assert data_keys(s3, bucket) == ["alice/2026/report.pdf"]
     assert stored(s3, bucket, "alice/2026/report.pdf") == sha256(data)
+    head_object = s3.head_object(Bucket=bucket, Key="alice/2026/report.pdf")
+    # Sanitised as the server's own GET is: a PDF is no inline type, so it is an attachment.
+    assert head_object["ContentType"] == "application/octet-stream"
+    assert head_object["ContentDisposition"] == (
+        "attachment; filename=\"Report M_rz.pdf\"; filename*=UTF-8''Report%20M%C3%A4rz.pdf"
+    )
+    assert head_object["StorageClass"] == "STANDARD_IA"
+    assert head_object["ServerSideEncryption"] == "AES256"
+    assert head_object["CacheControl"] == "private, max-age=60"
+    tags = s3.get_object_tagging(Bucket=bucket, Key="alice/2026/report.pdf")["TagSet"]
+    assert sorted((t["Key"], t["Value"]) for t in tags) == [("case", "42"), ("source", "tus")]
     assert sha256(await download(client, path)) == sha256(data)
 
 
