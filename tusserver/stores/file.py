@@ -379,8 +379,8 @@ class FileStore:
                 ids = f.read(512).decode("ascii", "replace").split()
         except FileNotFoundError:
             return None, None
-        ids = [i if is_valid_upload_id(i) else None for i in ids[:2]] + [None, None]
-        return ids[0], ids[1]
+        named: list[str | None] = [i if is_valid_upload_id(i) else None for i in ids[:2]] + [None, None]
+        return named[0], named[1]
 
     def _write_claim(self, key: str, content: bytes) -> None:
         path = self._claim_path(key)

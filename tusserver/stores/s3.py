@@ -267,9 +267,10 @@ class S3Store:
         self._readiness_started = 0.0
         self._exit = contextlib.AsyncExitStack()
         self._slots = asyncio.Semaphore(self.max_concurrency)
-        # id -> S3 UploadId. It never changes while the upload is unfinished, so it is
-        # safe to remember; it lets get_info list parts while .info is still loading.
-        self._upload_ids: OrderedDict[str, str] = OrderedDict()
+        # id -> (where its object goes, its S3 UploadId). Neither changes while the upload
+        # is unfinished, so they are safe to remember; they let get_info list parts while
+        # .info is still loading.
+        self._upload_ids: OrderedDict[str, tuple[dict[str, str], str]] = OrderedDict()
         self.versions: Locker | None = None
         self._known: OrderedDict[str, _Known] = OrderedDict()
         self._reading: dict[str, asyncio.Future[None]] = {}  # id -> a read of its state under way
@@ -802,7 +803,8 @@ class S3Store:
         self, upload_id: str, versions: tuple[tuple[int | None, ...], int] | None
     ) -> S3Upload:
         """The upload's state read from S3, kept under `versions` unless that is None."""
-        at, known = self._upload_ids.get(upload_id, (None, None))
+        remembered = self._upload_ids.get(upload_id)
+        at, known = remembered if remembered is not None else (None, None)
 
         async def early_parts() -> list[dict[str, Any]] | None:
             if at is None:
