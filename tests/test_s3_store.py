@@ -22,6 +22,7 @@ from tests.conftest import make_bucket, start_moto, stop_process
 from tusserver import Config, create_app
 from tusserver.info import UploadInfo
 from tusserver.locking import MemoryLocker
+from tusserver.locking.files import FileLocker
 from tusserver.protocol import new_upload_id
 from tusserver.stores import s3 as s3_module
 from tusserver.stores.file import FileStore
@@ -346,6 +347,29 @@ async def test_a_kept_state_is_trusted_only_while_nobody_took_the_lock(serve, s3
     calls = record_calls(two.store)
     assert await two.offset(upload_id) == len(data)
     assert calls == ["GetObject"]  # finished: `.info` alone
+    assert await two.offset(upload_id) == len(data)
+    assert calls == ["GetObject"]
+    s3.assert_object(upload_id, data)
+
+
+async def test_workers_trust_a_kept_state_only_while_no_other_worker_took_the_lock(serve, s3, tmp_path):
+    """The same with the file locks of --workers: each instance its own FileLocker, as each
+    worker process has, over one lock directory."""
+    one = await serve(locker=FileLocker(str(tmp_path / "locks")))
+    two = await serve(locker=FileLocker(str(tmp_path / "locks")))
+    data = payload(3 * MiB, seed=35)
+    upload_id = await one.create(len(data))
+    calls = record_calls(one.store)
+    assert await one.offset(upload_id) == 0
+    assert calls == []
+    assert await two.patch(upload_id, 0, data[:MiB]) == MiB
+    assert await one.offset(upload_id) == MiB  # not the 0 it kept: the other took the lock
+    assert calls == ["GetObject", "ListObjectsV2"]
+    calls.clear()
+    assert await one.offset(upload_id) == MiB
+    assert calls == []
+    assert await one.patch(upload_id, MiB, data[MiB:]) == len(data)
+    calls = record_calls(two.store)
     assert await two.offset(upload_id) == len(data)
     assert calls == ["GetObject"]
     s3.assert_object(upload_id, data)

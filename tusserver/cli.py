@@ -8,6 +8,7 @@ import ipaddress
 import json
 import logging
 import os
+import socket
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -33,6 +34,7 @@ from .logs import setup_logging
 from .shutdown import Shutdown, drain_on_signals
 from .sizes import format_size
 from .stores.base import StoreStartError
+from .workers import serve_workers
 
 log = logging.getLogger("tusserver")
 
@@ -179,9 +181,10 @@ def _text_parser(spec: FieldSpec):
     return parse
 
 
-def build_app(config: Config) -> web.Application:
+def build_app(config: Config, ops_sock: socket.socket | None = None) -> web.Application:
     """The tus app mounted at `config.base_path`, which also answers without its trailing slash;
-    the ops endpoints beside it, or on their own listener when `ops_port` is set."""
+    the ops endpoints beside it, or on their own listener when `ops_port` is set (on
+    `ops_sock` when given: a worker's share of the master's)."""
     if config.ops_port is not None and config.ops_port > 65535:
         raise ConfigError(f"ops_port must be 0..65535, got {config.ops_port}")
     tus = create_app(config)
@@ -190,7 +193,7 @@ def build_app(config: Config) -> web.Application:
         if not ops_apart:
             add_ops_routes(tus, tus)  # plain paths win over /{upload_id} in aiohttp's router
         else:
-            tus.cleanup_ctx.append(_ops_listener(config, tus))
+            tus.cleanup_ctx.append(_ops_listener(config, tus, ops_sock))
         return tus
     # "/files" must reach the collection too (POST /files like POST /files/). An empty
     # sub-app path becomes exactly the prefix once mounted.
@@ -201,14 +204,14 @@ def build_app(config: Config) -> web.Application:
     if not ops_apart:
         add_ops_routes(root, tus)
     else:
-        root.cleanup_ctx.append(_ops_listener(config, tus))
+        root.cleanup_ctx.append(_ops_listener(config, tus, ops_sock))
     root.add_subapp(config.base_path, tus)
     root.on_response_prepare.append(server_headers)  # the root's own answers (404s) too
     root[SHUTDOWN_KEY] = tus[SHUTDOWN_KEY]
     return root
 
 
-def _ops_listener(config: Config, tus: web.Application):
+def _ops_listener(config: Config, tus: web.Application, sock: socket.socket | None = None):
     """A cleanup context that serves /metrics, /healthz and /readyz on ops_host:ops_port
     while the main app runs; they stay off the public listener."""
 
@@ -219,7 +222,10 @@ def _ops_listener(config: Config, tus: web.Application):
         runner = web.AppRunner(ops, access_log=None, handle_signals=False)
         await runner.setup()
         try:
-            await web.TCPSite(runner, config.ops_host or config.host, config.ops_port).start()
+            if sock is not None:
+                await web.SockSite(runner, sock).start()
+            else:
+                await web.TCPSite(runner, config.ops_host or config.host, config.ops_port).start()
             host, port = runner.addresses[0][:2]
             log.info("ops endpoints on http://%s:%d/ (/metrics, /healthz, /readyz)", _url_host(host), port)
             yield
@@ -229,9 +235,13 @@ def _ops_listener(config: Config, tus: web.Application):
     return listen
 
 
-def serve(config: Config) -> int:
+def serve(config: Config, sock: socket.socket | None = None, ops_sock: socket.socket | None = None) -> int:
+    """Run the server until a signal stops it: `config.workers` processes (workers.py), or
+    this one, on `sock` when given (a worker's)."""
+    if config.workers > 1 and sock is None:
+        return serve_workers(config, serve)
     try:
-        app = build_app(config)
+        app = build_app(config, ops_sock)
     except ValueError as exc:  # e.g. a cors_origins regex that does not compile
         log.error("invalid configuration: %s", exc)
         return 2
@@ -255,10 +265,10 @@ def serve(config: Config) -> int:
     def started(_message: str) -> None:
         log.info("tusserver %s listening on %s (store: %s %s)", __version__, url, config.store, where)
 
+    where_to = {"sock": sock} if sock is not None else {"host": config.host, "port": config.port}
     web.run_app(
         app,
-        host=config.host,
-        port=config.port,
+        **where_to,
         shutdown_timeout=config.shutdown_grace,
         access_log=None,  # the tus middleware logs one line per request on tusserver.access
         print=started,

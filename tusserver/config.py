@@ -106,6 +106,17 @@ class Config:
         "Seconds a download may wait for its client to read more (about 64 KiB) before the connection is closed.",
     )
     # Several instances
+    workers: int = setting(
+        1,
+        "Server processes sharing the port, each with its own event loop (at least 1; e.g. one per core). "
+        "Their locks go through redis_url when it is set, else through files in lock_dir.",
+    )
+    lock_dir: str | None = setting(
+        None,
+        "Directory of the upload locks that server processes on one machine share when redis_url is unset. "
+        "Unset: workers > 1 use a private temporary one. Set it to share locks between separate servers "
+        "on this machine.",
+    )
     redis_url: str | None = setting(
         None,
         "Redis for the per-upload locks of several instances (pip install 'tusserver[redis]'). "

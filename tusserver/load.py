@@ -44,6 +44,7 @@ _MINIMUMS = (
     *(
         (name, 1, "1")
         for name in (
+            "workers",
             "s3_upload_concurrency",
             "s3_max_concurrency",
             "max_concurrent_uploads",

@@ -1,14 +1,18 @@
 """Prometheus metrics of one app, in its own CollectorRegistry (so several apps in one
-process keep separate numbers)."""
+process keep separate numbers). Under `--workers` (workers.py) the numbers go to
+prometheus_client's multiprocess files instead, and `exposition` adds up every worker's."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 
-from .stores.spool import spool_bytes
+from .stores.spool import all_spool_bytes, spool_bytes
+from .workers import multiprocess_metrics
 
 _METHODS = frozenset({"OPTIONS", "POST", "HEAD", "PATCH", "DELETE", "GET"})
 _UPLOAD_COUNTERS = {"post-create": "created", "post-finish": "finished", "post-terminate": "terminated"}
@@ -27,7 +31,12 @@ class Metrics:
             name: Counter(f"tusserver_uploads_{name}", f"Uploads {name}", registry=r)
             for name in _UPLOAD_COUNTERS.values()
         }
-        self.active_uploads = Gauge("tusserver_active_uploads", "Requests receiving upload bytes right now", registry=r)
+        self.active_uploads = Gauge(
+            "tusserver_active_uploads",
+            "Requests receiving upload bytes right now",
+            registry=r,
+            multiprocess_mode="livesum",  # under --workers: the sum over live workers
+        )
         self.s3_seconds = Histogram(
             "tusserver_s3_request_seconds",
             "S3 request durations (retries included), by operation",
@@ -41,9 +50,13 @@ class Metrics:
             ["operation"],
             registry=r,
         )
-        self.temp_bytes = Gauge(
-            "tusserver_temp_bytes", "Bytes in this process's spool files in the temp directory", registry=r
-        )
+        self.temp_dir: str | None = None
+        # Under --workers, exposition() measures every worker's spool instead.
+        self.temp_bytes = None
+        if multiprocess_metrics() is None:
+            self.temp_bytes = Gauge(
+                "tusserver_temp_bytes", "Bytes in this process's spool files in the temp directory", registry=r
+            )
         self.hook_invocations = Counter(
             "tusserver_hook_invocations",
             "Hook calls, by event and source (python, http)",
@@ -74,8 +87,20 @@ class Metrics:
             events.register("after-call.s3", self._s3_finished)
             events.register("after-call-error.s3", self._s3_failed)
         if hasattr(store, "temp_dir"):
-            temp_dir = store.temp_dir
-            self.temp_bytes.set_function(lambda: spool_bytes(temp_dir))
+            temp_dir = self.temp_dir = store.temp_dir
+            if self.temp_bytes is not None:
+                self.temp_bytes.set_function(lambda: spool_bytes(temp_dir))
+
+    def exposition(self) -> bytes:
+        """The Prometheus text of /metrics: this app's, or every worker's under --workers."""
+        directory = multiprocess_metrics()
+        if directory is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, directory)
+        if self.temp_dir is not None:
+            registry.register(_WorkersSpool(self.temp_dir))
+        return generate_latest(registry)
 
     # botocore event handlers: `context` is the same dict from before-call to after-call.
     def _s3_started(self, model: Any, context: dict[str, Any], **_: Any) -> None:
@@ -101,3 +126,16 @@ class Metrics:
         self.requests.labels(method if method in _METHODS else "other", str(status)).inc()
         if received:
             self.received_bytes.inc(received)
+
+
+class _WorkersSpool:
+    """tusserver_temp_bytes under --workers: the spool files of every process, read at
+    scrape time (a function gauge has no multiprocess form)."""
+
+    def __init__(self, temp_dir: str | None) -> None:
+        self.temp_dir = temp_dir
+
+    def collect(self) -> Any:
+        yield GaugeMetricFamily(
+            "tusserver_temp_bytes", "Bytes in the spool files of every worker", value=all_spool_bytes(self.temp_dir)
+        )

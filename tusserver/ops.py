@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from .exchange import Response
 from .service import TusService, server_headers
@@ -21,7 +21,7 @@ OPS_PATHS = ("/metrics", "/healthz", "/readyz")
 async def ops_response(service: TusService, path: str) -> Response:
     """The answer of the ops endpoint at `path` (one of OPS_PATHS)."""
     if path == "/metrics":
-        response = Response(200, body=generate_latest(service.metrics.registry))
+        response = Response(200, body=service.metrics.exposition())
         response.headers["Content-Type"] = CONTENT_TYPE_LATEST
     elif path == "/healthz":
         response = Response.text(200, "ok\n")

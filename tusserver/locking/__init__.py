@@ -1,5 +1,6 @@
 """Per-upload locks: the Locker protocol and its versions (base), one process's locks
-(memory), and locks shared by several instances through Redis (redis)."""
+(memory), locks shared by the processes of one machine through files (files), and locks
+shared by several instances through Redis (redis)."""
 
 from __future__ import annotations
 
@@ -20,9 +21,14 @@ __all__ = [
 
 
 def locker_from_config(config: Config) -> Locker:
-    """RedisLocker when `redis_url` is set (several instances), else MemoryLocker."""
+    """RedisLocker when `redis_url` is set (several instances), else FileLocker when
+    `lock_dir` is (several processes on one machine), else MemoryLocker."""
     if config.redis_url:
         from .redis import RedisLocker
 
         return RedisLocker.from_config(config)
+    if config.lock_dir:
+        from .files import FileLocker
+
+        return FileLocker(config.lock_dir, config.lock_timeout)
     return MemoryLocker(config.lock_timeout)

@@ -55,12 +55,22 @@ class MemoryLocker:
     async def close(self) -> None:
         return None
 
+    def _entry(self, upload_id: str) -> _Entry:
+        """The upload's entry, with one more user (see _leave)."""
+        entry = self._entries.setdefault(upload_id, _Entry())
+        entry.users += 1
+        return entry
+
+    def _leave(self, upload_id: str, entry: _Entry) -> None:
+        entry.users -= 1
+        if entry.users == 0:
+            del self._entries[upload_id]
+
     @asynccontextmanager
     async def lock(
         self, upload_id: str, on_release: ReleaseCallback | None = None
     ) -> AsyncIterator[None]:
-        entry = self._entries.setdefault(upload_id, _Entry())
-        entry.users += 1
+        entry = self._entry(upload_id)
         try:
             if entry.lock.locked() and entry.on_release is not None:
                 entry.on_release()
@@ -76,9 +86,7 @@ class MemoryLocker:
                 entry.on_release = None
                 entry.lock.release()
         finally:
-            entry.users -= 1
-            if entry.users == 0:
-                del self._entries[upload_id]
+            self._leave(upload_id, entry)
 
     async def take_lease(self, name: str, seconds: float) -> bool:
         now = asyncio.get_running_loop().time()
@@ -92,13 +100,11 @@ class MemoryLocker:
         if upload_id in self._entries:  # held, or awaited by a request
             yield False
             return
-        entry = self._entries[upload_id] = _Entry(users=1)
+        entry = self._entry(upload_id)
         await entry.lock.acquire()  # a new lock: taken without suspending
         try:
             async with self._bump(upload_id):
                 yield True
         finally:
             entry.lock.release()
-            entry.users -= 1
-            if entry.users == 0:
-                del self._entries[upload_id]
+            self._leave(upload_id, entry)
