@@ -119,6 +119,9 @@ def spawn(
 
 
 def stop(proc: subprocess.Popen) -> None:
+    # A server with workers: the master should stop them; any it leaves behind are killed,
+    # so that no worker of this run keeps serving (and holding its port) after the bench.
+    workers = {pid: _start_time(pid) for pid in _process_tree(proc.pid)[1:]} if proc.poll() is None else {}
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -126,6 +129,21 @@ def stop(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+    for pid, started in workers.items():
+        if started and _start_time(pid) == started:  # the same process, not a reused pid
+            print(f"{proc.args[:3]}: process {pid} outlived its master; killed", file=sys.stderr)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _start_time(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rpartition(")")[2].split()[19])  # starttime, in clock ticks since boot
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 class Monitor:
@@ -911,16 +929,14 @@ def print_asgi_table(by: dict, by_ratio: dict, what: dict[str, str], tuspy: bool
             if asgi is None:
                 continue
             ratio = by_ratio.get((scenario, store), {})
-            rss, cpu, calls = (f"{(ours or {}).get(k, '-')} / {asgi.get(k, '-')}" for k in _ASGI_COLUMNS)
+            cpu, calls = (f"{(ours or {}).get(k, '-')} / {asgi.get(k, '-')}" for k in ("cpu_s", "s3_calls"))
+            rss = f"{_rss(ours) if ours else '-'} / {_rss(asgi)}"
             print(
                 f"| {scenario} {what[scenario]} | {'disk' if store == 'file' else 's3'} | {_value(ours)} "
                 f"| {_value(asgi)} | {ratio.get('ours-asgi/ours', '-')} "
                 + (f"| {ratio.get('ours-asgi/tuspyserver', '-')} " if tuspy else "")
                 + f"| {rss} | {cpu} | {calls if store == 's3' else ''} |"
             )
-
-
-_ASGI_COLUMNS = ("peak_rss_mib", "cpu_s", "s3_calls")
 
 
 def print_workers_table(by: dict, by_ratio: dict, what: dict[str, str]) -> None:
