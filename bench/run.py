@@ -3,9 +3,10 @@ measured in the same run. See bench/README.md.
 
     python bench/run.py [--quick|--full] [--stores file,s3] [--out bench/results.json]
 
-It starts moto_server, our server (`python -m tusserver`), @tus/server (bench/tus-node)
-and ceiling-disk as separate processes on 127.0.0.1, drives them all with bench/client.py,
-checks what each stored (size, and sha256 for S1-S3), and prints a table and ratios.
+It starts moto_server, our server (`python -m tusserver`), @tus/server (bench/tus-node),
+tuspyserver (bench/tuspy) and ceiling-disk as separate processes on 127.0.0.1, drives them
+all with bench/client.py, checks what each stored (size, and sha256 for S1-S3), and prints a
+table and ratios.
 """
 
 from __future__ import annotations
