@@ -29,8 +29,10 @@ class Response:
 class TusClient:
     """Use as `async with TusClient(url) as client:`; connections close at the end."""
 
-    def __init__(self, collection_url: str) -> None:
+    def __init__(self, collection_url: str, upload_metadata: str | None = None) -> None:
         self.collection_url = collection_url
+        # Sent with every POST when set: for servers that need some metadata (tuspyserver).
+        self.metadata = f"Upload-Metadata: {upload_metadata}\r\n" if upload_metadata else ""
         self._idle: dict[tuple[str, int], list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = {}
 
     async def __aenter__(self) -> TusClient:
@@ -44,7 +46,8 @@ class TusClient:
 
     async def create(self, length: int) -> str:
         """POST a new upload of `length` bytes; return its absolute URL."""
-        response = await self._request("POST", self.collection_url, f"{TUS}Upload-Length: {length}\r\n")
+        headers = f"{TUS}Upload-Length: {length}\r\n{self.metadata}"
+        response = await self._request("POST", self.collection_url, headers)
         if response.status != 201 or "location" not in response.headers:
             raise TusError(f"POST answered {response.status}")
         return urljoin(self.collection_url, response.headers["location"])

@@ -3,16 +3,19 @@ measured in the same run. See bench/README.md.
 
     python bench/run.py [--quick|--full] [--stores file,s3] [--out bench/results.json]
 
-It starts moto_server, our server (`python -m tusserver`), @tus/server (bench/tus-node)
-and ceiling-disk as separate processes on 127.0.0.1, drives them all with bench/client.py,
-checks what each stored (size, and sha256 for S1-S3), and prints a table and ratios.
+It starts moto_server, our server (`python -m tusserver`), @tus/server (bench/tus-node),
+tuspyserver (bench/tuspy) and ceiling-disk as separate processes on 127.0.0.1, drives them
+all with bench/client.py, checks what each stored (size, and sha256 for S1-S3), and prints a
+table and ratios.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import hashlib
+import importlib.metadata
 import json
 import os
 import re
@@ -38,6 +41,9 @@ from aiobotocore.session import get_session
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
 NODE_DIR = os.path.join(BENCH, "tus-node")
+TUSPY_DIR = os.path.join(BENCH, "tuspy")
+TUSPY_DEPS = os.path.join(TUSPY_DIR, ".deps")  # git-ignored; tuspyserver only, see ensure_tuspy
+TUSPY_VERSION = "4.4.3"
 KiB, MiB, GiB = 1 << 10, 1 << 20, 1 << 30
 # moto accepts any credentials; every process of the bench (and this one) uses these.
 os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
@@ -114,6 +120,9 @@ def spawn(
 
 
 def stop(proc: subprocess.Popen) -> None:
+    # A server with workers: the master should stop them; any it leaves behind are killed,
+    # so that no worker of this run keeps serving (and holding its port) after the bench.
+    workers = {pid: _start_time(pid) for pid in _process_tree(proc.pid)[1:]} if proc.poll() is None else {}
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -121,32 +130,54 @@ def stop(proc: subprocess.Popen) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+    for pid, started in workers.items():
+        if started and _start_time(pid) == started:  # the same process, not a reused pid
+            print(f"{proc.args[:3]}: process {pid} outlived its master; killed", file=sys.stderr)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _start_time(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rpartition(")")[2].split()[19])  # starttime, in clock ticks since boot
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 class Monitor:
-    """Peak RSS of a process and peak bytes under some directories, polled in a thread
-    while a measurement runs. The kernel's own high-water mark (VmHWM) is reset first,
-    so a peak between two polls is not missed."""
+    """Peak RSS and CPU of a server and peak bytes under some directories, polled in a
+    thread while a measurement runs. The server is a process tree: a master and the
+    workers it forks (`--workers N`), all counted. The kernel's own high-water mark
+    (VmHWM) is reset first, so a peak between two polls is not missed."""
+
+    # This kernel has no /proc/<pid>/task/<tid>/children, so finding the tree scans every
+    # process's stat (~1.5 ms for 70 processes): done at the start and then at this period,
+    # not at every RSS poll. Workers live as long as the server, so this finds them all.
+    TREE_PERIOD = 0.25
 
     def __init__(self, pid: int, temp_dirs: list[tuple[str, str]], interval: float = 0.02) -> None:
         self.pid = pid
         self.temp_dirs = temp_dirs  # (directory, substring a temp file's name has, or "")
         self.interval = interval
-        self.peak_rss = 0
+        self.peak_rss = 0  # the largest peak of any one process of the tree
+        self.peak_rss_sum = 0  # the per-process peaks added up: an upper bound of the tree's total
+        self.processes = 1  # how many processes the tree had
         self.peak_temp = 0
-        self.cpu_seconds = 0.0  # user + system CPU time the process used meanwhile
+        self.cpu_seconds = 0.0  # user + system CPU time the tree used meanwhile
         self.sys_seconds = 0.0  # of which in the kernel
+        self._pids: list[int] = [pid]
+        self._tree_at = 0.0
+        self._rss: dict[int, int] = {}  # pid: peak RSS in bytes
+        self._cpu_start: dict[int, tuple[float, float]] = {}  # pid: (cpu, sys) seconds at the start
+        self._cpu_last: dict[int, tuple[float, float]] = {}  # pid: (cpu, sys) last read
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def __enter__(self) -> Monitor:
-        try:
-            with open(f"/proc/{self.pid}/clear_refs", "w") as f:
-                f.write("5")  # resets VmHWM to the current RSS
-        except OSError:
-            pass
-        self._cpu_start = _cpu_seconds(self.pid)
-        self._sys_start = _cpu_seconds(self.pid, system_only=True)
+        self._find_tree(born=False)
         self._thread.start()
         return self
 
@@ -154,18 +185,77 @@ class Monitor:
         self._done.set()
         self._thread.join()
         self._poll()
-        self.peak_rss = max(self.peak_rss, _status_kib(self.pid, "VmHWM") * KiB)
-        end = _cpu_seconds(self.pid)
-        self.cpu_seconds = end - self._cpu_start if end else 0.0  # 0: the process is gone
-        self.sys_seconds = _cpu_seconds(self.pid, system_only=True) - self._sys_start if end else 0.0
+        for pid in self._rss:
+            self._rss[pid] = max(self._rss[pid], _status_kib(pid, "VmHWM") * KiB)
+            self._read_cpu(pid)
+        self.processes = len(self._rss)
+        self.peak_rss = max(self._rss.values(), default=0)
+        self.peak_rss_sum = sum(self._rss.values())
+        # A process that ended meanwhile counts with its CPU as last read.
+        self.cpu_seconds = sum(cpu - self._cpu_start[pid][0] for pid, (cpu, _) in self._cpu_last.items())
+        self.sys_seconds = sum(sys_ - self._cpu_start[pid][1] for pid, (_, sys_) in self._cpu_last.items())
+        if not _alive(self.pid):
+            self.cpu_seconds = self.sys_seconds = 0.0  # 0: the server is gone
+
+    def _start(self, pid: int, from_birth: bool = False) -> None:
+        try:
+            with open(f"/proc/{pid}/clear_refs", "w") as f:
+                f.write("5")  # resets VmHWM to the current RSS
+        except OSError:
+            pass
+        # A process born during the measurement counts all its CPU.
+        start = (0.0, 0.0) if from_birth else (_cpu_seconds(pid), _cpu_seconds(pid, system_only=True))
+        self._cpu_start[pid] = self._cpu_last[pid] = start
+        self._rss[pid] = 0
+
+    def _find_tree(self, born: bool = True) -> None:
+        self._tree_at = time.monotonic()
+        self._pids = _process_tree(self.pid)
+        for pid in self._pids:
+            if pid not in self._rss:
+                self._start(pid, from_birth=born)
+
+    def _read_cpu(self, pid: int) -> None:
+        cpu = _cpu_seconds(pid)
+        if cpu:
+            self._cpu_last[pid] = (cpu, _cpu_seconds(pid, system_only=True))
 
     def _run(self) -> None:
         while not self._done.wait(self.interval):
             self._poll()
 
     def _poll(self) -> None:
-        self.peak_rss = max(self.peak_rss, _status_kib(self.pid, "VmRSS") * KiB)
+        if time.monotonic() - self._tree_at >= self.TREE_PERIOD:
+            self._find_tree()
+        for pid in self._pids:
+            self._rss[pid] = max(self._rss.get(pid, 0), _status_kib(pid, "VmRSS") * KiB)
+            if len(self._pids) > 1:
+                self._read_cpu(pid)  # so that a worker that ends meanwhile still counts
         self.peak_temp = max(self.peak_temp, sum(_dir_bytes(d, mark) for d, mark in self.temp_dirs))
+
+
+def _process_tree(root: int) -> list[int]:
+    """`root` and all its descendants, from the parent pid in each /proc/<pid>/stat."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                parent = int(f.read().rpartition(")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # ended meanwhile
+        children.setdefault(parent, []).append(int(entry.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo += children.get(pid, [])
+    return tree
+
+
+def _alive(pid: int) -> bool:
+    return os.path.exists(f"/proc/{pid}/stat")
 
 
 def _status_kib(pid: int, key: str) -> int:
@@ -267,13 +357,14 @@ def _file_sha256(path: str, size: int | None) -> str:
 
 @dataclass
 class Target:
-    name: str  # "ours", "ours-asgi", "tus-node" or "ceiling"
+    name: str  # "ours", "ours-w2", "ours-asgi", "tus-node", "tuspyserver" or "ceiling"
     store: str  # "file" or "s3"
     storage: DiskStorage | S3Storage
     proc: subprocess.Popen | None = None  # None: ceiling-s3, a process per measurement
     url: str = ""
     temp_dirs: list[tuple[str, str]] = field(default_factory=list)
     profiler: subprocess.Popen | None = None
+    upload_metadata: str | None = None  # an Upload-Metadata header for every POST
 
     @property
     def label(self) -> str:
@@ -319,8 +410,9 @@ class Bench:
         return name
 
     def start_ours(self, store: str, s3: Any, name: str = "ours") -> Target:
-        """Our server on `store`: `python -m tusserver` (name "ours"), or the same settings as
-        TUSSERVER_* variables for `uvicorn --factory tusserver.asgi:from_env` ("ours-asgi")."""
+        """Our server on `store`: `python -m tusserver` (name "ours"; "ours-w2" adds
+        `--workers 2`), or the same settings as TUSSERVER_* variables for
+        `uvicorn --factory tusserver.asgi:from_env` ("ours-asgi")."""
         base = os.path.join(self.work, f"{name}-{store}")
         spool = os.path.join(base, "spool")
         os.makedirs(spool, exist_ok=True)
@@ -349,10 +441,14 @@ class Bench:
             temp = [(spool, "")]
         package = os.path.abspath(self.args.tusserver)
         env = {**ENV, "PYTHONPATH": package}
-        if name == "ours":
+        workers = 2 if name == "ours-w2" else self.args.ours_workers if name == "ours" else None
+        if name in ("ours", "ours-w2"):
             args = [sys.executable, "-m", "tusserver"]
             for key, value in settings.items():
                 args += ["--" + key.replace("_", "-")] + ([] if value == "true" else [value])
+            if workers:
+                self.check_workers_flag(package, env)
+                args += ["--workers", str(workers)]
             args += self.args.ours_arg
         else:
             # The same server behind the ASGI front door; uvicorn's fastest loop and parser,
@@ -361,19 +457,86 @@ class Bench:
             args = [sys.executable, "-m", "uvicorn", "--factory", "tusserver.asgi:from_env"]
             args += ["--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop", "--http", "httptools"]
             args += ["--no-access-log", "--log-level", self.args.log_level]
+            args += self.args.asgi_arg
         proc = spawn(args, port, self.log(f"{name}-{store}"), env=env, cwd=package)
         self.procs.append(proc)
         target = Target(name, store, storage, proc, f"http://127.0.0.1:{port}/files/", temp)
         if self.args.profile:
             os.makedirs(self.args.profile, exist_ok=True)
             out = os.path.join(self.args.profile, f"{name}-{store}.txt")
+            record = ["py-spy", "record", "--gil", "--pid", str(proc.pid), "--rate", "200", "--format", "raw"]
+            record += ["--subprocesses"] if workers or self.args.asgi_arg else []
             target.profiler = subprocess.Popen(
-                ["py-spy", "record", "--gil", "--pid", str(proc.pid), "--rate", "200", "--format", "raw", "-o", out],
+                [*record, "-o", out],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
             time.sleep(1)  # let py-spy attach before the first request
         return target
+
+    def check_workers_flag(self, package: str, env: dict[str, str]) -> None:
+        """Fail early and clearly when the measured tusserver predates `--workers`."""
+        if getattr(self, "_workers_ok", False):
+            return
+        done = subprocess.run(
+            [sys.executable, "-m", "tusserver", "--help"], cwd=package, env=env, capture_output=True, text=True
+        )
+        if "--workers" not in done.stdout:
+            raise SystemExit(f"the tusserver in {package} has no --workers: ours-w2 and --ours-workers need it")
+        self._workers_ok = True
+
+    def start_tuspy(self, store: str) -> Target | None:
+        """tuspyserver (pinned, bench/tuspy/app.py) under uvicorn with the same loop and parser
+        as ours-asgi. It writes to local files only, so the disk store only."""
+        if store != "file":
+            print("tuspyserver: measured on the disk store only (--stores s3 leaves it out)", file=sys.stderr)
+            return None
+        self.ensure_tuspy()
+        base = os.path.join(self.work, "tuspyserver-file")
+        tmp = os.path.join(base, "tmp")
+        os.makedirs(tmp, exist_ok=True)
+        storage = DiskStorage(os.path.join(base, "data"))
+        port = free_port()
+        from tusserver.config import Config
+
+        env = {
+            **ENV,
+            "PYTHONPATH": os.pathsep.join([TUSPY_DEPS, TUSPY_DIR]),
+            "TUSPY_FILES_DIR": storage.directory,
+            "TUSPY_MAX_SIZE": str(Config().max_size or 128 * GiB),  # our default limit; its own if ours has none
+            "TMPDIR": tmp,
+        }
+        args = [sys.executable, "-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--port", str(port)]
+        args += ["--loop", "uvloop", "--http", "httptools", "--no-access-log", "--log-level", self.args.log_level]
+        proc = spawn(args, port, self.log("tuspyserver-file"), env=env, cwd=TUSPY_DIR)
+        self.procs.append(proc)
+        # Its HEAD answers 400 unless the upload's metadata has `filename` and `filetype`
+        # (routes/core.py: "Upload-Metadata missing required field"); tus makes metadata optional.
+        metadata = f"filename {_b64('bench.bin')},filetype {_b64('application/octet-stream')}"
+        url = f"http://127.0.0.1:{port}/files/"
+        return Target("tuspyserver", store, storage, proc, url, [(tmp, "")], upload_metadata=metadata)
+
+    def ensure_tuspy(self) -> None:
+        """tuspyserver, pinned, into bench/tuspy/.deps on first use; never into site-packages.
+        --no-deps: its one requirement, fastapi>=0.110, is in our test extra, so it runs on the
+        same fastapi, starlette, pydantic and uvicorn as ours-asgi. With its dependencies, pip
+        --target would put a second pydantic (a newer one) and starlette in .deps."""
+        marker = os.path.join(TUSPY_DEPS, f"tuspyserver-{TUSPY_VERSION}.dist-info")
+        if not os.path.isdir(marker):
+            done = subprocess.run(
+                [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--upgrade"]
+                + ["--target", TUSPY_DEPS, f"tuspyserver=={TUSPY_VERSION}"],
+                capture_output=True,
+                text=True,
+            )
+            if done.returncode != 0:
+                raise SystemExit(f"installing tuspyserver=={TUSPY_VERSION} failed:\n{done.stdout}{done.stderr}")
+        try:
+            version = importlib.metadata.version("fastapi")
+        except importlib.metadata.PackageNotFoundError:
+            raise SystemExit("tuspyserver needs fastapi>=0.110: pip install -e '.[test]'") from None
+        if tuple(int(n) for n in version.split(".")[:2]) < (0, 110):
+            raise SystemExit(f"tuspyserver needs fastapi>=0.110, this is {version}")
 
     def start_tus_node(self, store: str, s3: Any) -> Target | None:
         if not self.ensure_node():
@@ -439,7 +602,10 @@ class Bench:
         else:
             with Monitor(target.proc.pid, target.temp_dirs) as monitor:
                 result = await run()
-            result["peak_rss_mib"] = round(monitor.peak_rss / MiB, 1)
+            result["peak_rss_mib"] = round(monitor.peak_rss / MiB, 1)  # the largest process
+            if monitor.processes > 1:
+                result["peak_rss_sum_mib"] = round(monitor.peak_rss_sum / MiB, 1)
+                result["processes"] = monitor.processes
             result["peak_temp_mib"] = round(monitor.peak_temp / MiB, 1)
             result["cpu_s"] = round(monitor.cpu_seconds, 2)
             result["cpu_sys_s"] = round(monitor.sys_seconds, 2)
@@ -554,12 +720,18 @@ class Bench:
             targets.append(self.start_ceiling(store, s3))
         if "ours" in wanted:
             targets.append(self.start_ours(store, s3))
+        if "ours-w2" in wanted:
+            targets.append(self.start_ours(store, s3, "ours-w2"))
         if "ours-asgi" in wanted:
             targets.append(self.start_ours(store, s3, "ours-asgi"))
         if "tus-node" in wanted:
             node = self.start_tus_node(store, s3)
             if node is not None:
                 targets.append(node)
+        if "tuspyserver" in wanted:
+            tuspy = self.start_tuspy(store)
+            if tuspy is not None:
+                targets.append(tuspy)
         sizes = self.sizes
         plans: dict[str, Callable[[Target, tus.TusClient], Awaitable[dict]]] = {
             "S1": lambda t, c: self.transfer(t, c, sizes.s1, None),
@@ -606,7 +778,8 @@ class Bench:
 
 
 async def _with_client(plan: Callable[[Target, tus.TusClient], Awaitable[dict]], target: Target) -> dict:
-    async with tus.TusClient(target.url) as client:  # fresh connections for each measurement
+    # Fresh connections for each measurement.
+    async with tus.TusClient(target.url, target.upload_metadata) as client:
         return await plan(target, client)
 
 
@@ -626,6 +799,10 @@ def _s3_operation(method: str, key: str, query: str) -> str:
     return "HeadObject" if method == "HEAD" else method
 
 
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
 def _percentile(ordered: list[float], pct: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(pct / 100 * len(ordered)) - 1))]
 
@@ -643,31 +820,44 @@ def _headline(result: dict) -> str:
     if "p50_ms" in result:
         text += f"  p50 {result['p50_ms']} ms  p99 {result['p99_ms']} ms"
     if "peak_rss_mib" in result:
-        text += f"  rss {result['peak_rss_mib']} MiB  temp {result['peak_temp_mib']} MiB"
+        text += f"  rss {result['peak_rss_mib']} MiB"
+        if "peak_rss_sum_mib" in result:
+            text += f" (sum {result['peak_rss_sum_mib']} MiB, {result['processes']} processes)"
+        text += f"  temp {result['peak_temp_mib']} MiB"
         text += f"  cpu {result.get('cpu_s', '-')} s (sys {result.get('cpu_sys_s', '-')})"
     if "s3_calls" in result:
         text += f"  s3 calls {result['s3_calls']}"
     return text
 
 
+# Each ratio: its name in the JSON, and the two targets it divides ("ceiling": the store's).
+RATIOS = (
+    ("ours/ceiling", "ours", "ceiling"),
+    ("ours/tus-node", "ours", "tus-node"),
+    ("ours/tuspyserver", "ours", "tuspyserver"),
+    ("ours-asgi/ours", "ours-asgi", "ours"),
+    ("ours-asgi/tuspyserver", "ours-asgi", "tuspyserver"),
+    ("ours-w2/ours", "ours-w2", "ours"),
+)
+OURS = ("ours", "ours-asgi", "ours-w2")
+
+
 def ratios(results: list[dict]) -> list[dict]:
-    out = []
+    """One row per scenario and store that measured one of our targets, with every ratio
+    whose two targets were measured."""
     by = {(r["scenario"], r["store"], r["target"]): r for r in results}
-    for (scenario, store, target), ours in by.items():
-        if target != "ours":
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    for scenario, store, target in by:
+        if target not in OURS or (scenario, store) in rows:
             continue
         row: dict[str, Any] = {"scenario": scenario, "store": store}
-        ceiling = by.get((scenario, store, "ceiling-disk" if store == "file" else "ceiling-s3"))
-        node = by.get((scenario, store, "tus-node"))
-        if ceiling:
-            row["ours/ceiling"] = _ratio(ours, ceiling)
-        if node:
-            row["ours/tus-node"] = _ratio(ours, node)
-        asgi = by.get((scenario, store, "ours-asgi"))
-        if asgi:
-            row["ours-asgi/ours"] = _ratio(asgi, ours)
-        out.append(row)
-    return out
+        for name, top, bottom in RATIOS:
+            if bottom == "ceiling":
+                bottom = "ceiling-disk" if store == "file" else "ceiling-s3"
+            if (scenario, store, top) in by and (scenario, store, bottom) in by:
+                row[name] = _ratio(by[scenario, store, top], by[scenario, store, bottom])
+        rows[scenario, store] = row
+    return list(rows.values())
 
 
 def _ratio(ours: dict, reference: dict) -> float:
@@ -678,8 +868,9 @@ def _ratio(ours: dict, reference: dict) -> float:
 
 
 def print_table(results: list[dict], sizes: Sizes) -> None:
-    """One row per scenario and store: the three targets side by side, the ratios, and
-    what our server used (peak RSS, peak temp disk, CPU, S3 calls)."""
+    """One row per scenario and store: the targets side by side, the ratios, and what our
+    server used (peak RSS, peak temp disk, CPU, S3 calls). tuspyserver's columns appear when
+    it was measured; the front doors and the worker counts get tables of their own."""
     what = {
         "S1": f"{_size(sizes.s1)}, 1 PATCH",
         "S2": f"{_size(sizes.s2)} in {_size(sizes.s2_patch)} PATCHes",
@@ -689,12 +880,17 @@ def print_table(results: list[dict], sizes: Sizes) -> None:
     }
     by = {(r["scenario"], r["store"], r["target"]): r for r in results}
     by_ratio = {(r["scenario"], r["store"]): r for r in ratios(results)}
+    targets = {r["target"] for r in results}
+    tuspy = "tuspyserver" in targets
     print()
     print(
-        "| scenario | store | ceiling | ours | @tus/server | ours/ceiling | ours/@tus/server "
-        "| ours: peak RSS MiB | ours: peak temp MiB | ours: CPU s | S3 calls ours / @tus/server |"
+        "| scenario | store | ceiling | ours | @tus/server | "
+        + ("tuspyserver | " if tuspy else "")
+        + "ours/ceiling | ours/@tus/server | "
+        + ("ours/tuspyserver | " if tuspy else "")
+        + "ours: peak RSS MiB | ours: peak temp MiB | ours: CPU s | S3 calls ours / @tus/server |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---" * (11 + 2 * tuspy) + "|")
     for store in ("file", "s3"):
         for scenario in METRICS:
             ours = by.get((scenario, store, "ours"))
@@ -706,37 +902,73 @@ def print_table(results: list[dict], sizes: Sizes) -> None:
             calls = f"{ours.get('s3_calls', '')} / {node.get('s3_calls', '') if node else '-'}" if store == "s3" else ""
             print(
                 f"| {scenario} {what[scenario]} | {'disk' if store == 'file' else 's3'} | {_value(ceiling)} "
-                f"| {_value(ours)} | {_value(node)} | {ratio.get('ours/ceiling', '-')} "
-                f"| {ratio.get('ours/tus-node', '-')} | {ours.get('peak_rss_mib', '')} "
-                f"| {ours.get('peak_temp_mib', '')} | {ours.get('cpu_s', '')} | {calls} |"
+                f"| {_value(ours)} | {_value(node)} | "
+                + (f"{_value(by.get((scenario, store, 'tuspyserver')))} | " if tuspy else "")
+                + f"{ratio.get('ours/ceiling', '-')} | {ratio.get('ours/tus-node', '-')} | "
+                + (f"{ratio.get('ours/tuspyserver', '-')} | " if tuspy else "")
+                + f"{_rss(ours)} | {ours.get('peak_temp_mib', '')} | {ours.get('cpu_s', '')} | {calls} |"
             )
-    if any(r["target"] == "ours-asgi" for r in results):
-        print_asgi_table(by, by_ratio, what)
+    if "ours-asgi" in targets:
+        print_asgi_table(by, by_ratio, what, tuspy)
+    if "ours-w2" in targets:
+        print_workers_table(by, by_ratio, what)
 
 
-def print_asgi_table(by: dict, by_ratio: dict, what: dict[str, str]) -> None:
+def print_asgi_table(by: dict, by_ratio: dict, what: dict[str, str], tuspy: bool = False) -> None:
     """The two front doors of the same server side by side: `tusserver` (aiohttp) and
     uvicorn + tusserver.asgi."""
     print()
     print(
         "| scenario | store | ours (aiohttp) | ours-asgi (uvicorn) | ours-asgi/ours "
-        "| peak RSS MiB ours / asgi | CPU s ours / asgi | S3 calls ours / asgi |"
+        + ("| ours-asgi/tuspyserver " if tuspy else "")
+        + "| peak RSS MiB ours / asgi | CPU s ours / asgi | S3 calls ours / asgi |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---" * (8 + tuspy) + "|")
     for store in ("file", "s3"):
         for scenario in METRICS:
             ours, asgi = by.get((scenario, store, "ours")), by.get((scenario, store, "ours-asgi"))
             if asgi is None:
                 continue
-            ratio = by_ratio.get((scenario, store), {}).get("ours-asgi/ours", "-")
-            rss, cpu, calls = (f"{(ours or {}).get(k, '-')} / {asgi.get(k, '-')}" for k in _ASGI_COLUMNS)
+            ratio = by_ratio.get((scenario, store), {})
+            cpu, calls = (f"{(ours or {}).get(k, '-')} / {asgi.get(k, '-')}" for k in ("cpu_s", "s3_calls"))
+            rss = f"{_rss(ours) if ours else '-'} / {_rss(asgi)}"
             print(
                 f"| {scenario} {what[scenario]} | {'disk' if store == 'file' else 's3'} | {_value(ours)} "
-                f"| {_value(asgi)} | {ratio} | {rss} | {cpu} | {calls if store == 's3' else ''} |"
+                f"| {_value(asgi)} | {ratio.get('ours-asgi/ours', '-')} "
+                + (f"| {ratio.get('ours-asgi/tuspyserver', '-')} " if tuspy else "")
+                + f"| {rss} | {cpu} | {calls if store == 's3' else ''} |"
             )
 
 
-_ASGI_COLUMNS = ("peak_rss_mib", "cpu_s", "s3_calls")
+def print_workers_table(by: dict, by_ratio: dict, what: dict[str, str]) -> None:
+    """`ours` against `ours-w2` (the same server with `--workers 2`). RSS: the largest
+    process, and in brackets the per-process peaks added up; CPU: the whole process tree."""
+    print()
+    print(
+        "| scenario | store | ours | ours-w2 (--workers 2) | w2 / ours "
+        "| peak RSS MiB ours / w2 | CPU s ours / w2 | S3 calls ours / w2 |"
+    )
+    print("|---" * 8 + "|")
+    for store in ("file", "s3"):
+        for scenario in METRICS:
+            ours, w2 = by.get((scenario, store, "ours")), by.get((scenario, store, "ours-w2"))
+            if w2 is None:
+                continue
+            ratio = by_ratio.get((scenario, store), {}).get("ours-w2/ours", "-")
+            cpu, calls = (f"{(ours or {}).get(k, '-')} / {w2.get(k, '-')}" for k in ("cpu_s", "s3_calls"))
+            print(
+                f"| {scenario} {what[scenario]} | {'disk' if store == 'file' else 's3'} | {_value(ours)} "
+                f"| {_value(w2)} | {ratio} | {_rss(ours) if ours else '-'} / {_rss(w2)} | {cpu} "
+                f"| {calls if store == 's3' else ''} |"
+            )
+
+
+def _rss(result: dict) -> str:
+    """Peak RSS of the largest process; with workers, also the per-process peaks added up."""
+    text = str(result.get("peak_rss_mib", ""))
+    if "peak_rss_sum_mib" in result:
+        text += f" (sum {result['peak_rss_sum_mib']}, {result['processes']} processes)"
+    return text
 
 
 def _value(result: dict | None) -> str:
@@ -780,11 +1012,16 @@ def main() -> int:
     parser.add_argument(
         "--targets",
         default="ceiling,ours,tus-node",
-        help="comma-separated subset of ceiling, ours, ours-asgi (uvicorn + tusserver.asgi), tus-node",
+        help="comma-separated subset of ceiling, ours, ours-w2 (ours with --workers 2), "
+        "ours-asgi (uvicorn + tusserver.asgi), tus-node, tuspyserver (disk store only)",
     )
+    parser.add_argument("--ours-workers", type=int, metavar="N", help="run `ours` with --workers N")
     parser.add_argument("--s1-size", type=_parse_size, help="S1 size instead of the mode's, e.g. 4GiB")
     parser.add_argument("--log-level", default="warning", help="our server's log level (warning: no access log)")
     parser.add_argument("--ours-arg", action="append", default=[], help="extra flag for our server (repeatable)")
+    parser.add_argument(
+        "--asgi-arg", action="append", default=[], help="extra flag for uvicorn serving ours-asgi (repeatable)"
+    )
     parser.add_argument("--profile", metavar="DIR", help="record our server with py-spy into DIR/ours-<store>.txt")
     parser.add_argument(
         "--tusserver", metavar="DIR", default=ROOT, help="run the tusserver package in DIR (a `git archive` export)"
@@ -821,6 +1058,8 @@ def main() -> int:
         "s3_part_size": bench.part_size,
         "s3_parts_in_flight": bench.in_flight,
         "ours_args": args.ours_arg,
+        "ours_workers": args.ours_workers,
+        "asgi_args": args.asgi_arg,
         "seconds": round(elapsed, 1),
         "load_average": [round(load_before, 2), round(_load(), 2)],
         "cpus": os.cpu_count(),
