@@ -16,6 +16,7 @@ from tests.test_s3_store import (
     Bucket,
     Server,
     assert_no_temp_files,
+    count_parts,
     create_final,
     object_part_sizes,
     payload,
@@ -116,40 +117,17 @@ async def test_addressing_style_shows_in_the_urls(name, path_style):
 # -- part budgets ------------------------------------------------------------------------------
 
 
-def count_parts(length: int | None, total: int, patch: int, max_parts: int, preferred: int = 16 * MiB) -> int:
-    """Simulate the store's cutting of `total` bytes sent in PATCHes of `patch` bytes
-    (as tests/test_s3_store.py does), raising if a part would exceed 5 GiB."""
-    parts, offset, tail = 0, 0, 0
-    while offset + tail < total:
-        body = min(patch, total - offset - tail)
-        pending = tail + body
-        while True:
-            size, smallest = part_size_for(
-                length=length, offset=offset, parts_used=parts, preferred=preferred, min_part=5 * MiB,
-                max_parts=max_parts,
-            )
-            assert size <= MAX_PART_SIZE
-            if pending < size:
-                break
-            parts, offset, pending = parts + 1, offset + size, pending - size
-        if pending and (offset + pending == total or pending >= smallest):
-            parts, offset, tail = parts + 1, offset + pending, 0
-        else:
-            tail = pending
-    return parts
-
-
 def test_a_1000_part_budget_sizes_parts_for_1000_parts():
     largest = max_object_size(1000)
     assert largest == 1000 * MAX_PART_SIZE < MAX_OBJECT_SIZE
     assert max_object_size(10_000) == MAX_OBJECT_SIZE and deferred_max_size(10_000) == MAX_OBJECT_SIZE
     assert deferred_max_size(1000) == 500 * MAX_PART_SIZE
-    assert count_parts(largest, largest, 64 * GiB, 1000) == 1000
-    assert count_parts(100 * GiB, 100 * GiB, 1 * GiB, 1000) <= 1000
+    assert count_parts(largest, largest, 64 * GiB, max_parts=1000) == 1000
+    assert count_parts(100 * GiB, 100 * GiB, 1 * GiB, max_parts=1000) <= 1000
     # 10,000 parts at the preferred 16 MiB would take 156 GiB; 1,000 hold 15.6 GiB.
-    assert count_parts(100 * GiB, 100 * GiB, 1 * GiB, 10_000) == 6400
-    assert count_parts(None, deferred_max_size(1000), 64 * GiB, 1000) <= 1000
-    assert count_parts(None, deferred_max_size(1000), 100 * MiB, 1000) <= 1000  # deferred, smaller PATCHes
+    assert count_parts(100 * GiB, 100 * GiB, 1 * GiB, max_parts=10_000) == 6400
+    assert count_parts(None, deferred_max_size(1000), 64 * GiB, max_parts=1000) <= 1000
+    assert count_parts(None, deferred_max_size(1000), 100 * MiB, max_parts=1000) <= 1000  # deferred, smaller PATCHes
     hundred = part_size_for(
         length=100 * GiB, offset=0, parts_used=0, preferred=16 * MiB, min_part=5 * MiB, max_parts=1000
     )

@@ -28,6 +28,7 @@ from tusserver.stores import s3 as s3_module
 from tusserver.stores.file import FileStore
 from tusserver.stores.s3 import (
     MAX_OBJECT_SIZE,
+    MAX_PART_SIZE,
     MAX_PARTS,
     S3Store,
     part_size_for,
@@ -327,11 +328,18 @@ async def test_two_instances_take_alternate_patches(serve, s3):
     s3.assert_object(upload_id, data)
 
 
-async def test_a_kept_state_is_trusted_only_while_nobody_took_the_lock(serve, s3):
+@pytest.mark.parametrize("locks", ["memory", "files"])
+async def test_a_kept_state_is_trusted_only_while_nobody_took_the_lock(serve, s3, tmp_path, locks):
     """A HEAD, or the PATCH after a creation, costs no S3 call when the state this instance
-    read or wrote is current; once another instance took the lock, S3 is read again."""
-    locker = MemoryLocker()
-    one, two = await serve(locker=locker), await serve(locker=locker)
+    read or wrote is current; once another instance took the lock, S3 is read again. With
+    "files", each instance has its own FileLocker over one directory, as each process of
+    --workers has."""
+    if locks == "memory":
+        locker = MemoryLocker()
+        one, two = await serve(locker=locker), await serve(locker=locker)
+    else:
+        one = await serve(locker=FileLocker(str(tmp_path / "locks")))
+        two = await serve(locker=FileLocker(str(tmp_path / "locks")))
     data = payload(3 * MiB, seed=34)
     upload_id = await one.create(len(data))
     calls = record_calls(one.store)
@@ -347,29 +355,6 @@ async def test_a_kept_state_is_trusted_only_while_nobody_took_the_lock(serve, s3
     calls = record_calls(two.store)
     assert await two.offset(upload_id) == len(data)
     assert calls == ["GetObject"]  # finished: `.info` alone
-    assert await two.offset(upload_id) == len(data)
-    assert calls == ["GetObject"]
-    s3.assert_object(upload_id, data)
-
-
-async def test_workers_trust_a_kept_state_only_while_no_other_worker_took_the_lock(serve, s3, tmp_path):
-    """The same with the file locks of --workers: each instance its own FileLocker, as each
-    worker process has, over one lock directory."""
-    one = await serve(locker=FileLocker(str(tmp_path / "locks")))
-    two = await serve(locker=FileLocker(str(tmp_path / "locks")))
-    data = payload(3 * MiB, seed=35)
-    upload_id = await one.create(len(data))
-    calls = record_calls(one.store)
-    assert await one.offset(upload_id) == 0
-    assert calls == []
-    assert await two.patch(upload_id, 0, data[:MiB]) == MiB
-    assert await one.offset(upload_id) == MiB  # not the 0 it kept: the other took the lock
-    assert calls == ["GetObject", "ListObjectsV2"]
-    calls.clear()
-    assert await one.offset(upload_id) == MiB
-    assert calls == []
-    assert await one.patch(upload_id, MiB, data[MiB:]) == len(data)
-    calls = record_calls(two.store)
     assert await two.offset(upload_id) == len(data)
     assert calls == ["GetObject"]
     s3.assert_object(upload_id, data)
@@ -933,7 +918,9 @@ async def test_concatenation_mixes_part_copies_and_streamed_small_partials(serve
 # -- part sizing -------------------------------------------------------------------------------
 
 
-def count_parts(length: int | None, total: int, patch: int, preferred: int = 16 * MiB) -> int:
+def count_parts(
+    length: int | None, total: int, patch: int, preferred: int = 16 * MiB, max_parts: int = MAX_PARTS
+) -> int:
     """Simulate the store's cutting of `total` bytes sent in PATCHes of `patch` bytes."""
     parts, offset, tail = 0, 0, 0
     while offset + tail < total:
@@ -941,8 +928,14 @@ def count_parts(length: int | None, total: int, patch: int, preferred: int = 16 
         pending = tail + body
         while True:
             size, smallest = part_size_for(
-                length=length, offset=offset, parts_used=parts, preferred=preferred, min_part=5 * MiB
+                length=length,
+                offset=offset,
+                parts_used=parts,
+                preferred=preferred,
+                min_part=5 * MiB,
+                max_parts=max_parts,
             )
+            assert size <= MAX_PART_SIZE
             if pending < size:
                 break
             parts, offset, pending = parts + 1, offset + size, pending - size

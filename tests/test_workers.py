@@ -263,3 +263,28 @@ def test_workers_end_when_the_master_is_killed(servers, tmp_path):
     while any(alive(pid) for pid in children):
         assert time.monotonic() < deadline, "a worker outlived its master"
         time.sleep(0.05)
+
+
+def test_a_starting_worker_leaves_the_temp_files_of_live_workers(tmp_path):
+    # A worker started again must not delete what the others are writing right now.
+    from tusserver.stores.file import FileStore
+
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        gone = subprocess.Popen([sys.executable, "-c", "pass"])
+        gone.wait()
+        directory = tmp_path / "uploads"
+        directory.mkdir()
+        names = {
+            "live": f"abc.info.tmp-{other.pid}-0123abcd",
+            "live_spool": f"abc.tmp-{other.pid}-89abcdef",
+            "dead": f"abc.info.tmp-{gone.pid}-0123abcd",
+            "old": "abc.tmp-0123abcd",
+        }
+        for name in names.values():
+            (directory / name).write_bytes(b"x")
+        asyncio.run(FileStore(str(directory)).start())
+        assert sorted(os.listdir(directory)) == sorted([names["live"], names["live_spool"]])
+    finally:
+        other.kill()
+        other.wait()

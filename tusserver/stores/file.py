@@ -39,6 +39,7 @@ from ..placement import Placement, check_key, claims_a_state_name
 from ..protocol import is_valid_upload_id
 from .base import Download, FileDownload, StoreUpload, parse_info
 from .owner_index import entry_name, index_keys, is_entry, is_index_key
+from .spool import process_alive
 
 WRITE_BATCH = 1 << 16  # bytes of a PATCH waiting for, or in, a write: its RAM in the store
 # Except for the first FAST_WRITERS bodies being written, which gather FAST_BATCH (or what
@@ -53,9 +54,11 @@ _fast_writers = 0
 UNFINISHED_DIR = ".unfinished"  # a dot: never an upload id
 INDEXED = ".unfinished-indexed"  # written once every unfinished upload has its entry
 # Temp files this store names (`_append_atomic`, `save_info`); nothing else is removed.
-_OWN_TEMP = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}(\.info)?\.tmp-[0-9a-f]{8}")
+# `.tmp-<pid>-<random>` (`.tmp-<random>` from older versions): start() removes only those of
+# processes that are gone, since under --workers the others' writes may be in flight.
+_OWN_TEMP = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}(\.info)?\.tmp-(?:([0-9]+)-)?[0-9a-f]{8}")
 KEYS_DIR = ".keys"  # a dot: never an upload id, and check_key refuses it as a key
-_CLAIM_TEMP = re.compile(r"[0-9a-f]{64}\.tmp-[0-9a-f]{8}")
+_CLAIM_TEMP = re.compile(r"[0-9a-f]{64}\.tmp-(?:([0-9]+)-)?[0-9a-f]{8}")
 # What an upload with a storage key is to the claim on that key.
 IN_PROGRESS, FINISHED, VANISHED = "in progress", "finished", "vanished"
 
@@ -78,11 +81,11 @@ class FileStore:
             pass
         # Debris of a crash: half-written .info files and unverified PATCH spools.
         for name in os.listdir(self.directory):
-            if _OWN_TEMP.fullmatch(name):
+            if _debris(_OWN_TEMP.fullmatch(name)):
                 _remove(os.path.join(self.directory, name))
         with contextlib.suppress(FileNotFoundError):
             for name in os.listdir(os.path.join(self.directory, KEYS_DIR)):
-                if _CLAIM_TEMP.fullmatch(name):
+                if _debris(_CLAIM_TEMP.fullmatch(name)):
                     _remove(os.path.join(self.directory, KEYS_DIR, name))
 
     async def close(self) -> None:
@@ -97,7 +100,7 @@ class FileStore:
 
     def _write_info(self, info: UploadInfo) -> None:
         final = self._path(info.id, ".info")
-        tmp = f"{final}.tmp-{secrets.token_hex(4)}"
+        tmp = f"{final}{_temp_suffix()}"
         try:
             with open(tmp, "wb") as f:
                 f.write(info.to_json())
@@ -185,7 +188,7 @@ class FileStore:
 
     async def _append_atomic(self, info: UploadInfo, body: AsyncIterable[bytes]) -> int:
         """Spool the whole body beside the data file; only a complete body is appended."""
-        spool = self._path(info.id, f".tmp-{secrets.token_hex(4)}")
+        spool = self._path(info.id, _temp_suffix())
         try:
             with open(spool, "w+b") as f:
                 written = await _write_stream(f, body)
@@ -384,7 +387,7 @@ class FileStore:
 
     def _write_claim(self, key: str, content: bytes) -> None:
         path = self._claim_path(key)
-        tmp = f"{path}.tmp-{secrets.token_hex(4)}"
+        tmp = f"{path}{_temp_suffix()}"
         try:
             with open(tmp, "wb") as f:
                 f.write(content)
@@ -847,6 +850,18 @@ def _concatenate_files(target: str, sources: list[str]) -> None:
         for source in sources:
             with open(source, "rb") as src:
                 shutil.copyfileobj(src, out, WRITE_BATCH)
+
+
+def _temp_suffix() -> str:
+    return f".tmp-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+def _debris(match: re.Match[str] | None) -> bool:
+    """Whether a temp file the pattern matched was left by a process that is gone."""
+    if match is None:
+        return False
+    pid = match.group(match.re.groups)
+    return pid is None or int(pid) == os.getpid() or not process_alive(int(pid))
 
 
 def _remove(path: str) -> None:

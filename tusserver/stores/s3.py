@@ -936,28 +936,24 @@ class S3Store:
         if info.storage.get("upload_id") and not info.finished:
             jobs.append(self._abort(at, info.storage["upload_id"]))
         await asyncio.gather(*jobs)
+        await self._drop_state(info, holds)
+
+    async def release(self, info: UploadInfo) -> None:
+        self._forget(info.id)
+        await self._drop_state(info, await self._holds_claim(info))
+
+    async def _drop_state(self, info: UploadInfo, holds: bool) -> None:
+        """Delete the upload's state: links, `.info`, its key's claim (`holds`: the claim is
+        its own), the expiry marker and the owners' index entries."""
         for final_id in await self.finals_of(info.id):
             await self.unlink_final(info.id, final_id)
-        # .info last: while it exists, a failed DELETE can be retried.
+        # .info after the data and the links: while it exists, a failed DELETE can be retried.
         await self._delete(self._key(info.id, ".info"))
         if holds and info.storage.get("claimed"):
             await self._delete(self._claim_key(info))
         await self._delete(self._marker(info.id))
         self._upload_ids.pop(info.id, None)
         if info.listed:  # after .info: an entry without its upload is skipped, never the reverse
-            await asyncio.gather(*(self.unindex(key, entry_name(info)) for key in index_keys(info)))
-
-    async def release(self, info: UploadInfo) -> None:
-        self._forget(info.id)
-        holds = await self._holds_claim(info)
-        for final_id in await self.finals_of(info.id):
-            await self.unlink_final(info.id, final_id)
-        await self._delete(self._key(info.id, ".info"))
-        if holds and info.storage.get("claimed"):
-            await self._delete(self._claim_key(info))
-        await self._delete(self._marker(info.id))
-        self._upload_ids.pop(info.id, None)
-        if info.listed:
             await asyncio.gather(*(self.unindex(key, entry_name(info)) for key in index_keys(info)))
 
     async def _delete(self, key: str, bucket: str | None = None) -> None:

@@ -249,7 +249,7 @@ def remove_stale_spools(temp_dir: str | None) -> int:
         directory = os.path.isdir(path) and not os.path.islink(path)
         # Files of older versions are named <pid>-<start>-<token>, or <pid>-<token>.
         unknown_start = len(owner) < (2 if directory else 3)
-        if pid.isdigit() and _alive(int(pid)) and (unknown_start or owner[1] == _started(int(pid))):
+        if pid.isdigit() and process_alive(int(pid)) and (unknown_start or owner[1] == _started(int(pid))):
             continue
         if directory:
             shutil.rmtree(path, ignore_errors=True)
@@ -297,7 +297,7 @@ def _started(pid: int) -> str:
         return "0"
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
