@@ -10,10 +10,10 @@ import hashlib
 import logging
 import random
 
-import boto3
 import pytest
 from yarl import URL
 
+from tests.test_s3_store import Bucket as StoreBucket
 from tusserver import Config, create_app
 from tusserver import storage_errors as storage
 from tusserver.info import UploadInfo
@@ -44,17 +44,7 @@ def metadata_header(pairs: dict[str, str]) -> str:
     return ",".join(f"{key} {b64(value)}" for key, value in pairs.items())
 
 
-class Bucket:
-    def __init__(self, endpoint: str, name: str) -> None:
-        self.name = name
-        self.s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-
-    def keys(self) -> list[str]:
-        return sorted(o["Key"] for o in self.s3.list_objects_v2(Bucket=self.name).get("Contents", []))
-
-    def multipart_uploads(self) -> list[dict]:
-        return self.s3.list_multipart_uploads(Bucket=self.name).get("Uploads", [])
-
+class Bucket(StoreBucket):
     def sha256(self, key: str) -> str:
         return sha256(self.s3.get_object(Bucket=self.name, Key=key)["Body"].read())
 
