@@ -14,6 +14,7 @@ import pytest
 from yarl import URL
 
 from tests.test_s3_store import Bucket as StoreBucket
+from tests.test_s3_store import spool_dir as spool_dir  # a fixture
 from tusserver import Config, create_app
 from tusserver import storage_errors as storage
 from tusserver.info import UploadInfo
@@ -54,13 +55,6 @@ class Bucket(StoreBucket):
     def tags(self, key: str) -> dict[str, str]:
         tag_set = self.s3.get_object_tagging(Bucket=self.name, Key=key)["TagSet"]
         return {tag["Key"]: tag["Value"] for tag in tag_set}
-
-
-@pytest.fixture
-def spool_dir(tmp_path) -> str:
-    path = tmp_path / "spool"
-    path.mkdir()
-    return str(path)
 
 
 @pytest.fixture
