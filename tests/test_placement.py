@@ -137,3 +137,24 @@ def test_placeholders_are_filled_safely():
     assert key == "_x_y/1970-01-01/u1.gz"
     assert file_extension("no-extension") == "" and file_extension(".bashrc") == ".bashrc"
     assert file_extension("evil.p/hp") == "" and file_extension(None) == ""
+
+
+async def test_the_template_places_a_final_upload_and_leaves_its_partials_under_their_ids(
+    aiohttp_client, store_factory, tmp_path
+):
+    config = Config(storage_key_template="joined/{id}{ext}")
+    client = await aiohttp_client(create_app(config, store=store_factory()))
+    landed = Landed(store_factory, tmp_path)
+    paths = []
+    for piece in (b"first ", b"second"):
+        path = await create(client, len(piece), Upload_Concat="partial")
+        await patch(client, path, 0, piece)
+        paths.append(path)
+    resp = await client.post(
+        "/", headers={**TUS, "Upload-Concat": "final;" + " ".join(paths), "Upload-Metadata": "filename eC5sb2c="}
+    )
+    assert resp.status == 201
+    final_id = resp.headers["Location"].rsplit("/", 1)[1]
+    assert landed.sha(f"joined/{final_id}.log") == sha256(b"first second")
+    for path in paths:
+        assert landed.sha(path.rsplit("/", 1)[1]) is not None  # a partial: under its id

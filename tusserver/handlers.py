@@ -484,9 +484,13 @@ class TusHandlers:
 
     async def _store_create(self, info: UploadInfo, changes: HookResult) -> None:
         """The store's create, told where the bytes land: the hook's key, else the
-        template's. A store that predates placements is only asked for the default."""
+        template's. Partial uploads are only parts of a final one: the template places the
+        final, and a partial stays under its id unless a hook says otherwise. A store that
+        predates placements is only asked for the default."""
         key = changes.storage_key
-        if key is None:
+        if key is None and info.concat == "partial":
+            key = info.id
+        elif key is None:
             key = render_key(
                 self.config.storage_key_template,
                 upload_id=info.id,
