@@ -159,8 +159,8 @@ async def test_300_stalled_bodies_on_the_asgi_door_grow_its_rss_by_at_most_256_k
     server_args, store_kind, tmp_path
 ):
     """The same on the ASGI door (uvicorn, from_env): what the body pump takes ahead of the
-    store, and what uvicorn buffers, stay bounded per body (745-808 KiB each before from_env
-    fixed glibc's mmap threshold); every byte is kept on the drop."""
+    store, and what uvicorn buffers, stay bounded per body (727-808 KiB each before from_env
+    gave freed heap memory back to the system); every byte is kept on the drop."""
     server = await ServerProcess(*UNLIMITED, *server_args, door="asgi").start()
     try:
         paths = []
