@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import free_port
 from tests.hanging import HangingPatch
 from tests.test_cli import PATIENCE, TUS
 from tusserver.locking.files import FileLocker
@@ -288,3 +289,20 @@ def test_a_starting_worker_leaves_the_temp_files_of_live_workers(tmp_path):
     finally:
         other.kill()
         other.wait()
+
+
+def test_workers_that_cannot_start_stop_the_master(tmp_path):
+    # As a single server whose store cannot start exits 1, rather than retrying for ever.
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TUSSERVER_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "tusserver", "--port", str(port), "--workers", "2", "--file-dir", "/proc/no-such-dir"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=PATIENCE,
+    )
+    assert done.returncode == 1
+    assert "ended 3 times within 10s of its start; stopping" in done.stdout + done.stderr
+    assert f"127.0.0.1:{port}" not in Path("/proc/net/tcp").read_text()  # nothing left listening

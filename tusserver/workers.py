@@ -14,7 +14,8 @@ The master process binds, forks and watches; it serves no request itself.
   spool bytes of all of them.
 - SIGTERM or SIGINT: passed to every worker, which drains as a single server does
   (shutdown_grace); the master exits once all have. A worker that dies otherwise is
-  started again (at most once a second).
+  started again (at most once a second), unless it keeps ending within seconds of its
+  start: then the master stops, as a single server that cannot start does.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ from .config import Config
 log = logging.getLogger("tusserver")
 
 RESPAWN_PAUSE = 1.0  # seconds between starts of one worker slot
+QUICK_END = 10.0  # seconds: a worker that ends sooner after its start may not be able to start
+QUICK_ENDS_TO_GIVE_UP = 3
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -73,6 +76,7 @@ class Master:
         self.ops_sock: socket.socket | None = None
         self.slots: dict[int, int] = {}  # pid -> slot
         self.started: dict[int, float] = {}  # slot -> when it was last started
+        self.quick_ends: dict[int, int] = {}  # slot -> ends in a row within QUICK_END of a start
         self.stopping = False
 
     def run(self) -> int:
@@ -147,8 +151,19 @@ class Master:
             if self.stopping:
                 failed = failed or code != 0
                 continue
+            lived = time.monotonic() - self.started[slot]
+            self.quick_ends[slot] = self.quick_ends.get(slot, 0) + 1 if lived < QUICK_END else 0
+            if self.quick_ends[slot] >= QUICK_ENDS_TO_GIVE_UP:
+                # It cannot start (a store it cannot reach, a port it cannot use): as a single
+                # server would, stop, rather than start it again for ever.
+                log.error(
+                    "worker %d ended %d times within %gs of its start; stopping", slot, QUICK_ENDS_TO_GIVE_UP, QUICK_END
+                )
+                self._stop(signal.SIGTERM, None)
+                failed = True
+                continue
             log.error("worker %d (pid %d) ended with %s; starting it again", slot, pid, _described(code))
-            pause = RESPAWN_PAUSE - (time.monotonic() - self.started[slot])
+            pause = RESPAWN_PAUSE - lived
             if pause > 0:
                 time.sleep(pause)
             if not self.stopping:
