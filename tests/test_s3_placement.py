@@ -225,6 +225,25 @@ async def test_state_can_live_under_its_own_prefix(aiohttp_client, make_store, s
     assert (await head(client, path)).headers["Upload-Offset"] == str(len(data))
 
 
+async def test_another_upload_id_as_a_key_is_refused_with_a_separate_state_prefix(
+    aiohttp_client, make_store, s3, bucket
+):
+    # Data stays at <prefix><id> for uploads without a chosen key, whatever the state prefix.
+    store = make_store(prefix="files/", state_prefix="state/")
+    client = await aiohttp_client(create_app(Config(), store=store))
+    victim = await create(client, 3)
+    await patch(client, victim, 0, b"old")
+    victim_id = victim.rsplit("/", 1)[1]
+    client = await aiohttp_client(
+        create_app(
+            Config(), store=make_store(prefix="files/", state_prefix="state/"), hooks=choosing(storage_key=victim_id)
+        )
+    )
+    resp = await client.post("/", headers={**TUS, "Upload-Length": "3"})
+    assert resp.status == 500
+    assert s3.get_object(Bucket=bucket, Key=f"files/{victim_id}")["Body"].read() == b"old"
+
+
 async def test_a_key_under_the_state_prefix_may_not_look_like_state(aiohttp_client, make_store, s3, bucket):
     store = make_store(prefix="", state_prefix="state/")
     client = await aiohttp_client(create_app(Config(), store=store, hooks=choosing(storage_key="state/abc.info")))

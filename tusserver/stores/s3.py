@@ -648,7 +648,9 @@ class S3Store:
         bucket = placement.bucket or self.bucket
         key = self.prefix + placement.key
         problem = check_key(placement.key)
-        if problem is None and bucket not in self.buckets:
+        if problem is None and claims_a_state_name(placement.key, info.id):
+            problem = "a key without / that is another upload's id, where that upload keeps its bytes"
+        elif problem is None and bucket not in self.buckets:
             problem = f"bucket {bucket!r} is not s3_bucket or in s3_allowed_buckets"
         elif problem is None and len(key.encode()) > MAX_KEY_BYTES:
             problem = f"with s3_prefix the key is longer than {MAX_KEY_BYTES} bytes"
