@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,6 +23,7 @@ from tests.conftest import free_port
 from tests.hanging import HangingPatch
 from tests.test_cli import PATIENCE, TUS
 from tusserver.locking.files import FileLocker
+from tusserver.workers import remove_stale_runtime
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -264,6 +266,11 @@ def test_workers_end_when_the_master_is_killed(servers, tmp_path):
     while any(alive(pid) for pid in children):
         assert time.monotonic() < deadline, "a worker outlived its master"
         time.sleep(0.05)
+    # The killed master could not remove its runtime directory: the next master does.
+    left = [p for p in Path(tempfile.gettempdir()).glob(f"tusserver-run-{workers.server.proc.pid}-*")]
+    assert len(left) == 1
+    assert remove_stale_runtime() >= 1
+    assert not left[0].exists()
 
 
 def test_a_starting_worker_leaves_the_temp_files_of_live_workers(tmp_path):

@@ -21,6 +21,7 @@ The master process binds, forks and watches; it serves no request itself.
 from __future__ import annotations
 
 import ctypes
+import glob
 import logging
 import os
 import shutil
@@ -32,9 +33,11 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from .config import Config
+from .stores.spool import process_alive
 
 log = logging.getLogger("tusserver")
 
+RUNTIME_PREFIX = "tusserver-run-"  # + the master's pid: its locks and metrics, in the temp dir
 RESPAWN_PAUSE = 1.0  # seconds between starts of one worker slot
 QUICK_END = 10.0  # seconds: a worker that ends sooner after its start may not be able to start
 QUICK_ENDS_TO_GIVE_UP = 3
@@ -65,7 +68,10 @@ class Master:
     def __init__(self, config: Config, serve_one: ServeOne) -> None:
         self.config = config
         self.serve_one = serve_one
-        self.runtime = tempfile.mkdtemp(prefix="tusserver-")
+        removed = remove_stale_runtime()
+        if removed:
+            log.info("removed %d runtime directories of masters that are gone", removed)
+        self.runtime = tempfile.mkdtemp(prefix=f"{RUNTIME_PREFIX}{os.getpid()}-")
         self.metrics_dir = os.path.join(self.runtime, "metrics")
         os.mkdir(self.metrics_dir)
         self.lock_dir = config.lock_dir
@@ -175,6 +181,18 @@ class Master:
         if self.ops_sock is not None:
             self.ops_sock.close()
         shutil.rmtree(self.runtime, ignore_errors=True)
+
+
+def remove_stale_runtime() -> int:
+    """Remove the runtime directories (locks, metrics) of masters that are gone: a master
+    killed with SIGKILL cannot remove its own."""
+    removed = 0
+    for path in glob.glob(os.path.join(glob.escape(tempfile.gettempdir()), RUNTIME_PREFIX + "*")):
+        pid = os.path.basename(path)[len(RUNTIME_PREFIX) :].split("-")[0]
+        if pid.isdigit() and not process_alive(int(pid)) and os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+    return removed
 
 
 def serve_workers(config: Config, serve_one: ServeOne) -> int:
