@@ -13,6 +13,7 @@ import boto3
 import pytest
 
 from tusserver.cli import main
+from tusserver.logs import _CHATTY_LIBRARIES
 
 ABORT = {
     "ID": "tusserver-abort-incomplete-multipart-uploads",
@@ -32,8 +33,16 @@ def clean_env(monkeypatch):
     for name in list(os.environ):
         if name.startswith("TUSSERVER_"):
             monkeypatch.delenv(name)
+    # main() sets up logging for its own process: the tests after these must not inherit it.
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    chatty = {name: logging.getLogger(name).level for name in _CHATTY_LIBRARIES}
     yield
-    logging.getLogger().handlers.clear()  # main() set up logging for its own process
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, old in chatty.items():
+        logging.getLogger(name).setLevel(old)
+    logging.captureWarnings(False)
 
 
 def run(capsys, *args: str) -> tuple[int, dict | None, str]:

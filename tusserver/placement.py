@@ -82,10 +82,14 @@ def check_key(key: object) -> str | None:
     return None
 
 
-def claims_a_state_name(key: str, upload_id: str) -> bool:
-    """Whether `key`, a single segment, is the default data name of another upload: `<id>`
-    is where an upload created without a chosen key keeps its bytes."""
-    return "/" not in key and key != upload_id and is_valid_upload_id(key)
+def key_problem(key: object, upload_id: str) -> str | None:
+    """Why `key` may not be the storage key of upload `upload_id` in a store's root, or
+    None: check_key, and not another upload's id alone, which is where an upload created
+    without a chosen key keeps its bytes."""
+    problem = check_key(key)
+    if problem is None and isinstance(key, str) and "/" not in key and key != upload_id and is_valid_upload_id(key):
+        return "the key is another upload's id, where that upload keeps its bytes"
+    return problem
 
 
 def _safe(value: str) -> str:

@@ -15,10 +15,8 @@ DAY = 86400.0
 
 
 def state_prefix(config: Config) -> str:
-    """Where upload state (`.info`, tail chunks, markers) lives: s3_state_prefix once there
-    is one, else s3_prefix."""
-    prefix = getattr(config, "s3_state_prefix", None)
-    return config.s3_prefix if prefix is None else prefix
+    """Where upload state (`.info`, tail chunks, markers) lives: s3_state_prefix, else s3_prefix."""
+    return config.s3_prefix if config.s3_state_prefix is None else config.s3_state_prefix
 
 
 def default_state_days(config: Config) -> int:

@@ -111,7 +111,8 @@ class FileLocker(MemoryLocker):
         return os.path.join(self.directory, upload_id + ".lock")
 
     def _try_file(self, path: str) -> int | None:
-        """The file lock at `path`, as an open descriptor, or None while another holds it."""
+        """The file lock at `path`, as an open descriptor, or None while another holds it.
+        The file names this locker, for those who want it to let go."""
         while True:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
             try:
@@ -126,6 +127,7 @@ class FileLocker(MemoryLocker):
             except FileNotFoundError:
                 same = False
             if same:
+                os.pwrite(fd, self._name.encode().ljust(64), 0)
                 return fd
             os.close(fd)  # unlinked by its last holder meanwhile: try the file at the path now
 
@@ -159,7 +161,6 @@ class FileLocker(MemoryLocker):
             await asyncio.sleep(pause)
             pause = min(pause * 2, POLL_MOST)
             fd = self._try_file(path)
-        os.pwrite(fd, self._name.encode().ljust(64), 0)
         return fd
 
     # -- versions
@@ -249,7 +250,6 @@ class FileLocker(MemoryLocker):
         entry = self._entry(upload_id)
         await entry.lock.acquire()  # a new lock: taken without suspending
         try:
-            os.pwrite(fd, self._name.encode().ljust(64), 0)
             async with self._moved(upload_id):
                 yield True
         finally:

@@ -35,7 +35,7 @@ from collections.abc import AsyncIterable, AsyncIterator
 from .. import storage_errors as storage
 from ..cancellation import await_to_completion
 from ..info import UploadInfo
-from ..placement import Placement, check_key, claims_a_state_name
+from ..placement import Placement, check_key, key_problem
 from ..protocol import is_valid_upload_id
 from .base import Download, FileDownload, StoreUpload, parse_info
 from .owner_index import entry_name, index_keys, is_entry, is_index_key
@@ -219,12 +219,7 @@ class FileStore:
         key = self._key_of(info)
         if key is not None:
             self._release_key(key, info)
-        shutil.rmtree(self._link_dir(info.id), ignore_errors=True)
-        _remove(self._path(info.id, ".info"))
-        self._unmark(info.id)
-        if info.listed:  # after .info: an entry without its upload is skipped, never the reverse
-            for key in index_keys(info):
-                await self.unindex(key, entry_name(info))
+        await self._drop_state(info)
 
     async def release(self, info: UploadInfo) -> None:
         key = self._key_of(info)
@@ -232,10 +227,14 @@ class FileStore:
             with self._claims_locked():
                 if self._read_claim(key)[0] == info.id:  # nobody else's to keep: the key is free
                     _remove(self._claim_path(key))
+        await self._drop_state(info)
+
+    async def _drop_state(self, info: UploadInfo) -> None:
+        """Remove the upload's links, `.info`, expiry marker and owners' index entries."""
         shutil.rmtree(self._link_dir(info.id), ignore_errors=True)
         _remove(self._path(info.id, ".info"))
         self._unmark(info.id)
-        if info.listed:
+        if info.listed:  # after .info: an entry without its upload is skipped, never the reverse
             for index_key in index_keys(info):
                 await self.unindex(index_key, entry_name(info))
 
@@ -292,9 +291,7 @@ class FileStore:
         key = placement.key
         if placement.bucket is not None:
             raise self._refuse(upload_id, key, f"the disk store has no buckets (got {placement.bucket!r})")
-        problem = check_key(key)
-        if problem is None and claims_a_state_name(key, upload_id):
-            problem = "the key is named like an upload id, where another upload would keep its bytes"
+        problem = key_problem(key, upload_id)
         if problem is None:
             longest = max(len(segment.encode("utf-8")) for segment in key.split("/"))
             if longest > os.pathconf(self.directory, "PC_NAME_MAX"):

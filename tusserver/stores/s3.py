@@ -70,7 +70,7 @@ from .. import storage_errors as storage
 from ..config import Config
 from ..info import UploadInfo
 from ..locking import Locker, held_version, seen_version
-from ..placement import MAX_KEY_BYTES, Placement, check_key, claims_a_state_name
+from ..placement import MAX_KEY_BYTES, Placement, key_problem
 from ..protocol import download_headers, is_valid_upload_id
 from .base import CorruptInfo, Download, RedirectDownload, StoreStartError, StreamDownload, parse_info
 from .owner_index import entry_name, index_keys, is_entry, is_index_key
@@ -493,15 +493,21 @@ class S3Store:
         )
 
     async def _read_info(self, upload_id: str) -> UploadInfo:
+        got = await self._get_small(self._key(upload_id, ".info"))
+        if got is None:
+            raise storage.NotFound()
+        return parse_info(upload_id, got[0])
+
+    async def _get_small(self, key: str) -> tuple[bytes, dict[str, Any]] | None:
+        """A small state object's bytes and its GetObject answer; None when there is none."""
         try:
-            response = await self._call("get_object", Key=self._key(upload_id, ".info"))
+            response = await self._call("get_object", Key=key)
             async with response["Body"] as stream:
-                data = await stream.read()
+                return await stream.read(), response
         except ClientError:
-            raise storage.NotFound() from None
+            return None
         except _STORAGE_ERRORS as exc:
             raise _unavailable(exc) from None
-        return parse_info(upload_id, data)
 
     def _chunk_key(self, upload_id: str, next_part: int, start: int) -> str:
         return f"{self._key(upload_id, TAIL_SUFFIX)}{next_part}.{start}"
@@ -647,19 +653,14 @@ class S3Store:
         """Point `info` at the chosen bucket and key, or raise storage.BadPlacement."""
         bucket = placement.bucket or self.bucket
         key = self.prefix + placement.key
-        problem = check_key(placement.key)
-        if problem is None and claims_a_state_name(placement.key, info.id):
-            problem = "a key without / that is another upload's id, where that upload keeps its bytes"
-        elif problem is None and bucket not in self.buckets:
+        problem = key_problem(placement.key, info.id)
+        if problem is None and bucket not in self.buckets:
             problem = f"bucket {bucket!r} is not s3_bucket or in s3_allowed_buckets"
         elif problem is None and len(key.encode()) > MAX_KEY_BYTES:
             problem = f"with s3_prefix the key is longer than {MAX_KEY_BYTES} bytes"
         elif problem is None and bucket == self.bucket and key.startswith(self.state_prefix):
             # Among the state objects: it must not be named like one, or like another upload's data.
-            rest = key[len(self.state_prefix) :]
-            problem = check_key(rest)
-            if problem is None and claims_a_state_name(rest, info.id):
-                problem = "a key without / that is another upload's id"
+            problem = key_problem(key[len(self.state_prefix) :], info.id)
         if problem is not None:
             log.error("upload %s: storage key %r refused: %s", info.id, placement.key, problem)
             raise storage.BadPlacement(problem)
@@ -704,10 +705,11 @@ class S3Store:
             else:
                 await self._call("put_object", Key=self._claim_key(info), Body=previous.encode())
 
-    async def _put_if(self, key: str, body: bytes, **condition: str) -> bool:
-        """A conditional PutObject; False when the condition does not hold."""
+    async def _put_if(self, key: str, body: bytes, **params: str) -> bool:
+        """A conditional PutObject (IfNoneMatch or IfMatch in `params`); False when the
+        condition does not hold."""
         try:
-            await self._client.put_object(Bucket=self.bucket, Key=key, Body=body, **condition)
+            await self._client.put_object(Bucket=self.bucket, Key=key, Body=body, **params)
         except _STORAGE_ERRORS as exc:
             # 412: the condition is false; 409: another conditional write of it is under way.
             if _code(exc) in ("PreconditionFailed", "ConditionalRequestConflict"):
@@ -718,14 +720,10 @@ class S3Store:
     async def _read_claim(self, key: str) -> tuple[str | None, str | None, float]:
         """(the upload a claim names, the claim's ETag, when it was written), or
         (None, None, 0) without a claim."""
-        try:
-            response = await self._call("get_object", Key=key)
-            async with response["Body"] as stream:
-                holder = (await stream.read()).decode("ascii", "replace")
-        except ClientError:
+        got = await self._get_small(key)
+        if got is None:
             return None, None, 0.0
-        except _STORAGE_ERRORS as exc:
-            raise _unavailable(exc) from None
+        holder, response = got[0].decode("ascii", "replace"), got[1]
         since = response["LastModified"].timestamp() if response.get("LastModified") else 0.0
         return (holder if is_valid_upload_id(holder) else None), response.get("ETag"), since
 
@@ -749,25 +747,11 @@ class S3Store:
         """Write `.info` only if none exists (If-None-Match: *): of two creations of one id,
         exactly one succeeds; the other raises storage.IdTaken."""
         key, body = self._key(info.id, ".info"), info.to_json()
-        try:
-            await self._client.put_object(
-                Bucket=self.bucket, Key=key, Body=body, ContentType="application/json", IfNoneMatch="*"
-            )
+        if await self._put_if(key, body, ContentType="application/json", IfNoneMatch="*"):
             return
-        except _STORAGE_ERRORS as exc:
-            # 412: the key exists; 409: another conditional write of it is under way.
-            if _code(exc) not in ("PreconditionFailed", "ConditionalRequestConflict"):
-                raise _unavailable(exc) from None
         # A retry of our own PUT whose answer was lost finds our object: that is a success.
-        try:
-            response = await self._call("get_object", Key=key)
-            async with response["Body"] as stream:
-                stored = await stream.read()
-        except ClientError:
-            stored = None
-        except _STORAGE_ERRORS as exc:
-            raise _unavailable(exc) from None
-        if stored != body:
+        stored = await self._get_small(key)
+        if stored is None or stored[0] != body:
             raise storage.IdTaken()
 
     async def get_info(self, upload_id: str) -> UploadInfo:

@@ -261,19 +261,17 @@ def remove_stale_spools(temp_dir: str | None) -> int:
 
 def all_spool_bytes(temp_dir: str | None) -> int:
     """Bytes in the spool files of every process using `temp_dir` (--workers)."""
-    total = 0
-    for path in glob.glob(os.path.join(glob.escape(temp_dir or tempfile.gettempdir()), TEMP_PREFIX + "*", "*")):
-        try:
-            total += os.stat(path).st_size
-        except FileNotFoundError:
-            continue
-    return total
+    return _bytes_of(os.path.join(glob.escape(temp_dir or tempfile.gettempdir()), TEMP_PREFIX + "*", "*"))
 
 
 def spool_bytes(temp_dir: str | None) -> int:
     """Bytes in this process's spool files."""
+    return _bytes_of(os.path.join(glob.escape(process_dir(temp_dir)), "*"))
+
+
+def _bytes_of(pattern: str) -> int:
     total = 0
-    for path in glob.glob(os.path.join(glob.escape(process_dir(temp_dir)), "*")):
+    for path in glob.glob(pattern):
         try:
             total += os.stat(path).st_size
         except FileNotFoundError:
